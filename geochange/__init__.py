@@ -1,0 +1,14 @@
+"""geochange: change detection for satellite image time series.
+
+A stack of co-registered GeoTIFFs, one per date, goes in; dated change polygons in a GeoPackage,
+a change-probability Cloud-Optimized GeoTIFF and a change-date raster come out.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from geochange.errors import GeochangeError  # noqa: E402
+from geochange.grid import GridSpec  # noqa: E402
+
+__all__ = sorted(["GeochangeError", "GridSpec", "__version__"])
