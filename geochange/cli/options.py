@@ -1,0 +1,35 @@
+"""Option decorators shared by several commands (rasterio `rio/options.py` manner)."""
+
+from __future__ import annotations
+
+import click
+
+
+def _split_dates(ctx, param, value):
+    if not value:
+        return None
+    parts: list[str] = []
+    for item in value:
+        parts.extend(p.strip() for p in item.split(",") if p.strip())
+    return parts
+
+
+dates_option = click.option(
+    "--dates", multiple=True, callback=_split_dates,
+    help="One date per input file, in order, e.g. --dates 2023-01-15,2023-03-02 (overrides tags "
+    "and file names).",
+)
+
+chunk_size_option = click.option(
+    "--chunk-size", type=click.IntRange(min=16), default=512, show_default=True,
+    help="Chunk edge in pixels; memory per task grows with its square.",
+)
+
+align_option = click.option(
+    "--align", is_flag=True,
+    help="Resample every date onto the first date's grid (CRS, transform, size).",
+)
+
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace existing outputs.",
+)

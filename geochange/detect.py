@@ -1,0 +1,331 @@
+"""The detect pipeline: a multi-date stack in, change rasters and dated change polygons out.
+
+``detect`` glues the one-way flow of docs/DESIGN.md together: open the stack lazily, fit the
+detector's scene-wide statistics once on a decimated sample, run it chunk by chunk with a halo
+(``tiling.overlap_map``), write the probability and change-date rasters block by block, vectorise
+per chunk and merge across chunk borders, and write the GeoPackage with its provenance.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import geopandas as gpd
+import numpy as np
+
+from geochange import __version__
+from geochange.errors import InputError
+from geochange.stack import Stack, open_stack, read_sample
+
+__all__ = ["DetectResult", "Method", "detect", "make_detector", "output_paths"]
+
+log = logging.getLogger(__name__)
+
+Method = Literal["cnn-lstm", "cva", "irmad", "diff"]
+METHODS: tuple[str, ...] = ("cnn-lstm", "cva", "irmad", "diff")
+Device = Literal["auto", "cpu", "cuda"]
+
+#: Value of the change-date raster where the pixel is nodata (see DESIGN.md encodings).
+DATE_NODATA = 255
+
+
+@dataclass
+class DetectResult:
+    """What ``detect`` returns.
+
+    Attributes:
+        stack: the opened stack (dates, grid, paths).
+        prob: (y, x) float32 change probability, NaN = nodata. Lazy (dask) unless written.
+        date_index: (y, x) uint8 change date index: 0 no change, j = 1..T-1 first date the change
+            is seen, 255 nodata.
+        changes: change polygons (GeoDataFrame in the stack's CRS).
+        paths: output files written, by kind ("gpkg", "prob", "date"); empty when not written.
+        run: the provenance record written to the GeoPackage's ``runs`` layer.
+    """
+
+    stack: Stack
+    prob: da.Array
+    date_index: da.Array
+    changes: gpd.GeoDataFrame
+    paths: dict[str, Path] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+
+
+def output_paths(output: str | os.PathLike) -> dict[str, Path]:
+    """Output files of a detect run named after ``output`` (the GeoPackage).
+
+    ``changes.gpkg`` gives ``changes.gpkg``, ``changes_prob.tif`` (COG) and ``changes_date.tif``.
+    """
+    gpkg = Path(output)
+    if gpkg.suffix.lower() != ".gpkg":
+        raise InputError(
+            f"output {str(gpkg)!r}: found suffix {gpkg.suffix or '(none)'!r}, expected '.gpkg'; "
+            "name the output like 'changes.gpkg' (the rasters are written beside it)"
+        )
+    stem = gpkg.with_suffix("")
+    return {
+        "gpkg": gpkg,
+        "prob": stem.parent / f"{stem.name}_prob.tif",
+        "date": stem.parent / f"{stem.name}_date.tif",
+    }
+
+
+def make_detector(
+    method: Method,
+    sample: np.ndarray,
+    *,
+    model: str | os.PathLike | None = None,
+    device: Device = "auto",
+):
+    """A block detector for ``method`` with scene-wide parameters fitted on ``sample``.
+
+    Args:
+        method: "cnn-lstm" (the deep model), or a classical baseline "cva", "irmad", "diff".
+        sample: (t, c, n) float32 decimated read of the whole scene, NaN = nodata.
+        model: checkpoint path for "cnn-lstm"; None = the shipped default model.
+        device: "auto", "cpu" or "cuda" for the deep model.
+
+    Returns:
+        An object with ``.halo`` (pixels) and ``__call__(tile (t, c, h, w)) -> (2, h, w)``.
+    """
+    if method not in METHODS:
+        raise InputError(
+            f"--method: found {method!r}, expected one of {', '.join(METHODS)}; "
+            "pick one of those (cnn-lstm is the default deep model)"
+        )
+    if method == "cnn-lstm":
+        from geochange.predict import model_detector
+
+        return model_detector(sample, model_path=model, device=device)
+    if model is not None:
+        raise InputError(
+            f"--model: a checkpoint was given but --method is {method!r}, a classical baseline "
+            "without weights; drop --model or use --method cnn-lstm"
+        )
+    from geochange.baselines import make_baseline
+
+    return make_baseline(method, sample)
+
+
+def _threads_layout(n_chunks: int) -> tuple[int, int]:
+    """(dask threads, torch threads per task) so their product does not exceed the cores."""
+    cores = os.cpu_count() or 1
+    workers = max(1, min(cores, n_chunks))
+    return workers, max(1, cores // workers)
+
+
+def detect(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike] | Stack,
+    output: str | os.PathLike | None = None,
+    *,
+    dates: Sequence[str | _dt.date] | None = None,
+    method: Method = "cnn-lstm",
+    model: str | os.PathLike | None = None,
+    threshold: float = 0.5,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    chunk_size: int = 512,
+    align: bool = False,
+    device: Device = "auto",
+    overwrite: bool = False,
+    progress: bool = False,
+) -> DetectResult:
+    """Detect changes in a multi-date stack.
+
+    Args:
+        inputs: GeoTIFF files (one per date), a directory, a glob, or an opened ``Stack``.
+        output: GeoPackage path; the probability COG and date raster are written beside it.
+            None = compute in memory and write nothing.
+        dates: one date per file, overriding tags and file names.
+        method: "cnn-lstm" (default deep model), "cva", "irmad" or "diff".
+        model: checkpoint of a model trained with ``geochange train``; None = shipped default.
+        threshold: probability from which a pixel counts as change.
+        min_area: smallest polygon kept, in m².
+        simplify: polygon simplification tolerance in CRS units (0 = none).
+        chunk_size: chunk edge in pixels; memory per task grows with its square.
+        align: resample every date onto the first date's grid.
+        device: "auto" (CUDA when present), "cpu" or "cuda".
+        overwrite: replace existing outputs.
+        progress: show a progress bar over chunks.
+
+    Returns:
+        A ``DetectResult`` with lazy rasters (or rasters re-read from the written files),
+        the change polygons and the written paths.
+    """
+    from geochange import output as out_io
+    from geochange import tiling, vectorize
+
+    if not 0.0 < threshold < 1.0:
+        raise InputError(
+            f"--threshold: found {threshold}, expected a probability strictly between 0 and 1"
+        )
+    if min_area < 0:
+        raise InputError(f"--min-area: found {min_area}, expected an area in m² >= 0")
+    if chunk_size < 16:
+        raise InputError(f"--chunk-size: found {chunk_size}, expected at least 16 pixels")
+
+    paths = output_paths(output) if output is not None else {}
+    if paths:
+        out_io.check_writable(list(paths.values()), overwrite=overwrite)
+
+    stack = inputs if isinstance(inputs, Stack) else open_stack(
+        inputs, dates=dates, chunk_size=chunk_size, align=align
+    )
+    sample = read_sample(stack)
+    detector = make_detector(method, sample, model=model, device=device)
+    halo = int(detector.halo)
+
+    ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
+    data = stack.data.rechunk({0: -1, 1: -1, 2: ychunks, 3: xchunks})
+    n_chunks = len(ychunks) * len(xchunks)
+    dask_threads, torch_threads = _threads_layout(n_chunks)
+    if hasattr(detector, "num_threads"):
+        detector.num_threads = torch_threads
+    log.info(
+        "%d dates, %d bands, %dx%d px, %d chunks, halo %d px, %d dask threads x %d torch threads",
+        stack.T, stack.band_count, stack.grid.width, stack.grid.height, n_chunks, halo,
+        dask_threads, torch_threads,
+    )
+
+    result = tiling.overlap_map(data, detector, halo, out_bands=2, dtype=np.float32)
+    prob = result[0]
+    date_index = _date_raster(result[0], result[1], threshold)
+
+    run = _provenance(stack, method, model, threshold, min_area, simplify, chunk_size, detector)
+    dates_iso = [d.isoformat() for d in stack.dates]
+
+    with dask.config.set(scheduler="threads", num_workers=dask_threads):
+        callbacks = [_ChunkProgress(n_chunks)] if progress else []
+        with _callbacks(callbacks):
+            if paths:
+                prob, date_index = _write_rasters(
+                    prob, date_index, stack, paths, threshold, dates_iso, overwrite
+                )
+            else:
+                prob, date_index = dask.persist(prob, date_index)
+        changes = vectorize.polygons_from_rasters(
+            prob, date_index, stack.grid, stack.dates,
+            threshold=threshold, min_area=min_area, simplify=simplify, chunk_size=chunk_size,
+        )
+    if paths:
+        try:
+            out_io.write_gpkg(changes, paths["gpkg"], runs=run, overwrite=overwrite)
+        except BaseException:
+            for kind in ("prob", "date"):
+                paths[kind].unlink(missing_ok=True)
+            raise
+    log.info("%d change polygons", len(changes))
+    return DetectResult(stack, prob, date_index, changes, paths, run)
+
+
+def _date_raster(prob: da.Array, interval: da.Array, threshold: float) -> da.Array:
+    """uint8 change date index: 0 no change, k+1 for interval k where prob >= threshold, 255 nodata."""
+
+    def block(p: np.ndarray, k: np.ndarray) -> np.ndarray:
+        out = np.zeros(p.shape, np.uint8)
+        changed = np.nan_to_num(p, nan=0.0) >= threshold
+        out[changed] = (np.nan_to_num(k[changed], nan=0.0) + 1).astype(np.uint8)
+        out[np.isnan(p)] = DATE_NODATA
+        return out
+
+    return da.map_blocks(block, prob, interval, dtype=np.uint8)
+
+
+def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso, overwrite):
+    """Write both rasters from one pass over the graph; return them re-read lazily from disk."""
+    from geochange import output as out_io
+
+    tags = {
+        "geochange_version": __version__,
+        "threshold": str(threshold),
+        "dates": ",".join(dates_iso),
+    }
+    date_tags = dict(tags)
+    date_tags.update({f"DATE_{j}": d for j, d in enumerate(dates_iso) if j > 0})
+    date_tags["encoding"] = (
+        "0 = no change; j = 1..T-1: change first seen on date j (DATE_j), after date j-1; 255 = nodata"
+    )
+    out_io.write_rasters(
+        [
+            dict(array=prob, path=paths["prob"], dtype="float32", nodata=float("nan"), cog=True,
+                 tags=tags, band_descriptions=["change_probability"]),
+            dict(array=date_index, path=paths["date"], dtype="uint8", nodata=DATE_NODATA,
+                 cog=False, tags=date_tags, band_descriptions=["change_date_index"]),
+        ],
+        stack.grid,
+        overwrite=overwrite,
+    )
+    return (
+        out_io.read_raster_lazy(paths["prob"], chunks=stack.chunk_size),
+        out_io.read_raster_lazy(paths["date"], chunks=stack.chunk_size),
+    )
+
+
+def _provenance(stack, method, model, threshold, min_area, simplify, chunk_size, detector) -> dict:
+    meta = getattr(detector, "meta", {}) or {}
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "geochange_version": __version__,
+        "inputs": [str(p) for p in stack.paths],
+        "dates": [d.isoformat() for d in stack.dates],
+        "crs": stack.grid.crs.to_string() if stack.grid.crs else "",
+        "method": method,
+        "model": str(model) if model is not None else ("default" if method == "cnn-lstm" else ""),
+        "model_name": str(meta.get("name", method)),
+        "model_version": str(meta.get("version", __version__)),
+        "adapted": bool(meta.get("adapted", False)),
+        "threshold": float(threshold),
+        "min_area_m2": float(min_area),
+        "simplify": float(simplify),
+        "chunk_size": int(chunk_size),
+        "halo": int(detector.halo),
+        "align": bool(stack.align),
+    }
+
+
+class _ChunkProgress(dask.callbacks.Callback):
+    """A tqdm bar over chunks: counts finished tasks of the detector's map step."""
+
+    def __init__(self, n_chunks: int):
+        super().__init__()
+        self._n = n_chunks
+        self._bar = None
+
+    def _start_state(self, dsk, state):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=self._n, unit="chunk", desc="detect", leave=False)
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        name = key[0] if isinstance(key, tuple) else key
+        if isinstance(name, str) and name.startswith("geochange-detect") and self._bar is not None:
+            if self._bar.n < self._n:
+                self._bar.update(1)
+
+    def _finish(self, dsk, state, errored):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class _callbacks:
+    """Enter several dask callbacks at once (an empty list is fine)."""
+
+    def __init__(self, cbs):
+        self._cbs = cbs
+
+    def __enter__(self):
+        for cb in self._cbs:
+            cb.__enter__()
+
+    def __exit__(self, *exc):
+        for cb in reversed(self._cbs):
+            cb.__exit__(*exc)
