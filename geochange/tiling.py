@@ -1,0 +1,209 @@
+"""Chunk plan and halo: run a numpy block function over a lazy stack, seam-free.
+
+A *chunk* is a spatial block of the dask stack; a *tile* is a chunk plus a *halo* of up to
+``halo`` pixels on each side, taken from the neighbouring chunks. A block function whose output at
+a pixel depends only on inputs within ``halo`` pixels (its receptive radius) therefore gives, on
+every chunk, exactly what it gives on the whole scene in one piece. At the scene's outer edge no
+halo is added (dask ``boundary="none"``), so the function sees the scene edge there just as a
+whole-scene run does (e.g. a CNN's own zero padding).
+
+This module knows nothing of torch or rasterio: block functions are numpy in, numpy out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeAlias
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from geochange.errors import InputError
+
+__all__ = ["BlockFunction", "Chunks1D", "overlap_map", "plan_chunks"]
+
+logger = logging.getLogger(__name__)
+
+#: Chunk sizes along one axis, in pixels; they sum to the axis extent.
+Chunks1D: TypeAlias = tuple[int, ...]
+#: ``fn(tile (t, c, h, w)) -> (out_bands, h, w)``, numpy in, numpy out.
+BlockFunction: TypeAlias = Callable[[np.ndarray], np.ndarray]
+
+
+def _check_sizes(chunk_size: int, halo: int) -> None:
+    if int(chunk_size) != chunk_size or chunk_size < 1:
+        raise InputError(
+            f"chunk_size: got {chunk_size!r}, expected a positive whole number of pixels; "
+            "pass e.g. --chunk-size 512."
+        )
+    if int(halo) != halo or halo < 0:
+        raise InputError(
+            f"halo: got {halo!r}, expected a whole number of pixels >= 0 "
+            "(the receptive radius of the block function)."
+        )
+
+
+def _merge_small(chunks: Chunks1D, halo: int) -> Chunks1D:
+    """Merge every chunk smaller than ``halo`` into the next one (the last into the previous).
+
+    The result has the same total; every chunk is >= ``halo`` unless there is only one.
+    """
+    out: list[int] = []
+    carry = 0
+    for c in chunks:
+        c += carry
+        carry = 0
+        if c < halo:
+            carry = c
+            continue
+        out.append(c)
+    if carry:
+        if out:
+            out[-1] += carry
+        else:
+            out.append(carry)
+    return tuple(out)
+
+
+def _plan_axis(extent: int, chunk_size: int, halo: int) -> Chunks1D:
+    if extent <= 0:
+        return (0,) if extent == 0 else ()
+    n_full, rest = divmod(extent, chunk_size)
+    chunks = (chunk_size,) * n_full + ((rest,) if rest else ())
+    return _merge_small(chunks, halo)
+
+
+def plan_chunks(height: int, width: int, chunk_size: int, halo: int) -> tuple[Chunks1D, Chunks1D]:
+    """Chunk sizes along y and x for a scene, fit for a halo.
+
+    Chunks are ``chunk_size`` pixels square; an edge chunk smaller than ``halo`` is merged into
+    its neighbour (so the last chunk may be up to ``chunk_size + halo - 1`` pixels), because a
+    tile can only borrow its halo from its immediate neighbours.
+
+    Args:
+        height: scene rows (pixels).
+        width: scene columns (pixels).
+        chunk_size: chunk edge in pixels (>= 1, and >= ``halo`` when the scene needs more than
+            one chunk).
+        halo: receptive radius of the block function in pixels (>= 0).
+
+    Returns:
+        ``(y_chunks, x_chunks)``: chunk sizes summing to ``height`` and ``width``.
+
+    Raises:
+        InputError: ``chunk_size`` is smaller than ``halo`` on an axis with several chunks, or
+            either is not a valid pixel count.
+    """
+    _check_sizes(chunk_size, halo)
+    for name, extent in (("height", height), ("width", width)):
+        if extent > chunk_size and chunk_size < halo:
+            raise InputError(
+                f"chunk_size {chunk_size} px is smaller than the halo of {halo} px the block "
+                f"function needs (scene {name} {extent} px needs several chunks, and a chunk can "
+                f"only borrow its halo from its neighbours); use --chunk-size {max(halo, 256)} "
+                "or more."
+            )
+    return _plan_axis(height, chunk_size, halo), _plan_axis(width, chunk_size, halo)
+
+
+def _fit_chunks(chunks: Chunks1D, halo: int, axis: str) -> Chunks1D:
+    """Input chunks along one spatial axis, merged where smaller than the halo."""
+    if len(chunks) <= 1 or min(chunks) >= halo:
+        return chunks
+    merged = _merge_small(chunks, halo)
+    if len(merged) > 1 and min(merged) < halo:  # pragma: no cover - _merge_small guarantees it
+        raise InputError(
+            f"Overlap depth {halo} is larger than the smallest chunk along {axis}: chunks "
+            f"{chunks}; rechunk with geochange.tiling.plan_chunks(..., halo={halo})."
+        )
+    logger.info(
+        "halo %d px > smallest chunk along %s %s: merged small chunks into neighbours -> %s",
+        halo,
+        axis,
+        chunks,
+        merged,
+    )
+    return merged
+
+
+def _fn_token(fn: object) -> object:
+    # Tokenising an arbitrary callable may pickle it (a whole torch model); objects can opt in
+    # with __dask_tokenize__, otherwise identity is enough within one graph.
+    tok = getattr(fn, "__dask_tokenize__", None)
+    if callable(tok):
+        return tok()
+    return (type(fn).__module__, type(fn).__qualname__, id(fn))
+
+
+def overlap_map(
+    data: da.Array,
+    fn: BlockFunction,
+    halo: int,
+    *,
+    out_bands: int,
+    dtype: np.typing.DTypeLike = np.float32,
+) -> da.Array:
+    """Apply a block function chunk by chunk with a halo, seam-free.
+
+    Args:
+        data: lazy stack (t, c, y, x), any chunking; it is rechunked to one chunk along t and c.
+            Spatial chunks smaller than ``halo`` are merged into a neighbour (logged).
+        fn: ``fn(tile) -> out``: ``tile`` a numpy (t, c, h, w) array, one chunk plus up to
+            ``halo`` pixels on each side (none beyond the scene edge); ``out`` (out_bands, h, w)
+            for the whole tile. Called once per chunk, possibly in several threads or processes.
+        halo: receptive radius of ``fn`` in pixels (>= 0).
+        out_bands: number of output bands of ``fn``.
+        dtype: output dtype.
+
+    Returns:
+        Lazy (out_bands, y, x) array with the (possibly merged) spatial chunks of ``data``.
+
+    Raises:
+        InputError: ``halo`` is negative or not whole.
+        ValueError: ``data`` is not 4-D, or ``fn`` returns an array of the wrong shape (when
+            computed).
+    """
+    if data.ndim != 4:
+        raise ValueError(f"overlap_map: data must be (t, c, y, x), got {data.ndim} dims")
+    _check_sizes(1, halo)
+    halo = int(halo)
+    dtype = np.dtype(dtype)
+    ychunks = _fit_chunks(data.chunks[2], halo, "y")
+    xchunks = _fit_chunks(data.chunks[3], halo, "x")
+    t, c = data.shape[:2]
+    data = data.rechunk({0: t or 1, 1: c or 1, 2: ychunks, 3: xchunks})
+
+    # No halo on an axis with a single chunk (nothing to borrow; dask would refuse a depth
+    # larger than the array).
+    depth = {0: 0, 1: 0, 2: halo if len(ychunks) > 1 else 0, 3: halo if len(xchunks) > 1 else 0}
+    tiles = da.overlap.overlap(data, depth=depth, boundary="none", allow_rechunk=False)
+    ny, nx = len(ychunks), len(xchunks)
+    dy, dx = depth[2], depth[3]
+
+    def _run(tile: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        iy, ix = block_info[0]["chunk-location"][2:]
+        out = np.asarray(fn(tile))
+        h, w = tile.shape[2:]
+        if out.shape != (out_bands, h, w):
+            raise ValueError(
+                f"overlap_map: block function returned shape {out.shape} for a tile of "
+                f"{tile.shape}; expected (out_bands={out_bands}, {h}, {w})."
+            )
+        y0 = dy if iy > 0 else 0
+        y1 = h - (dy if iy < ny - 1 else 0)
+        x0 = dx if ix > 0 else 0
+        x1 = w - (dx if ix < nx - 1 else 0)
+        return out[:, y0:y1, x0:x1].astype(dtype, copy=False)
+
+    name = "overlap_map-" + tokenize(data.name, halo, out_bands, dtype.str, _fn_token(fn))
+    return da.map_blocks(
+        _run,
+        tiles,
+        drop_axis=0,
+        chunks=((out_bands,), ychunks, xchunks),
+        dtype=dtype,
+        meta=np.empty((0, 0, 0), dtype=dtype),
+        name=name,
+    )

@@ -1,0 +1,186 @@
+"""Tests of geochange.tiling: chunk arithmetic and seam-free overlap_map."""
+
+from __future__ import annotations
+
+import logging
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from geochange.errors import InputError
+from geochange.tiling import overlap_map, plan_chunks
+
+
+def _mean3(img: np.ndarray) -> np.ndarray:
+    """One 3x3 mean with zero padding, as a CNN layer with padding=1 does. img: (..., h, w)."""
+    pad = [(0, 0)] * (img.ndim - 2) + [(1, 1), (1, 1)]
+    p = np.pad(img, pad)
+    h, w = img.shape[-2:]
+    out = np.zeros_like(img)
+    for dy in range(3):
+        for dx in range(3):
+            out += p[..., dy : dy + h, dx : dx + w]
+    return out / 9.0
+
+
+def make_fn(radius: int):
+    """A block function with receptive radius ``radius``: (t, c, h, w) -> (2, h, w)."""
+
+    def fn(tile: np.ndarray) -> np.ndarray:
+        x = tile.astype(np.float64)
+        for _ in range(radius):
+            x = _mean3(x)
+        # Mix dates and bands non-linearly so the test sees every input.
+        a = np.tanh(x.sum(axis=(0, 1)))
+        b = (x[-1] - x[0]).mean(axis=0) ** 2
+        return np.stack([a, b]).astype(np.float32)
+
+    return fn
+
+
+@pytest.fixture
+def scene() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(3, 2, 100, 130)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- plan_chunks
+
+
+@given(
+    extent=st.integers(1, 3000),
+    chunk_size=st.integers(1, 700),
+    halo=st.integers(0, 64),
+)
+def test_plan_chunks_arithmetic(extent: int, chunk_size: int, halo: int) -> None:
+    if extent > chunk_size and chunk_size < halo:
+        with pytest.raises(InputError, match="smaller than the halo"):
+            plan_chunks(extent, extent, chunk_size, halo)
+        return
+    ys, xs = plan_chunks(extent, 1, chunk_size, halo)
+    assert sum(ys) == extent
+    assert xs == (1,)
+    assert all(c > 0 for c in ys)
+    if len(ys) > 1:
+        assert min(ys) >= halo
+    # Only the last chunk differs from chunk_size, and by less than chunk_size + halo.
+    assert all(c == chunk_size for c in ys[:-1])
+    assert ys[-1] < chunk_size + max(halo, 1)
+
+
+def test_plan_chunks_merges_small_last_chunk() -> None:
+    assert plan_chunks(100, 130, 32, 5) == ((32, 32, 36), (32, 32, 32, 34))
+    assert plan_chunks(100, 130, 32, 4) == ((32, 32, 32, 4), (32, 32, 32, 34))
+    assert plan_chunks(100, 130, 32, 1) == ((32, 32, 32, 4), (32, 32, 32, 32, 2))
+    assert plan_chunks(10, 10, 32, 50) == ((10,), (10,))
+
+
+def test_plan_chunks_errors() -> None:
+    with pytest.raises(InputError, match=r"chunk_size 8 px is smaller than the halo of 20 px"):
+        plan_chunks(100, 100, 8, 20)
+    with pytest.raises(InputError, match="chunk_size: got 0"):
+        plan_chunks(100, 100, 0, 2)
+    with pytest.raises(InputError, match="halo: got -1"):
+        plan_chunks(100, 100, 32, -1)
+
+
+# ----------------------------------------------------------------------------- overlap_map
+
+
+@pytest.mark.parametrize("tchunk", [1, 3])
+def test_overlap_map_seam_free_uneven_chunks(scene: np.ndarray, tchunk: int) -> None:
+    r = 4
+    fn = make_fn(r)
+    whole = fn(scene)
+    data = da.from_array(scene, chunks=(tchunk, 2, 32, 32))  # 100 = 32+32+32+4: uneven
+    out = overlap_map(data, fn, halo=r, out_bands=2)
+    assert out.shape == (2, 100, 130)
+    assert out.dtype == np.float32
+    # y keeps its 4 px edge chunk (= halo); x merges its 2 px edge chunk.
+    assert out.chunks[1:] == ((32, 32, 32, 4), (32, 32, 32, 34))
+    got = out.compute(scheduler="threads")
+    np.testing.assert_allclose(got, whole, atol=1e-6, rtol=0)
+
+
+def test_overlap_map_chunk_size_does_not_matter(scene: np.ndarray) -> None:
+    r = 3
+    fn = make_fn(r)
+    outs = []
+    for cs in (17, 40, 64, 200):
+        ych, xch = plan_chunks(100, 130, cs, r)
+        data = da.from_array(scene, chunks=(1, 2, ych, xch))
+        outs.append(overlap_map(data, fn, halo=r, out_bands=2).compute(scheduler="sync"))
+    for o in outs[1:]:
+        np.testing.assert_allclose(o, outs[0], atol=1e-6, rtol=0)
+
+
+def test_overlap_map_too_small_halo_shows_seams(scene: np.ndarray) -> None:
+    r = 4
+    fn = make_fn(r)
+    whole = fn(scene)
+    data = da.from_array(scene, chunks=(1, 2, 32, 32))
+    got = overlap_map(data, fn, halo=r - 1, out_bands=2).compute(scheduler="sync")
+    diff = np.abs(got - whole).max(axis=0)
+    assert diff.max() > 1e-4
+    # The differences sit next to the internal chunk borders, not in chunk interiors.
+    assert diff[40:56, 40:56].max() < 1e-6
+
+
+def test_overlap_map_merges_chunks_smaller_than_halo(scene: np.ndarray, caplog) -> None:
+    r = 5
+    fn = make_fn(r)
+    data = da.from_array(scene, chunks=(1, 2, (3, 50, 47), (60, 2, 66, 2)))
+    with caplog.at_level(logging.INFO, logger="geochange.tiling"):
+        out = overlap_map(data, fn, halo=r, out_bands=2)
+    assert out.chunks[1:] == ((53, 47), (60, 70))
+    assert "merged small chunks" in caplog.text
+    np.testing.assert_allclose(out.compute(scheduler="sync"), fn(scene), atol=1e-6, rtol=0)
+
+
+def test_overlap_map_halo_larger_than_scene() -> None:
+    rng = np.random.default_rng(1)
+    small = rng.normal(size=(2, 1, 9, 12)).astype(np.float32)
+    fn = make_fn(2)
+    out = overlap_map(da.from_array(small, chunks=(1, 1, 9, 12)), fn, halo=40, out_bands=2)
+    np.testing.assert_allclose(out.compute(), fn(small), atol=1e-6)
+
+
+def test_overlap_map_calls_fn_once_per_chunk_with_tiles(scene: np.ndarray) -> None:
+    shapes: list[tuple[int, ...]] = []
+
+    def fn(tile: np.ndarray) -> np.ndarray:
+        shapes.append(tile.shape)
+        return np.zeros((1,) + tile.shape[2:], np.float32)
+
+    data = da.from_array(scene, chunks=(1, 2, 50, 65))
+    out = overlap_map(data, fn, halo=2, out_bands=1, dtype=np.uint8)
+    assert out.dtype == np.uint8
+    with dask.config.set(scheduler="sync"):
+        out.compute()
+    assert sorted(shapes) == sorted([(3, 2, 52, 67)] * 4)
+
+
+def test_overlap_map_wrong_output_shape(scene: np.ndarray) -> None:
+    data = da.from_array(scene, chunks=(1, 2, 50, 65))
+    out = overlap_map(data, lambda t: np.zeros((1, 3, 3), np.float32), halo=1, out_bands=2)
+    with pytest.raises(ValueError, match=r"expected \(out_bands=2"):
+        out.compute(scheduler="sync")
+
+
+def test_tiling_does_not_import_torch_or_rasterio() -> None:
+    import ast
+
+    import geochange.tiling
+
+    tree = ast.parse(open(geochange.tiling.__file__, encoding="utf-8").read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    assert not names & {"torch", "rasterio"}
