@@ -1,0 +1,640 @@
+"""Find the GeoTIFFs of a time series, read their dates, check their grids, open them lazily.
+
+One GeoTIFF holds one date with all its bands. :func:`open_stack` turns paths, folders, glob
+patterns or GDAL URLs into a :class:`Stack`: the dates sorted ascending, the grid they share (a
+:class:`~geochange.grid.GridSpec`) and a lazy dask array ``(t, c, y, x)`` float32 with NaN where
+a source pixel is nodata.
+
+The dask graph holds one read task per (date, chunk). Each task opens its file inside the task
+(rasterio handles are neither picklable nor thread-safe) under :data:`GDAL_ENV` and reads only its
+window, so the graph runs on the threaded scheduler and on ``dask.distributed`` alike.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import rasterio
+from affine import Affine
+from dask.base import tokenize
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from geochange.errors import AlignmentError, DateError, InputError
+from geochange.grid import GridSpec
+
+__all__ = ["GDAL_ENV", "Stack", "open_stack", "parse_dates", "read_sample"]
+
+logger = logging.getLogger(__name__)
+
+#: GDAL settings for every read, in one place. Applied with ``rasterio.Env(**GDAL_ENV)`` inside
+#: each read task (GDAL settings are per process/thread, and dask workers are other processes).
+GDAL_ENV: dict[str, Any] = {
+    # Do not list the folder of every file on open (slow on network file systems and S3);
+    # side-car files (.aux.xml, .msk, .ovr) are then not found: use internal masks and overviews.
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    # Block cache in MB per process; chunks are read once, so a small cache suffices.
+    "GDAL_CACHEMAX": 256,
+    # For /vsicurl/ and /vsis3/: only fetch GeoTIFFs, retry transient HTTP errors.
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+    "GDAL_HTTP_MAX_RETRY": 3,
+    "GDAL_HTTP_RETRY_DELAY": 1,
+    "VSI_CACHE": "TRUE",
+}
+
+#: Resampling used by ``align=True``: reflectances are continuous data.
+ALIGN_RESAMPLING = Resampling.bilinear
+
+InputPath = str | os.PathLike
+Inputs = InputPath | Sequence[InputPath]
+DateLike = str | dt.date
+
+_TIF_SUFFIXES = (".tif", ".tiff")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+# A date in a file name: 20230115, 2023-01-15 or 2023_01_15, not inside a longer number.
+_NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d\d)([-_]?)(\d\d)\2(\d\d)(?!\d)")
+# A date at the start of a tag value: 2023-01-15, 2023:01:15 (TIFF DateTime) or 20230115.
+_VALUE_DATE = re.compile(r"^\s*(\d{4})([-:/]?)(\d{2})\2(\d{2})(?:$|[T\s_Z+]|\d{2}:)")
+
+
+# --------------------------------------------------------------------------------------------
+# The stack
+
+
+@dataclass(frozen=True)
+class Stack:
+    """T dates of a scene on one grid, read lazily.
+
+    Attributes:
+        paths: one file per date, sorted by date; local paths or GDAL URLs (``/vsis3/...``).
+        dates: acquisition dates, strictly increasing.
+        grid: grid of the first date (the target grid when ``align``); ``grid.nodata`` is the
+            first file's nodata (each file's own nodata is used when reading it).
+        band_count: bands per date (c).
+        dtype: source data type of the first file, e.g. ``"uint16"``.
+        band_names: band descriptions of the first file (None where unnamed).
+        chunk_size: spatial chunk size of :attr:`data` in pixels.
+        align: whether dates are warped onto ``grid`` when read.
+    """
+
+    paths: tuple[str, ...]
+    dates: tuple[dt.date, ...]
+    grid: GridSpec
+    band_count: int
+    dtype: str
+    band_names: tuple[str | None, ...]
+    chunk_size: int
+    align: bool
+
+    @property
+    def T(self) -> int:  # noqa: N802 - T is the glossary's name for the number of dates
+        """Number of dates."""
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(t, c, y, x) shape of :attr:`data`."""
+        return (self.T, self.band_count, self.grid.height, self.grid.width)
+
+    @cached_property
+    def data(self) -> da.Array:
+        """Lazy (t, c, y, x) float32 array, source units, NaN where nodata.
+
+        Chunks: one date per chunk, all bands, ``chunk_size`` square in y and x (edges smaller).
+        """
+        reader = _StackReader(self._sources(), self.band_count, self.grid.height, self.grid.width)
+        chunks = (
+            (1,) * self.T,
+            (self.band_count,),
+            _axis_chunks(self.grid.height, self.chunk_size),
+            _axis_chunks(self.grid.width, self.chunk_size),
+        )
+        name = "read-stack-" + tokenize(reader, self.chunk_size)
+        return da.from_array(
+            reader,
+            chunks=chunks,
+            name=name,
+            lock=False,
+            asarray=False,
+            fancy=False,
+            meta=np.empty((0, 0, 0, 0), dtype=np.float32),
+        )
+
+    def window(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
+        """Read a window of every date now.
+
+        Args:
+            row_off, col_off: upper-left pixel of the window on :attr:`grid`.
+            height, width: window size in pixels; the window must lie inside the grid.
+
+        Returns:
+            (t, c, height, width) float32, source units, NaN where nodata.
+        """
+        if (
+            row_off < 0
+            or col_off < 0
+            or height < 0
+            or width < 0
+            or row_off + height > self.grid.height
+            or col_off + width > self.grid.width
+        ):
+            raise ValueError(
+                f"window rows {row_off}:{row_off + height}, cols {col_off}:{col_off + width} "
+                f"is outside the {self.grid.height}x{self.grid.width} grid"
+            )
+        window = Window(col_off, row_off, width, height)
+        return np.stack([_read_window(src, window) for src in self._sources()])
+
+    def _sources(self) -> tuple[_Source, ...]:
+        target = (self.grid.crs, self.grid.transform, self.grid.height, self.grid.width)
+        return tuple(_Source(path, *target, self.align) for path in self.paths)
+
+
+# --------------------------------------------------------------------------------------------
+# Read tasks: plain picklable values and top-level functions, one file opened per call.
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What a read task needs to read one date on the stack grid."""
+
+    path: str
+    crs: CRS | None
+    transform: Affine
+    height: int
+    width: int
+    align: bool
+
+
+@dataclass(frozen=True)
+class _StackReader:
+    """Array-like (t, c, y, x) float32 over the files; each ``[...]`` opens and reads the files.
+
+    Used as the source of :func:`dask.array.from_array`: dask calls ``reader[slices]`` once per
+    chunk, inside the task.
+    """
+
+    sources: tuple[_Source, ...]
+    bands: int
+    height: int
+    width: int
+    dtype = np.dtype("float32")
+    ndim = 4
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.sources), self.bands, self.height, self.width)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (4 - len(key))
+        t_key, c_key, y_key, x_key = key
+        # Read the bounding window in y/x once per date, then apply steps/indices with numpy.
+        (y0, y1), y_rest = _bounding(y_key, self.height)
+        (x0, x1), x_rest = _bounding(x_key, self.width)
+        window = Window(x0, y0, x1 - x0, y1 - y0)
+        t_index = np.arange(len(self.sources))[t_key]
+        blocks = [_read_window(self.sources[int(t)], window) for t in np.atleast_1d(t_index)]
+        out = np.stack(blocks) if blocks else np.empty((0, self.bands, y1 - y0, x1 - x0))
+        # Index one axis at a time so that arrays index each axis on its own (outer indexing).
+        out = out.astype(np.float32, copy=False)[:, c_key]
+        out = out[..., y_rest, :]
+        out = out[..., x_rest]
+        return out[0] if np.ndim(t_index) == 0 else out
+
+
+def _bounding(key: Any, size: int) -> tuple[tuple[int, int], Any]:
+    """Smallest [start, stop) holding ``key`` and the index of ``key`` inside that range."""
+    if isinstance(key, slice):
+        start, stop, step = key.indices(size)
+        if step == 1:
+            return (start, max(start, stop)), slice(None)
+    idx = np.arange(size)[key]
+    if np.ndim(idx) == 0:
+        return (int(idx), int(idx) + 1), 0
+    if idx.size == 0:
+        return (0, 0), slice(0, 0)
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    return (lo, hi), idx - lo
+
+
+def _read_window(source: _Source, window: Window) -> np.ndarray:
+    """Read all bands of one date in ``window`` of the stack grid.
+
+    Returns:
+        (c, h, w) float32, NaN where any band is nodata or the pixel is masked.
+    """
+    with rasterio.Env(**GDAL_ENV), rasterio.open(source.path) as src:
+        if source.align and not _on_grid(src, source):
+            with WarpedVRT(
+                src,
+                crs=source.crs,
+                transform=source.transform,
+                width=source.width,
+                height=source.height,
+                resampling=ALIGN_RESAMPLING,
+                src_nodata=src.nodata,
+                nodata=np.nan,
+                dtype="float32",
+            ) as vrt:
+                return _masked_read(vrt, window=window)
+        return _masked_read(src, window=window)
+
+
+def _on_grid(src: Any, source: _Source) -> bool:
+    """True when an open file lies exactly on the target grid (no warp needed)."""
+    grid = GridSpec(source.crs, source.transform, source.height, source.width)
+    return grid.same_grid(GridSpec(src.crs, src.transform, src.height, src.width))
+
+
+def _masked_read(src: Any, **read_kwargs: Any) -> np.ndarray:
+    """``src.read(**read_kwargs)`` as float32 with NaN where nodata or masked (whole pixel)."""
+    raw = src.read(**read_kwargs)
+    out = raw.astype(np.float32)
+    invalid = np.isnan(out).any(axis=0) if out.dtype.kind == "f" else np.zeros(out.shape[1:], bool)
+    nodata = src.nodata
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        invalid |= (raw == nodata).any(axis=0)
+    if _has_mask(src):
+        mask_kwargs = dict(read_kwargs)
+        if "out_shape" in mask_kwargs:
+            mask_kwargs["out_shape"] = mask_kwargs["out_shape"][-2:]
+        invalid |= src.dataset_mask(**mask_kwargs) == 0
+    out[:, invalid] = np.nan
+    return out
+
+
+def _has_mask(src: Any) -> bool:
+    """True when the file has an internal mask or alpha band (not just a nodata value)."""
+    return any(
+        MaskFlags.per_dataset in flags or MaskFlags.alpha in flags for flags in src.mask_flag_enums
+    )
+
+
+def _axis_chunks(size: int, chunk: int) -> tuple[int, ...]:
+    full, rest = divmod(size, chunk)
+    return (chunk,) * full + ((rest,) if rest else ())
+
+
+# --------------------------------------------------------------------------------------------
+# Opening a stack
+
+
+@dataclass(frozen=True)
+class _FileInfo:
+    path: str
+    crs: CRS | None
+    transform: Affine
+    height: int
+    width: int
+    count: int
+    dtype: str
+    nodata: float | None
+    band_names: tuple[str | None, ...]
+    tag_date: dt.date | None
+    tiff_date: dt.date | None
+
+    @property
+    def grid(self) -> GridSpec:
+        return GridSpec(self.crs, self.transform, self.height, self.width, self.nodata)
+
+
+def open_stack(
+    inputs: Inputs,
+    *,
+    dates: Sequence[DateLike] | str | None = None,
+    chunk_size: int = 512,
+    align: bool = False,
+) -> Stack:
+    """Open a time series of GeoTIFFs, one file per date, as a lazy :class:`Stack`.
+
+    Args:
+        inputs: a file, a folder (its ``*.tif``/``*.tiff``, not recursive), a glob pattern, a GDAL
+            URL (``/vsis3/bucket/key.tif``), or a list mixing them.
+        dates: one date per file (ISO ``YYYY-MM-DD`` strings, a comma-separated string or
+            ``datetime.date``), in the order the files are listed (folders and globs sorted by
+            name). Default: each file's ``ACQUISITION_DATE`` tag, else its TIFF DateTime tag, else
+            a date in its name (``20230115``, ``2023-01-15``, ``2023_01_15``).
+        chunk_size: spatial chunk size of ``Stack.data`` in pixels.
+        align: read every date onto the grid of the first date (bilinear warp) instead of
+            requiring all dates to share the grid.
+
+    Returns:
+        The stack, dates sorted ascending.
+
+    Raises:
+        InputError: no files, missing or unreadable file, a single date.
+        DateError: a missing, malformed or duplicated date, or a wrong number of ``dates``.
+        AlignmentError: the dates differ in band count, or (without ``align``) in CRS, size or
+            transform.
+    """
+    if chunk_size < 1:
+        raise InputError(f"chunk_size={chunk_size}: expected a positive number of pixels")
+    paths = _expand_inputs(inputs)
+    given = None
+    if dates is not None:
+        given = parse_dates([dates] if isinstance(dates, (str, dt.date)) else list(dates))
+        if len(given) != len(paths):
+            listed = ", ".join(Path(p).name for p in paths[:6]) + (
+                ", ..." if len(paths) > 6 else ""
+            )
+            raise DateError(
+                f"--dates: got {len(given)} dates for {len(paths)} files ({listed}); expected one "
+                "date per file, in the order the files are listed (folders and globs sorted by "
+                "name). Fix: give exactly one date per file"
+            )
+    infos = [_inspect(p) for p in paths]
+    file_dates = given if given is not None else [_file_date(info) for info in infos]
+
+    order = sorted(range(len(infos)), key=lambda i: file_dates[i])
+    infos = [infos[i] for i in order]
+    file_dates = [file_dates[i] for i in order]
+    if len(infos) < 2:
+        raise InputError(
+            f"{infos[0].path}: only one date found; expected at least 2 dates (one GeoTIFF per "
+            "date). Fix: give two or more files, a folder or a glob such as 'scenes/*.tif'"
+        )
+    for (a, da_), (b, db) in zip(zip(infos, file_dates), zip(infos[1:], file_dates[1:])):
+        if da_ == db:
+            raise DateError(
+                f"{a.path} and {b.path} have the same date {da_.isoformat()}; expected one file "
+                "per date. Fix: remove one of them, or give the right dates with --dates"
+            )
+
+    ref = infos[0]
+    for info in infos[1:]:
+        _check_grid(info, ref, align)
+    if align and ref.crs is None:
+        raise AlignmentError(
+            f"{ref.path}: has no CRS; --align needs the reference (first) date georeferenced. "
+            "Fix: assign a CRS to the file (e.g. gdal_edit.py -a_srs EPSG:32633)"
+        )
+    logger.info("opened %d dates on %s", len(infos), ref.grid.describe())
+    return Stack(
+        paths=tuple(info.path for info in infos),
+        dates=tuple(file_dates),
+        grid=ref.grid,
+        band_count=ref.count,
+        dtype=ref.dtype,
+        band_names=ref.band_names,
+        chunk_size=int(chunk_size),
+        align=bool(align),
+    )
+
+
+def _expand_inputs(inputs: Inputs) -> list[str]:
+    """Files named by ``inputs``: folders and globs expanded (sorted by name), duplicates dropped."""
+    items: Iterable[InputPath]
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not items:
+        raise InputError("no input given; expected GeoTIFF files, a folder or a glob pattern")
+    found: list[str] = []
+    for item in items:
+        text = os.fspath(item)
+        if text.startswith("/vsi") or "://" in text:
+            found.append(text)  # a GDAL URL: checked when opened
+        elif os.path.isdir(text):
+            names = sorted(
+                os.path.join(text, n)
+                for n in os.listdir(text)
+                if n.lower().endswith(_TIF_SUFFIXES) and os.path.isfile(os.path.join(text, n))
+            )
+            if not names:
+                raise InputError(
+                    f"{text}: folder has no .tif/.tiff files; expected one GeoTIFF per date. "
+                    "Fix: point to the folder holding the GeoTIFFs (subfolders are not searched)"
+                )
+            found.extend(names)
+        elif os.path.exists(text):
+            found.append(text)
+        elif _GLOB_CHARS.search(text):
+            names = sorted(n for n in glob.glob(text) if os.path.isfile(n))
+            if not names:
+                raise InputError(
+                    f"{text}: glob pattern matches no file; expected GeoTIFFs, one per date. "
+                    "Fix: check the pattern and the folder"
+                )
+            found.extend(names)
+        else:
+            raise InputError(
+                f"{text}: no such file or folder; expected a GeoTIFF, a folder of GeoTIFFs or a "
+                "glob pattern. Fix: check the path"
+            )
+    unique: list[str] = []
+    seen: set[str] = set()
+    for path in found:
+        key = path if path.startswith("/vsi") or "://" in path else os.path.realpath(path)
+        if key in seen:
+            logger.info("%s listed twice; reading it once", path)
+            continue
+        seen.add(key)
+        unique.append(path)
+    return unique
+
+
+def _inspect(path: str) -> _FileInfo:
+    """Open a file, read its metadata and check that its last block is readable."""
+    try:
+        with rasterio.Env(**GDAL_ENV), rasterio.open(path) as src:
+            if src.count < 1:
+                raise InputError(f"{path}: has no raster bands; expected a GeoTIFF with bands")
+            # A truncated GeoTIFF opens fine and fails on read: read the bottom-right pixel of
+            # every band (the last block written).
+            src.read(window=Window(src.width - 1, src.height - 1, 1, 1))
+            tags = src.tags()
+            return _FileInfo(
+                path=path,
+                crs=src.crs,
+                transform=src.transform,
+                height=src.height,
+                width=src.width,
+                count=src.count,
+                dtype=src.dtypes[0],
+                nodata=src.nodata,
+                band_names=tuple(d or None for d in src.descriptions),
+                tag_date=_tag_date(tags),
+                tiff_date=_parse_value_date(tags.get("TIFFTAG_DATETIME")),
+            )
+    except RasterioError as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise InputError(
+            f"{path}: cannot read it as a raster: {exc}{cause}; expected a complete, readable "
+            "GeoTIFF. Fix: re-download or re-export the file (it may be truncated or corrupt)"
+        ) from exc
+
+
+def _tag_date(tags: dict[str, str]) -> dt.date | None:
+    for key, value in tags.items():
+        if key.upper() == "ACQUISITION_DATE":
+            return _parse_value_date(value)
+    return None
+
+
+def _parse_value_date(value: str | None) -> dt.date | None:
+    """A date at the start of a tag value (``2023-01-15...``, ``2023:01:15 10:00:00``)."""
+    if not value:
+        return None
+    match = _VALUE_DATE.match(value)
+    if not match:
+        return None
+    try:
+        return dt.date(int(match[1]), int(match[3]), int(match[4]))
+    except ValueError:
+        return None
+
+
+def _name_date(path: str) -> dt.date | None:
+    """The first valid date in a file name."""
+    for match in _NAME_DATE.finditer(Path(path).name):
+        try:
+            return dt.date(int(match[1]), int(match[3]), int(match[4]))
+        except ValueError:
+            continue
+    return None
+
+
+def _file_date(info: _FileInfo) -> dt.date:
+    date = info.tag_date or info.tiff_date or _name_date(info.path)
+    if date is None:
+        raise DateError(
+            f"{info.path}: no acquisition date found (no ACQUISITION_DATE or TIFFTAG_DATETIME "
+            "tag, no date like 20230115 or 2023-01-15 in the name); expected one date per file. "
+            "Fix: pass --dates 2023-01-15,2023-02-14,... (API: dates=[...]), set the "
+            "ACQUISITION_DATE tag, or put the date in the file name"
+        )
+    return date
+
+
+def parse_dates(values: Sequence[DateLike]) -> list[dt.date]:
+    """Parse dates given by a user.
+
+    Args:
+        values: ``datetime.date`` objects or strings ``YYYY-MM-DD`` (also ``YYYYMMDD``); a string
+            may hold several dates separated by commas or spaces.
+
+    Returns:
+        The dates, in the order given.
+
+    Raises:
+        DateError: a value is not a valid date.
+    """
+    out: list[dt.date] = []
+    for value in values:
+        if isinstance(value, dt.datetime):
+            out.append(value.date())
+            continue
+        if isinstance(value, dt.date):
+            out.append(value)
+            continue
+        for part in re.split(r"[,\s]+", str(value).strip()):
+            if not part:
+                continue
+            match = re.fullmatch(r"(\d{4})(-?)(\d{2})\2(\d{2})", part)
+            date = None
+            if match:
+                try:
+                    date = dt.date(int(match[1]), int(match[3]), int(match[4]))
+                except ValueError:
+                    date = None
+            if date is None:
+                raise DateError(
+                    f"--dates: {part!r} is not a valid date; expected YYYY-MM-DD, e.g. "
+                    "2023-01-15. Fix: correct the date"
+                )
+            out.append(date)
+    return out
+
+
+def _check_grid(info: _FileInfo, ref: _FileInfo, align: bool) -> None:
+    """Raise AlignmentError when ``info`` cannot be stacked with the reference date ``ref``."""
+    if info.count != ref.count:
+        raise AlignmentError(
+            f"{info.path}: has {info.count} bands, expected {ref.count} like {ref.path}; "
+            "--align cannot fix a band count. Fix: select the same bands for every date "
+            "(e.g. gdal_translate -b 1 -b 2 -b 3)"
+        )
+    if align:
+        return
+    hint = "Fix: pass --align (API: align=True) to warp every date onto the first date's grid"
+    if info.crs != ref.crs:
+        found = info.crs.to_string() if info.crs else "no CRS"
+        expected = ref.crs.to_string() if ref.crs else "no CRS"
+        raise AlignmentError(
+            f"{info.path}: CRS is {found}, expected {expected} like {ref.path}. {hint}"
+        )
+    if (info.height, info.width) != (ref.height, ref.width):
+        raise AlignmentError(
+            f"{info.path}: size is {info.width}x{info.height} px, expected "
+            f"{ref.width}x{ref.height} px like {ref.path}. {hint}"
+        )
+    if not ref.grid.same_grid(info.grid):
+        raise AlignmentError(
+            f"{info.path}: transform differs: origin ({info.transform.c:g}, "
+            f"{info.transform.f:g}) pixel ({info.transform.a:g}, {info.transform.e:g}), expected "
+            f"origin ({ref.transform.c:g}, {ref.transform.f:g}) pixel ({ref.transform.a:g}, "
+            f"{ref.transform.e:g}) like {ref.path}. {hint}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Scene sample
+
+
+def read_sample(stack: Stack, max_pixels: int = 256 * 256) -> np.ndarray:
+    """A decimated read of the whole scene, for scene-wide statistics.
+
+    Each date is read at a reduced resolution (nearest neighbour, so nodata stays nodata, and
+    GDAL uses overviews when the files have them): never the full resolution of a large scene.
+
+    Args:
+        stack: the stack.
+        max_pixels: most pixels per date and band in the sample.
+
+    Returns:
+        (t, c, n) float32, source units, NaN where nodata; ``n <= max_pixels``.
+    """
+    height, width = stack.grid.shape
+    scale = min(1.0, math.sqrt(max_pixels / float(height * width)))
+    out_h = max(1, min(height, int(height * scale)))
+    out_w = max(1, min(width, int(width * scale)))
+    while out_h * out_w > max_pixels and max(out_h, out_w) > 1:
+        out_h, out_w = max(1, out_h - (out_h >= out_w)), max(1, out_w - (out_w > out_h))
+    samples = [_read_decimated(src, out_h, out_w) for src in stack._sources()]
+    return np.stack(samples).reshape(stack.T, stack.band_count, out_h * out_w)
+
+
+def _read_decimated(source: _Source, out_h: int, out_w: int) -> np.ndarray:
+    """(c, out_h, out_w) float32 of a whole date, NaN where nodata."""
+    with rasterio.Env(**GDAL_ENV), rasterio.open(source.path) as src:
+        if source.align and not _on_grid(src, source):
+            # Warp straight onto a coarse version of the target grid: no full-resolution warp.
+            coarse = source.transform * Affine.scale(source.width / out_w, source.height / out_h)
+            with WarpedVRT(
+                src,
+                crs=source.crs,
+                transform=coarse,
+                width=out_w,
+                height=out_h,
+                resampling=Resampling.nearest,
+                src_nodata=src.nodata,
+                nodata=np.nan,
+                dtype="float32",
+            ) as vrt:
+                return _masked_read(vrt)
+        return _masked_read(src, out_shape=(src.count, out_h, out_w), resampling=Resampling.nearest)
