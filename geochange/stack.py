@@ -624,7 +624,10 @@ def _read_decimated(source: _Source, out_h: int, out_w: int) -> np.ndarray:
     with rasterio.Env(**GDAL_ENV), rasterio.open(source.path) as src:
         if source.align and not _on_grid(src, source):
             # Warp straight onto a coarse version of the target grid: no full-resolution warp.
-            coarse = source.transform * Affine.scale(source.width / out_w, source.height / out_h)
+            # Target transform with pixels (sx, sy) times larger; spelled out because products
+            # of Affine objects warn in affine >= 3.1.
+            t, sx, sy = source.transform, source.width / out_w, source.height / out_h
+            coarse = Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f)
             with WarpedVRT(
                 src,
                 crs=source.crs,
