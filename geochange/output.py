@@ -1,0 +1,429 @@
+"""Writers: Cloud-Optimized GeoTIFFs written block by block, and the GeoPackage.
+
+Every output appears whole or not at all: it is written under a temporary name in the same
+folder and renamed (``os.replace``) once complete; on any error the temporary files are removed.
+
+Rasters are written from the dask graph chunk by chunk (``dask.array.store``): each task opens
+the file created up front, writes its window and closes it, under a lock per file (a
+``threading.Lock`` on the local scheduler, a ``distributed.Lock`` on a cluster). No process holds
+more than its chunks. On a cluster, the workers must see the output folder at the same path as
+the client (a shared file system); the file is created and renamed by the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+import rasterio.shutil
+from rasterio.windows import Window
+
+from geochange.errors import InputError, OutputExistsError
+from geochange.grid import GridSpec
+
+__all__ = [
+    "RasterOutput",
+    "atomic_path",
+    "check_writable",
+    "read_raster_lazy",
+    "write_gpkg",
+    "write_raster",
+    "write_rasters",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Chunk edge used when a numpy array is written (it is wrapped in a dask array).
+_NUMPY_CHUNK = 512
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def check_writable(paths: Sequence[str | os.PathLike], overwrite: bool) -> None:
+    """Fail early, before any work, when an output cannot be written.
+
+    Raises:
+        OutputExistsError: a path exists and ``overwrite`` is False (the first one is named).
+        InputError: a path's folder does not exist, or a path is a directory.
+    """
+    for p in map(Path, paths):
+        if p.is_dir():
+            raise InputError(
+                f"output {str(p)!r}: found a directory, expected a file name; "
+                "choose a file path such as 'changes.gpkg'."
+            )
+        parent = p.parent if str(p.parent) else Path(".")
+        if not parent.is_dir():
+            raise InputError(
+                f"output {str(p)!r}: its folder {str(parent)!r} does not exist; "
+                "create it first (mkdir -p) or choose another output path."
+            )
+        if p.exists() and not overwrite:
+            raise OutputExistsError(
+                f"output {str(p)!r} already exists; pass --overwrite (overwrite=True) to replace "
+                "it, or choose another output path."
+            )
+
+
+def _temp_name(path: Path, tag: str = "tmp") -> Path:
+    # Same folder (so os.replace is atomic), hidden, same suffix (GDAL picks drivers by it).
+    return path.with_name(f".{path.stem}.{tag}-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+def _remove(path: Path) -> None:
+    for p in (path, Path(f"{path}.aux.xml"), Path(f"{path}-journal"), Path(f"{path}-wal")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success.
+
+    On an exception (including KeyboardInterrupt) the temporary file is removed and ``path`` is
+    left untouched. An existing ``path`` is replaced; check with :func:`check_writable` first.
+    """
+    final = Path(path)
+    tmp = _temp_name(final)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- rasters
+
+
+@dataclass
+class RasterOutput:
+    """One raster to write.
+
+    Attributes:
+        array: (y, x) or (b, y, x) values on the grid, dask or numpy.
+        path: final file path (.tif).
+        dtype: on-disk dtype, e.g. "float32", "uint8".
+        nodata: nodata value (NaN allowed for floats), or None.
+        cog: write a Cloud-Optimized GeoTIFF (overviews, COG layout) instead of a tiled GeoTIFF.
+        tags: dataset metadata tags.
+        band_descriptions: one description per band.
+        resampling: overview resampling for COGs; None = "average" for floats, "nearest"
+            otherwise (categorical rasters such as the change date must not be averaged).
+    """
+
+    array: da.Array | np.ndarray
+    path: str | os.PathLike
+    dtype: str | np.dtype = "float32"
+    nodata: float | None = None
+    cog: bool = False
+    tags: Mapping[str, Any] | None = None
+    band_descriptions: Sequence[str] | None = None
+    resampling: str | None = None
+
+
+class _WindowWriter:
+    """A picklable ``da.store`` target: each assignment opens the file, writes, closes."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int], dtype: np.dtype):
+        self.path = str(path)
+        self.shape = shape
+        self.dtype = dtype
+        self.ndim = 3
+
+    def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
+        _, ys, xs = key
+        window = Window.from_slices(ys, xs, height=self.shape[1], width=self.shape[2])
+        with rasterio.open(self.path, "r+") as dst:
+            dst.write(np.asarray(value, dtype=self.dtype), window=window)
+
+
+def _block_size(grid: GridSpec) -> int:
+    return 512 if min(grid.height, grid.width) >= 1024 else 256
+
+
+def _predictor(dtype: np.dtype) -> int:
+    if dtype.kind == "f":
+        return 3
+    return 2 if dtype.itemsize > 1 else 1
+
+
+def _new_lock(name: str) -> Any:
+    """A write lock valid for the active scheduler (distributed when a client is active)."""
+    try:
+        from distributed import Lock, default_client
+
+        default_client()
+    except (ImportError, ValueError):
+        return threading.Lock()
+    return Lock(name)
+
+
+def _as_bands(array: da.Array | np.ndarray, grid: GridSpec, path: Path) -> da.Array:
+    if not isinstance(array, da.Array):
+        array = da.from_array(np.asarray(array), chunks=_NUMPY_CHUNK)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[1:] != grid.shape:
+        raise ValueError(
+            f"raster {str(path)!r}: array shape {array.shape} does not fit the grid "
+            f"{grid.shape}; expected (y, x) or (bands, y, x) with (y, x) = {grid.shape}."
+        )
+    return array.rechunk({0: -1})
+
+
+def _aligned(chunks: tuple[tuple[int, ...], ...], block: int) -> bool:
+    return all(c % block == 0 for axis in chunks[1:] for c in np.cumsum(axis)[:-1])
+
+
+def write_rasters(
+    outputs: Sequence[RasterOutput | Mapping[str, Any]],
+    grid: GridSpec,
+    *,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write several rasters on ``grid`` in one pass over the dask graph.
+
+    Arrays sharing upstream work (e.g. probability and date from one detector run) are computed
+    together, each chunk once. Each file is created up front with its final profile (tiled,
+    DEFLATE, predictor, BIGTIFF=IF_SAFER) under a temporary name, filled chunk by chunk, then
+    copied into COG layout with overviews when ``cog`` is set, and renamed.
+
+    Args:
+        outputs: what to write (``RasterOutput`` or dicts of its fields).
+        grid: CRS, transform and shape of every output.
+        overwrite: replace existing files.
+
+    Returns:
+        The final paths, in order.
+
+    Raises:
+        OutputExistsError: a file exists and ``overwrite`` is False.
+        ValueError: an array does not fit the grid.
+    """
+    outs = [o if isinstance(o, RasterOutput) else RasterOutput(**o) for o in outputs]
+    finals = [Path(o.path) for o in outs]
+    check_writable(finals, overwrite)
+    arrays = [_as_bands(o.array, grid, p) for o, p in zip(outs, finals)]
+    block = _block_size(grid)
+
+    with contextlib.ExitStack() as stack:
+        finals_tmp = [stack.enter_context(atomic_path(p)) for p in finals]
+        works = [_temp_name(p, "work") for p in finals]
+        stack.callback(lambda: [_remove(w) for w in works])
+
+        stores = []
+        for o, arr, work in zip(outs, arrays, works):
+            dtype = np.dtype(o.dtype)
+            profile = grid.profile(
+                count=arr.shape[0],
+                dtype=dtype.name,
+                nodata=o.nodata,
+                tiled=True,
+                blockxsize=block,
+                blockysize=block,
+                compress="DEFLATE",
+                predictor=_predictor(dtype),
+                BIGTIFF="IF_SAFER",
+                SPARSE_OK=True,
+            )
+            with rasterio.open(work, "w", **profile) as dst:
+                if o.tags:
+                    dst.update_tags(**{k: str(v) for k, v in o.tags.items()})
+                for i, desc in enumerate(o.band_descriptions or [], start=1):
+                    dst.set_band_description(i, desc)
+            target = _WindowWriter(work, arr.shape, dtype)
+            lock = _new_lock(f"geochange-write-{work.name}")
+            stores.append(da.store(arr, target, lock=lock, compute=False))
+        dask.compute(*stores)
+
+        for o, arr, work, tmp in zip(outs, arrays, works, finals_tmp):
+            dtype = np.dtype(o.dtype)
+            if o.cog:
+                _copy_cog(work, tmp, grid, dtype, o.resampling, block)
+            elif _aligned(arr.chunks, block):
+                os.replace(work, tmp)
+            else:
+                # Chunks across tile borders rewrote some tiles; a copy drops the dead space.
+                rasterio.shutil.copy(
+                    work,
+                    tmp,
+                    driver="GTiff",
+                    TILED="YES",
+                    BLOCKXSIZE=block,
+                    BLOCKYSIZE=block,
+                    COMPRESS="DEFLATE",
+                    PREDICTOR=_predictor(dtype),
+                    BIGTIFF="IF_SAFER",
+                )
+            logger.info("wrote %s", o.path)
+    return finals
+
+
+def _copy_cog(
+    src: Path, dst: Path, grid: GridSpec, dtype: np.dtype, resampling: str | None, block: int
+) -> None:
+    resampling = resampling or ("average" if dtype.kind == "f" else "nearest")
+    options: dict[str, Any] = {
+        "COMPRESS": "DEFLATE",
+        "PREDICTOR": "YES" if _predictor(dtype) > 1 else "NO",
+        "BLOCKSIZE": block,
+        "OVERVIEWS": "AUTO",
+        "RESAMPLING": resampling.upper(),
+        "BIGTIFF": "IF_SAFER",
+    }
+    if max(grid.height, grid.width) <= block:
+        # GDAL's AUTO stops once a level fits one block; give small rasters one level anyway so
+        # every output has overviews.
+        options["OVERVIEW_COUNT"] = 1
+    rasterio.shutil.copy(src, dst, driver="COG", **options)
+
+
+def write_raster(
+    array: da.Array | np.ndarray,
+    grid: GridSpec,
+    path: str | os.PathLike,
+    *,
+    dtype: str | np.dtype,
+    nodata: float | None,
+    cog: bool = False,
+    tags: Mapping[str, Any] | None = None,
+    band_descriptions: Sequence[str] | None = None,
+    overwrite: bool = False,
+    resampling: str | None = None,
+) -> Path:
+    """Write one (y, x) or (b, y, x) raster on ``grid``; see :func:`write_rasters`."""
+    out = RasterOutput(array, path, dtype, nodata, cog, tags, band_descriptions, resampling)
+    return write_rasters([out], grid, overwrite=overwrite)[0]
+
+
+class _WindowReader:
+    """A picklable array-like for ``da.from_array``: each slice opens the file and reads it."""
+
+    def __init__(self, path: Path, band: int | None):
+        self.path = str(path)
+        self.band = band
+        with rasterio.open(self.path) as src:
+            count, h, w = src.count, src.height, src.width
+            self.dtype = np.dtype(src.dtypes[0])
+            self.mtime = os.stat(self.path).st_mtime_ns
+            if band is not None and not 1 <= band <= count:
+                raise InputError(
+                    f"raster {self.path!r}: band {band} requested, the file has {count} band(s); "
+                    f"pick a band from 1 to {count}."
+                )
+        self.shape = (h, w) if band is not None else (count, h, w)
+        self.ndim = len(self.shape)
+
+    def __dask_tokenize__(self) -> tuple:
+        return (self.path, self.mtime, self.band)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        ys, xs = key[-2:]
+        window = Window.from_slices(ys, xs, height=self.shape[-2], width=self.shape[-1])
+        with rasterio.open(self.path) as src:
+            if self.band is not None:
+                return src.read(self.band, window=window)
+            return src.read(window=window)[key[0]]
+
+
+def read_raster_lazy(
+    path: str | os.PathLike, *, band: int | None = 1, chunks: int | tuple = 512
+) -> da.Array:
+    """A written raster as a lazy dask array, read window by window (thread- and cluster-safe).
+
+    Args:
+        path: GeoTIFF path.
+        band: 1-based band to read as (y, x); None reads all bands as (b, y, x).
+        chunks: spatial chunk edge in pixels (or dask chunks).
+
+    Returns:
+        Lazy (y, x) or (b, y, x) array in the file's dtype.
+    """
+    reader = _WindowReader(Path(path), band)
+    if band is None and isinstance(chunks, int):
+        chunks = (-1, chunks, chunks)
+    return da.from_array(reader, chunks=chunks, lock=False, asarray=True, fancy=False)
+
+
+# ----------------------------------------------------------------------------- GeoPackage
+
+
+def _runs_value(v: Any) -> Any:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (_dt.date, _dt.datetime)):
+        return v.isoformat()
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    return json.dumps(v, default=str)
+
+
+def write_gpkg(
+    changes: gpd.GeoDataFrame,
+    path: str | os.PathLike,
+    *,
+    runs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the change polygons and the run's provenance to a GeoPackage.
+
+    Layers: ``changes`` (the polygons, in their CRS; Polygon, or MultiPolygon when mixed) and
+    ``runs`` (an attribute table, one row; lists and dicts JSON-encoded, dates ISO strings).
+
+    Args:
+        changes: change polygons (may be empty).
+        path: .gpkg path.
+        runs: provenance record, one value per column.
+        overwrite: replace an existing file.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".gpkg":
+        raise InputError(
+            f"output {str(path)!r}: found suffix {path.suffix or '(none)'!r}, expected '.gpkg'; "
+            "name the GeoPackage like 'changes.gpkg'."
+        )
+    check_writable([path], overwrite)
+    kinds = set(changes.geom_type.dropna()) if len(changes) else set()
+    geometry_type = "Polygon" if kinds <= {"Polygon"} else "MultiPolygon"
+    with atomic_path(path) as tmp:
+        changes.to_file(
+            tmp,
+            layer="changes",
+            driver="GPKG",
+            engine="pyogrio",
+            geometry_type=geometry_type,
+            promote_to_multi=geometry_type == "MultiPolygon",
+        )
+        if runs is not None:
+            row = pd.DataFrame([{k: _runs_value(v) for k, v in runs.items()}])
+            import pyogrio
+
+            pyogrio.write_dataframe(row, tmp, layer="runs", driver="GPKG", append=False)
+    logger.info("wrote %s (%d polygons)", path, len(changes))
+    return path
