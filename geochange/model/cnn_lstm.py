@@ -1,0 +1,248 @@
+"""CNN-LSTM change detector: a plain ``nn.Module`` (no rasterio, no Lightning).
+
+Per date, a small CNN encoder (shared across dates) turns the normalised bands into features
+``f_t``; a bidirectional ConvLSTM runs over the dates on ``[f_t, f_t - f_{t-1}]``; heads give a
+logit per interval (change first seen on date ``t``, i.e. interval ``t - 1``) and a change logit.
+
+Design choices that keep chunked inference exact (see FIELD_NOTES "Tiling and seams"):
+
+- full resolution everywhere (no stride, pooling or upsampling) and zero padding, so a chunk with
+  a halo of :meth:`CNNLSTM.halo` pixels gives exactly the whole-scene output;
+- no normalisation over space (inputs are standardised scene-wide before the model, see
+  :mod:`geochange.model.normalize`), no dropout;
+- the recurrent state is only updated where the date is valid, so a nodata / masked date leaves
+  the state untouched and cannot create change.
+
+The change probability and the interval distribution form one model: with per-interval logits
+``l_k`` and a context term ``d`` from a small 3×3 decoder over the final states,
+``change_logit = logsumexp_k(l_k) + d`` (a softmax over "no change" and the T-1 intervals whose
+no-change logit is ``-d``), and ``softmax_k(l_k)`` is the change date distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from geochange.errors import ModelError
+
+__all__ = ["CNNLSTM", "MASKED_LOGIT"]
+
+#: Logit given to intervals that cannot hold a change (their "after" date is invalid, or no
+#: valid date precedes it).
+MASKED_LOGIT = -1e4
+
+
+def _radius(module: nn.Module) -> int:
+    """Receptive radius (pixels) of a chain of stride-1 convolutions: sum of d·(k-1)/2."""
+    r = 0
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            if m.stride != (1, 1):  # pragma: no cover - guarded by construction
+                raise ValueError("CNNLSTM assumes stride-1 convolutions for exact tiling")
+            ky, kx = m.kernel_size
+            dy, dx = m.dilation
+            r += max(dy * (ky - 1) // 2, dx * (kx - 1) // 2)
+    return r
+
+
+def _conv(cin: int, cout: int, k: int, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias, padding_mode="zeros")
+
+
+class _BandAgnosticStem(nn.Module):
+    """Shared per-band 3×3 conv on ``[x_b, mean over bands]``, pooled (mean, max) over bands.
+
+    ``(n, c, h, w) -> (n, 2F, h, w)`` for any band count c; invariant to band order.
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.conv = _conv(2, features, 3)
+        self.out_channels = 2 * features
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        mean = x.mean(dim=1, keepdim=True).expand(n, c, h, w)
+        pair = torch.stack([x, mean], dim=2).reshape(n * c, 2, h, w)
+        y = torch.relu(self.conv(pair)).reshape(n, c, -1, h, w)
+        return torch.cat([y.mean(dim=1), y.amax(dim=1)], dim=1)
+
+
+class _BandStem(nn.Module):
+    """Ordinary 3×3 conv for a fixed band count: ``(n, C, h, w) -> (n, 2F, h, w)``."""
+
+    def __init__(self, in_bands: int, features: int) -> None:
+        super().__init__()
+        self.conv = _conv(in_bands, 2 * features, 3)
+        self.out_channels = 2 * features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.conv(x))
+
+
+class _ConvLSTMDirection(nn.Module):
+    """One ConvLSTM direction: 1×1 input-to-gates, k×k hidden-to-gates (no bias there, so a zero
+    initial state reaches no neighbour)."""
+
+    def __init__(self, in_channels: int, hidden: int, kernel: int) -> None:
+        super().__init__()
+        self.xg = _conv(in_channels, 4 * hidden, 1)
+        self.hh = _conv(hidden, 4 * hidden, kernel, bias=False)
+        with torch.no_grad():  # forget-gate bias 1: remember by default
+            self.xg.bias.zero_()
+            self.xg.bias[hidden : 2 * hidden] = 1.0
+
+    def step(self, inp: Tensor, h: Tensor, c: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """One masked step: ``inp`` (n, Cin, h, w), ``h``/``c`` (n, H, h, w), ``valid``
+        (n, 1, h, w) bool; where invalid the state is kept."""
+        i, f, g, o = (self.xg(inp) + self.hh(h)).chunk(4, dim=1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_new = torch.sigmoid(o) * torch.tanh(c_new)
+        return torch.where(valid, h_new, h), torch.where(valid, c_new, c)
+
+
+class CNNLSTM(nn.Module):
+    """CNN encoder shared across dates + bidirectional ConvLSTM + interval and change heads.
+
+    Args:
+        in_bands: None for the band-agnostic model (any 1..16+ bands, a stem shared across bands
+            and pooled over them), or the fixed number of bands of a band-specific model.
+        features: encoder width F (the stem gives 2F channels, the encoder F).
+        hidden: ConvLSTM state channels H per direction.
+        encoder_layers: 3×3 convolutions after the stem.
+        recurrent_kernel: kernel of the hidden-to-hidden convolution (odd).
+        head_hidden: width of the 1×1 interval head.
+
+    Shapes: ``x`` (b, t, c, h, w) float32, normalised (see ``normalize.apply``), no NaN;
+    ``valid`` (b, t, h, w) bool. Works for any t >= 2.
+    """
+
+    def __init__(
+        self,
+        in_bands: int | None = None,
+        features: int = 16,
+        hidden: int = 16,
+        encoder_layers: int = 2,
+        recurrent_kernel: int = 3,
+        head_hidden: int = 16,
+    ) -> None:
+        super().__init__()
+        if in_bands is not None and in_bands < 1:
+            raise ModelError(f"in_bands: got {in_bands}, expected None or a band count >= 1")
+        if recurrent_kernel % 2 != 1:
+            raise ModelError(f"recurrent_kernel: got {recurrent_kernel}, expected an odd size")
+        self.in_bands = in_bands
+        self.features = features
+        self.hidden = hidden
+        self.stem: nn.Module = (
+            _BandAgnosticStem(features) if in_bands is None else _BandStem(in_bands, features)
+        )
+        layers: list[nn.Module] = []
+        cin = 2 * features
+        for _ in range(encoder_layers):
+            layers += [_conv(cin, features, 3), nn.ReLU()]
+            cin = features
+        self.encoder = nn.Sequential(*layers)
+        self.fwd = _ConvLSTMDirection(2 * features, hidden, recurrent_kernel)
+        self.bwd = _ConvLSTMDirection(2 * features, hidden, recurrent_kernel)
+        # Interval head on [h_fwd_{t-1}, h_bwd_t, f_t - f_{t-1}]: past summary vs future summary.
+        self.interval_head = nn.Sequential(
+            _conv(2 * hidden + features, head_hidden, 1), nn.ReLU(), _conv(head_hidden, 1, 1)
+        )
+        # Spatial context term of the change logit, over the final states of both directions.
+        self.decoder = nn.Sequential(
+            _conv(2 * hidden, head_hidden, 3), nn.ReLU(), _conv(head_hidden, 1, 1)
+        )
+
+    def config(self) -> dict:
+        """Constructor arguments, to rebuild the network from a checkpoint."""
+        return {
+            "in_bands": self.in_bands,
+            "features": self.features,
+            "hidden": self.hidden,
+            "encoder_layers": sum(isinstance(m, nn.Conv2d) for m in self.encoder),
+            "recurrent_kernel": self.fwd.hh.kernel_size[0],
+            "head_hidden": self.decoder[0].out_channels,
+        }
+
+    def halo(self, t: int) -> int:
+        """Receptive radius in pixels of both outputs for ``t`` dates.
+
+        Encoder radius + (t - 1) recurrent steps + decoder radius; computed from the layers.
+        Chunked inference with at least this halo equals the whole-scene run.
+        """
+        if t < 1:
+            raise ModelError(f"t: got {t} dates, expected >= 1")
+        enc = _radius(self.stem) + _radius(self.encoder)
+        rec = _radius(self.fwd)
+        head = max(_radius(self.interval_head), _radius(self.decoder))
+        return enc + (t - 1) * rec + head
+
+    def _check(self, x: Tensor, valid: Tensor) -> None:
+        if x.ndim != 5:
+            raise ModelError(f"x: got shape {tuple(x.shape)}, expected (b, t, c, h, w)")
+        b, t, c, h, w = x.shape
+        if t < 2:
+            raise ModelError(f"x: got {t} date(s), expected at least 2 to detect change")
+        if self.in_bands is not None and c != self.in_bands:
+            raise ModelError(
+                f"the model was trained on {self.in_bands} bands but the input has {c}; "
+                "use the default band-agnostic model or retrain on this band count"
+            )
+        if tuple(valid.shape) != (b, t, h, w):
+            raise ModelError(
+                f"valid: got shape {tuple(valid.shape)}, expected {(b, t, h, w)} for x"
+            )
+
+    def forward(self, x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """Change and interval logits.
+
+        Args:
+            x: (b, t, c, h, w) float32 normalised bands, NaN-free.
+            valid: (b, t, h, w) bool, False where the date is nodata / masked.
+
+        Returns:
+            ``change_logit`` (b, h, w) and ``interval_logits`` (b, t-1, h, w); interval k is
+            the change first seen on date k+1. Intervals that cannot hold a change get
+            :data:`MASKED_LOGIT`.
+        """
+        self._check(x, valid)
+        b, t, c, h, w = x.shape
+        hid = self.hidden
+        valid = valid.to(torch.bool)
+        # Encoder per date (keeps the band-agnostic stem's (c × F) activations to one date).
+        # Stored per date: features (F) and forward states (H); everything else is recomputed,
+        # which bounds memory for long series.
+        feats = [self.encoder(self.stem(x[:, i])) for i in range(t)]
+        vmask = [valid[:, i, None] for i in range(t)]
+
+        def step_input(i: int) -> Tensor:
+            diff = feats[i] - feats[i - 1] if i > 0 else torch.zeros_like(feats[0])
+            return torch.cat([feats[i], diff], dim=1)
+
+        zeros = x.new_zeros(b, hid, h, w)
+        hf, cf = zeros, zeros
+        h_fwd: list[Tensor] = []
+        for i in range(t):
+            hf, cf = self.fwd.step(step_input(i), hf, cf, vmask[i])
+            h_fwd.append(hf)
+
+        # Interval k (date k+1 first shows the change) is possible where date k+1 is valid and
+        # some earlier date is valid.
+        seen = torch.cumsum(valid.to(torch.int32), dim=1) > 0  # (b, t, h, w)
+        possible = valid[:, 1:] & seen[:, :-1]
+
+        hb, cb = zeros, zeros
+        logits: list[Tensor] = [x.new_empty(0)] * (t - 1)
+        for i in range(t - 1, -1, -1):
+            inp = step_input(i)
+            hb, cb = self.bwd.step(inp, hb, cb, vmask[i])
+            if i >= 1:
+                z = torch.cat([h_fwd[i - 1], hb, inp[:, self.features :]], dim=1)
+                logits[i - 1] = self.interval_head(z)[:, 0]
+        interval = torch.stack(logits, dim=1)
+        interval = torch.where(possible, interval, interval.new_tensor(MASKED_LOGIT))
+        context = self.decoder(torch.cat([h_fwd[-1], hb], dim=1))[:, 0]
+        change = torch.logsumexp(interval, dim=1) + context
+        return change, interval

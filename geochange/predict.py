@@ -1,0 +1,247 @@
+"""Checkpoint → numpy block function for seam-free tiling.
+
+:class:`ModelDetector` wraps a CNN-LSTM and the scene statistics computed ONCE from a decimated
+sample of the stack; called on a tile (t, c, h, w) it returns the change probability and the
+most likely interval, (2, h, w). It is picklable for dask.distributed: a detector built from a
+checkpoint path pickles only the path, the statistics and options, and every process loads the
+network once (module-level cache keyed by path and device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import threading
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from geochange.errors import ModelError
+from geochange.model import DEFAULT_MODEL_PATH, load_model
+from geochange.model.cnn_lstm import CNNLSTM
+from geochange.model.normalize import apply, scene_stats
+
+__all__ = ["Device", "ModelDetector", "model_detector", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+
+# (source key, device) -> (net, meta); one network per process and device.
+_NETS: dict[tuple[str, str], tuple[CNNLSTM, dict]] = {}
+_LOCK = threading.Lock()
+
+
+def resolve_device(device: str) -> str:
+    """ "auto" → "cuda" when available, else "cpu"; "cuda" without CUDA is a ModelError."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(
+            f"device: got {device!r} but torch sees no CUDA GPU; use --device cpu or auto"
+        )
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ModelError(f"device: got {device!r}, expected 'auto', 'cpu' or 'cuda'")
+    return device
+
+
+def _cached_net(path: str | None, device: str) -> tuple[CNNLSTM, dict]:
+    key = (str(Path(path or DEFAULT_MODEL_PATH).resolve()), device)
+    with _LOCK:
+        if key not in _NETS:
+            _NETS[key] = load_model(path, map_location=device)
+        return _NETS[key]
+
+
+def _state_bytes(net: CNNLSTM) -> bytes:
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    torch.save({"config": net.config(), "state_dict": state}, buf)
+    return buf.getvalue()
+
+
+def _net_from_bytes(blob: bytes, device: str) -> CNNLSTM:
+    key = ("sha256:" + hashlib.sha256(blob).hexdigest(), device)
+    with _LOCK:
+        if key not in _NETS:
+            obj = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+            net = CNNLSTM(**obj["config"])
+            net.load_state_dict(obj["state_dict"])
+            _NETS[key] = (net.to(device).eval(), {})
+        return _NETS[key][0]
+
+
+def _starts(extent: int, core: int) -> list[int]:
+    return list(range(0, extent, core)) if extent > 0 else [0]
+
+
+class ModelDetector:
+    """Block function ``tile (t, c, h, w) float32 NaN-nodata -> (2, h, w) float32``.
+
+    Output band 0: change probability in [0, 1] (NaN where fewer than two dates are valid);
+    band 1: most likely interval k in 0..t-2 (change first seen on date k+1) as float, NaN where
+    band 0 is NaN.
+
+    Args:
+        net: the network (put in eval mode), or None with ``model_path`` to load it lazily.
+        stats: (t, c, 2) scene statistics from :func:`geochange.model.normalize.scene_stats`.
+        device: "cpu", "cuda" or "auto".
+        batch_size: sub-tiles per forward pass.
+        tile_size: tiles larger than this (pixels, core without halo) run as sub-tiles with a
+            halo of ``self.halo``, which bounds memory and gives exactly the same output.
+        amp: autocast to float16 on CUDA (faster, not bit-identical to float32).
+        model_path: checkpoint the net came from (None with ``net`` = not from a file); when
+            set, pickling sends the path, not the weights.
+        meta: model description (name, version, ...), for provenance.
+        num_threads: torch intra-op threads used in ``__call__`` (None = leave as is).
+    """
+
+    def __init__(
+        self,
+        net: CNNLSTM | None,
+        stats: np.ndarray,
+        device: str = "cpu",
+        batch_size: int = 4,
+        tile_size: int = 256,
+        amp: bool = False,
+        model_path: str | os.PathLike | None = None,
+        meta: dict | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        self.stats = np.asarray(stats, dtype=np.float32)
+        if self.stats.ndim != 3 or self.stats.shape[2] != 2:
+            raise ValueError(f"stats: got shape {self.stats.shape}, expected (t, c, 2)")
+        self.device = resolve_device(device)
+        self.batch_size = max(1, int(batch_size))
+        self.tile_size = max(16, int(tile_size))
+        self.amp = bool(amp)
+        self.model_path = None if model_path is None else str(model_path)
+        self.num_threads = num_threads
+        self._blob: bytes | None = None
+        if net is None:
+            net, meta_loaded = _cached_net(self.model_path, self.device)
+            meta = meta or meta_loaded
+        self.net = net.to(self.device).eval()
+        self.meta = dict(meta or {})
+        t, c = self.stats.shape[:2]
+        if t < 2:
+            raise ModelError(f"stack: {t} date(s), at least 2 are needed to detect change")
+        if self.net.in_bands is not None and self.net.in_bands != c:
+            raise ModelError(_band_message(self.net.in_bands, c))
+        self.halo = int(self.net.halo(t))
+
+    # -- pickling: path (or weights) + statistics, never a live module on a device -------------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("net")
+        if self.model_path is None and self._blob is None:
+            state["_blob"] = _state_bytes(self.net)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.model_path is not None:
+            self.net = _cached_net(self.model_path, self.device)[0]
+        else:
+            self.net = _net_from_bytes(self._blob, self.device)
+
+    def __dask_tokenize__(self) -> tuple:
+        source = self.model_path or hashlib.sha256(self._blob or _state_bytes(self.net)).hexdigest()
+        return ("ModelDetector", source, self.stats.tobytes(), self.device, self.amp)
+
+    # -- inference ------------------------------------------------------------------------------
+    def __call__(self, tile: np.ndarray) -> np.ndarray:
+        """Run on one tile (t, c, h, w) float32 NaN-nodata; returns (2, h, w) float32."""
+        tile = np.asarray(tile, dtype=np.float32)
+        if tile.ndim != 4 or tile.shape[:2] != self.stats.shape[:2]:
+            raise ModelError(
+                f"tile: got shape {tile.shape}, expected (t={self.stats.shape[0]}, "
+                f"c={self.stats.shape[1]}, h, w) like the scene statistics"
+            )
+        if self.num_threads:
+            torch.set_num_threads(int(self.num_threads))
+        x, valid = apply(tile, self.stats)
+        h, w = x.shape[2:]
+        prob = np.empty((h, w), np.float32)
+        interval = np.empty((h, w), np.float32)
+        core, halo = self.tile_size, self.halo
+        # Sub-tiles: core windows plus a halo clipped at the tile edge (exact, like tiling).
+        groups: dict[tuple[int, int], list[tuple[int, int, int, int, int, int]]] = {}
+        for y0 in _starts(h, core):
+            for x0 in _starts(w, core):
+                ya, yb = max(0, y0 - halo), min(h, y0 + core + halo)
+                xa, xb = max(0, x0 - halo), min(w, x0 + core + halo)
+                groups.setdefault((yb - ya, xb - xa), []).append((ya, yb, xa, xb, y0, x0))
+        for items in groups.values():
+            for k in range(0, len(items), self.batch_size):
+                batch = items[k : k + self.batch_size]
+                xs = np.stack([x[:, :, ya:yb, xa:xb] for ya, yb, xa, xb, _, _ in batch])
+                vs = np.stack([valid[:, ya:yb, xa:xb] for ya, yb, xa, xb, _, _ in batch])
+                p, iv = self._forward(xs, vs)
+                for (ya, _, xa, _, y0, x0), pb, ib in zip(batch, p, iv):
+                    y1, x1 = min(h, y0 + core), min(w, x0 + core)
+                    sy, sx = y0 - ya, x0 - xa
+                    prob[y0:y1, x0:x1] = pb[sy : sy + y1 - y0, sx : sx + x1 - x0]
+                    interval[y0:y1, x0:x1] = ib[sy : sy + y1 - y0, sx : sx + x1 - x0]
+        nodata = valid.sum(axis=0) < 2
+        prob[nodata] = np.nan
+        interval[nodata] = np.nan
+        return np.stack([prob, interval])
+
+    def _forward(self, xs: np.ndarray, vs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(xs).to(self.device)
+        v = torch.from_numpy(vs).to(self.device)
+        use_amp = self.amp and self.device.startswith("cuda")
+        autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
+        with torch.inference_mode(), autocast:
+            change, intervals = self.net(x, v)
+            prob = torch.sigmoid(change.float())
+            k = intervals.float().argmax(dim=1).to(torch.float32)
+        return prob.cpu().numpy(), k.cpu().numpy()
+
+
+def _band_message(trained: int, found: int) -> str:
+    return (
+        f"the model was trained on {trained} bands but the stack has {found}; use the default "
+        "band-agnostic model or retrain on this band count"
+    )
+
+
+def model_detector(
+    sample: np.ndarray,
+    model_path: str | os.PathLike | None = None,
+    device: Device | str = "auto",
+    **kwargs: object,
+) -> ModelDetector:
+    """A :class:`ModelDetector` for a stack, statistics computed once from ``sample``.
+
+    Args:
+        sample: (t, c, n) float32 decimated read of the whole scene (``stack.read_sample``),
+            NaN = nodata.
+        model_path: checkpoint from ``geochange train``; None = the shipped default model.
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        **kwargs: further :class:`ModelDetector` options (batch_size, tile_size, amp, ...).
+
+    Raises:
+        ModelError: the checkpoint is missing or unreadable, or its band count differs from the
+            stack's.
+    """
+    sample = np.asarray(sample)
+    if sample.ndim != 3:
+        raise ValueError(f"sample: got shape {sample.shape}, expected (t, c, n)")
+    dev = resolve_device(str(device))
+    net, meta = _cached_net(None if model_path is None else str(model_path), dev)
+    if net.in_bands is not None and net.in_bands != sample.shape[1]:
+        raise ModelError(
+            f"model {meta.get('path')}: " + _band_message(net.in_bands, sample.shape[1])
+        )
+    stats = scene_stats(sample)
+    logger.info(
+        "model %s (%s), %d dates, %d bands", meta.get("name"), meta.get("path"), *sample.shape[:2]
+    )
+    return ModelDetector(net, stats, device=dev, model_path=meta.get("path"), meta=meta, **kwargs)
