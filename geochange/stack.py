@@ -69,7 +69,7 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 # A date in a file name: 20230115, 2023-01-15 or 2023_01_15, not inside a longer number.
 _NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d\d)([-_]?)(\d\d)\2(\d\d)(?!\d)")
 # A date at the start of a tag value: 2023-01-15, 2023:01:15 (TIFF DateTime) or 20230115.
-_VALUE_DATE = re.compile(r"^\s*(\d{4})([-:/]?)(\d{2})\2(\d{2})(?:$|[T\s_Z+]|\d{2}:)")
+_VALUE_DATE = re.compile(r"^\s*(\d{4})([-:/]?)(\d{2})\2(\d{2})(?=$|[T\s_Z+])")
 
 
 # --------------------------------------------------------------------------------------------
@@ -609,12 +609,14 @@ def read_sample(stack: Stack, max_pixels: int = 256 * 256) -> np.ndarray:
     Returns:
         (t, c, n) float32, source units, NaN where nodata; ``n <= max_pixels``.
     """
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels={max_pixels}: expected a positive number of pixels")
     height, width = stack.grid.shape
     scale = min(1.0, math.sqrt(max_pixels / float(height * width)))
+    # floor(h * s) * floor(w * s) <= h * w * s**2 = max_pixels; the clamp to one row or column
+    # of a very elongated scene is made up for on the other axis.
     out_h = max(1, min(height, int(height * scale)))
-    out_w = max(1, min(width, int(width * scale)))
-    while out_h * out_w > max_pixels and max(out_h, out_w) > 1:
-        out_h, out_w = max(1, out_h - (out_h >= out_w)), max(1, out_w - (out_w > out_h))
+    out_w = max(1, min(width, int(width * scale), max_pixels // out_h))
     samples = [_read_decimated(src, out_h, out_w) for src in stack._sources()]
     return np.stack(samples).reshape(stack.T, stack.band_count, out_h * out_w)
 

@@ -93,6 +93,14 @@ def test_dates_from_file_names(tmp_path: Path, fmt: str) -> None:
     assert [d.isoformat() for d in stack.dates] == DATES
 
 
+def test_tag_with_time_and_lowercase_key(tmp_path: Path) -> None:
+    data = _data(t=2)
+    write_geotiff(tmp_path / "a.tif", data[0], tags={"acquisition_date": "2023-05-02T10:11:12Z"})
+    write_geotiff(tmp_path / "b.tif", data[1], tags={"ACQUISITION_DATE": "20230401"})
+    stack = open_stack(tmp_path)
+    assert stack.dates == (dt.date(2023, 4, 1), dt.date(2023, 5, 2))
+
+
 def test_tag_wins_over_name(tmp_path: Path) -> None:
     # Name says 2020, tag says 2023: the tag is the acquisition date.
     write_stack(tmp_path, _data(t=2), DATES[:2], name_fmt="S2_2020010{i}.tif")
@@ -220,6 +228,8 @@ def test_read_sample(tmp_path: Path) -> None:
     assert 0.3 < np.isnan(sample[0]).mean() < 0.7 and not np.isnan(sample[1:]).any()
     # Values come from the source (nearest neighbour, no blending).
     assert np.isin(sample[1, 0], data[1, 0]).all()
+    # A one-row scene still gives at most max_pixels.
+    assert read_sample(stack, max_pixels=1).shape == (T, C, 1)
     full = read_sample(stack, max_pixels=10**6)
     assert full.shape == (T, C, H * W)
     np.testing.assert_array_equal(full, _direct(sorted(tmp_path.glob("*.tif"))).reshape(T, C, -1))
