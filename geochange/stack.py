@@ -157,8 +157,8 @@ class Stack:
                 f"window rows {row_off}:{row_off + height}, cols {col_off}:{col_off + width} "
                 f"is outside the {self.grid.height}x{self.grid.width} grid"
             )
-        window = Window(col_off, row_off, width, height)
-        return np.stack([_read_window(src, window) for src in self._sources()])
+        reader = _StackReader(self._sources(), self.band_count, self.grid.height, self.grid.width)
+        return reader[:, :, row_off : row_off + height, col_off : col_off + width]
 
     def _sources(self) -> tuple[_Source, ...]:
         target = (self.grid.crs, self.grid.transform, self.grid.height, self.grid.width)
@@ -210,8 +210,11 @@ class _StackReader:
         (x0, x1), x_rest = _bounding(x_key, self.width)
         window = Window(x0, y0, x1 - x0, y1 - y0)
         t_index = np.arange(len(self.sources))[t_key]
-        blocks = [_read_window(self.sources[int(t)], window) for t in np.atleast_1d(t_index)]
-        out = np.stack(blocks) if blocks else np.empty((0, self.bands, y1 - y0, x1 - x0))
+        dates = np.atleast_1d(t_index)
+        if dates.size and y1 > y0 and x1 > x0:
+            out = np.stack([_read_window(self.sources[int(t)], window) for t in dates])
+        else:  # nothing to read: do not open the files
+            out = np.empty((dates.size, self.bands, y1 - y0, x1 - x0), np.float32)
         # Index one axis at a time so that arrays index each axis on its own (outer indexing).
         out = out.astype(np.float32, copy=False)[:, c_key]
         out = out[..., y_rest, :]

@@ -162,6 +162,8 @@ def test_lazy_array_equals_direct_read_uneven_chunks(tmp_path: Path) -> None:
         arr[:, 1:, 5:50:3, 70].compute(), _direct(paths)[:, 1:, 5:50:3, 70]
     )
     np.testing.assert_array_equal(stack.window(8, 60, 20, 20), _direct(paths)[:, :, 8:28, 60:80])
+    assert arr[:, :, 5:5].compute().shape == (T, C, 0, W)
+    assert stack.window(3, 4, 0, 2).shape == (T, C, 0, 2)
     with pytest.raises(ValueError, match="outside"):
         stack.window(50, 0, 20, 10)
 
