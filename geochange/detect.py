@@ -306,7 +306,7 @@ class _ChunkProgress(dask.callbacks.Callback):
 
     def _posttask(self, key, result, dsk, state, worker_id):
         name = key[0] if isinstance(key, tuple) else key
-        if isinstance(name, str) and name.startswith("geochange-detect") and self._bar is not None:
+        if isinstance(name, str) and name.startswith("overlap_map-") and self._bar is not None:
             if self._bar.n < self._n:
                 self._bar.update(1)
 
