@@ -50,7 +50,7 @@ def command(inputs, output, dates, method, model, threshold, min_area, simplify,
       geochange detect a.tif b.tif --dates 2021-06-01,2022-06-03 -o ab.gpkg --method cva
       geochange detect stack/ -o changes.gpkg --model my_model.ckpt --align --overwrite
     """
-    from geochange.detect import detect
+    from geochange.pipeline import detect
 
     result = detect(
         list(inputs), output, dates=dates, method=method, model=model, threshold=threshold,
