@@ -144,6 +144,7 @@ def overlap_map(
     *,
     out_bands: int,
     dtype: np.typing.DTypeLike = np.float32,
+    name: str = "overlap_map",
 ) -> da.Array:
     """Apply a block function chunk by chunk with a halo, seam-free.
 
@@ -156,6 +157,7 @@ def overlap_map(
         halo: receptive radius of ``fn`` in pixels (>= 0).
         out_bands: number of output bands of ``fn``.
         dtype: output dtype.
+        name: prefix of the graph's task names (e.g. for a progress bar counting them).
 
     Returns:
         Lazy (out_bands, y, x) array with the (possibly merged) spatial chunks of ``data``.
@@ -197,7 +199,7 @@ def overlap_map(
         x1 = w - (dx if ix < nx - 1 else 0)
         return out[:, y0:y1, x0:x1].astype(dtype, copy=False)
 
-    name = "overlap_map-" + tokenize(data.name, halo, out_bands, dtype.str, _fn_token(fn))
+    key = f"{name}-" + tokenize(data.name, halo, out_bands, dtype.str, _fn_token(fn))
     return da.map_blocks(
         _run,
         tiles,
@@ -205,5 +207,5 @@ def overlap_map(
         chunks=((out_bands,), ychunks, xchunks),
         dtype=dtype,
         meta=np.empty((0, 0, 0), dtype=dtype),
-        name=name,
+        name=key,
     )

@@ -184,3 +184,11 @@ def test_tiling_does_not_import_torch_or_rasterio() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module.split(".")[0])
     assert not names & {"torch", "rasterio"}
+
+
+def test_overlap_map_task_name_prefix(scene: np.ndarray) -> None:
+    data = da.from_array(scene, chunks=(1, 2, 50, 65))
+    out = overlap_map(data, make_fn(1), halo=1, out_bands=2, name="geochange-detect")
+    assert out.name.startswith("geochange-detect-")
+    again = overlap_map(data, make_fn(1), halo=1, out_bands=2)
+    assert again.name.startswith("overlap_map-")
