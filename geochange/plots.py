@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from affine import Affine
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
@@ -145,8 +146,8 @@ def _read_dates_decimated(
         One (len(bands), ceil(h/step), ceil(w/step)) float32 per date, NaN where nodata.
     """
     out_h, out_w = math.ceil(stack.grid.height / step), math.ceil(stack.grid.width / step)
-    if step == 1 or stack.align:
-        # Strided dask read: each chunk is read, strided and dropped (bounded memory).
+    if stack.align:
+        # Warped dates: strided dask read, each chunk read, strided and dropped (bounded memory).
         sel = stack.data[list(indices)][:, [b - 1 for b in bands], ::step, ::step]
         return list(np.asarray(sel.compute(), dtype=np.float32))
     images = []
@@ -770,7 +771,7 @@ def _point_pixel(
 ) -> tuple[int, int]:
     """(row, col) of the stack pixel holding (sx, sy) in the stack CRS; InputError outside."""
     inv = ~grid.transform
-    col_f, row_f = inv * (sx, sy)
+    col_f, row_f = inv @ (sx, sy)
     ok = np.isfinite(col_f) and np.isfinite(row_f)
     row, col = (math.floor(row_f), math.floor(col_f)) if ok else (-1, -1)
     if 0 <= row < grid.height and 0 <= col < grid.width:
@@ -841,7 +842,8 @@ def _polygon_pixels(
             f"--polygon {polygon_id}: the polygon does not overlap the scene (bounds "
             f"{tuple(round(b, 3) for b in grid.bounds)}); use the changes detected on this stack"
         )
-    wt = grid.window_transform(rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0))
+    # (rasterio.windows.transform warns with affine >= 3.1: compose the translation here.)
+    wt = grid.transform @ Affine.translation(c0, r0)
     shape = (r1 - r0, c1 - c0)
     mask = geometry_mask([geom], out_shape=shape, transform=wt, invert=True)
     if not mask.any():  # a sliver thinner than a pixel: take every pixel it touches
