@@ -10,8 +10,19 @@ deterministic. :func:`write_scene` writes it as dated GeoTIFFs plus the truth;
 
 from __future__ import annotations
 
+from geochange.synth.io import load_pair, write_scene
 from geochange.synth.nuisances import LEVELS
 from geochange.synth.scene import DN_SCALE, Scene, make_scene
+from geochange.synth.semi import semi_synthetic
 from geochange.synth.spectra import default_wavelengths
 
-__all__ = sorted(["DN_SCALE", "LEVELS", "Scene", "default_wavelengths", "make_scene"])
+__all__ = [
+    "DN_SCALE",
+    "LEVELS",
+    "Scene",
+    "default_wavelengths",
+    "load_pair",
+    "make_scene",
+    "semi_synthetic",
+    "write_scene",
+]

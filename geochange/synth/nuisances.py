@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 
 from geochange.synth._noise import fbm, smooth_noise
 
@@ -121,6 +120,27 @@ def make_clouds(
     return Clouds(alpha, shadow, mask)
 
 
+def shift_bilinear(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """Shift (..., h, w) by (dy, dx) pixels with bilinear interpolation, edges replicated.
+
+    Same result as ``scipy.ndimage.shift(img, (0, ..., dy, dx), order=1, mode="nearest")``
+    (tested), but interpolates in 2-D only, which is several times faster on (c, h, w) stacks.
+    Output pixel (y, x) takes the input at (y - dy, x - dx).
+    """
+    h, w = img.shape[-2:]
+    out = img.astype(np.float32, copy=True)
+    for axis, d, n in ((-2, dy, h), (-1, dx, w)):
+        if abs(d) < 1e-9:
+            continue
+        i0 = np.floor(-d)
+        f = np.float32(-d - i0)
+        idx = np.arange(n) + int(i0)
+        a = np.take(out, np.clip(idx, 0, n - 1), axis=axis)
+        b = np.take(out, np.clip(idx + 1, 0, n - 1), axis=axis)
+        out = a * (np.float32(1.0) - f) + b * f if f > 0 else a
+    return out
+
+
 @dataclass
 class Atmosphere:
     """Per-date illumination and haze draws.
@@ -183,12 +203,7 @@ def apply_date(
     Returns:
         (c, h, w) float32 top-of-atmosphere-like reflectance.
     """
-    dy, dx = atm.shift[t]
-    img = ground
-    if abs(dy) > 1e-6 or abs(dx) > 1e-6:
-        img = ndimage.shift(ground, (0.0, float(dy), float(dx)), order=1, mode="nearest")
-    else:
-        img = ground.copy()
+    img = shift_bilinear(ground, float(atm.shift[t][0]), float(atm.shift[t][1]))
     if clouds is not None and clouds.alpha[t] is not None:
         img *= 1.0 - 0.65 * clouds.shadow[t][None]
         a = clouds.alpha[t][None]
