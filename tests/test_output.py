@@ -234,3 +234,21 @@ def test_write_gpkg_empty_and_overwrite(tmp_path: Path, grid: GridSpec) -> None:
     with pytest.raises(InputError, match="expected '.gpkg'"):
         write_gpkg(empty, tmp_path / "e.shp")
     assert _leftovers(tmp_path) == []
+
+
+def test_write_rasters_on_a_distributed_client(
+    tmp_path: Path, grid: GridSpec, prob: np.ndarray
+) -> None:
+    distributed = pytest.importorskip("distributed")
+    arr = da.from_array(prob, chunks=(30, 40))
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        out = write_raster(arr, grid, tmp_path / "p.tif", dtype="float32", nodata=np.nan, cog=True)
+    with rasterio.open(out) as src:
+        np.testing.assert_array_equal(src.read(1), prob)
+        assert src.overviews(1)
+    assert _leftovers(tmp_path) == []
