@@ -59,10 +59,11 @@ class DetectResult:
     run: dict[str, Any] = field(default_factory=dict)
 
 
-def output_paths(output: str | os.PathLike) -> dict[str, Path]:
+def output_paths(output: str | os.PathLike, *, quicklook: bool = False) -> dict[str, Path]:
     """Output files of a detect run named after ``output`` (the GeoPackage).
 
-    ``changes.gpkg`` gives ``changes.gpkg``, ``changes_prob.tif`` (COG) and ``changes_date.tif``.
+    ``changes.gpkg`` gives ``changes.gpkg``, ``changes_prob.tif`` (COG), ``changes_date.tif``
+    and, with ``quicklook``, ``changes_quicklook.png``.
     """
     gpkg = Path(output)
     if gpkg.suffix.lower() != ".gpkg":
@@ -71,11 +72,14 @@ def output_paths(output: str | os.PathLike) -> dict[str, Path]:
             "name the output like 'changes.gpkg' (the rasters are written beside it)"
         )
     stem = gpkg.with_suffix("")
-    return {
+    paths = {
         "gpkg": gpkg,
         "prob": stem.parent / f"{stem.name}_prob.tif",
         "date": stem.parent / f"{stem.name}_date.tif",
     }
+    if quicklook:
+        paths["quicklook"] = stem.parent / f"{stem.name}_quicklook.png"
+    return paths
 
 
 def make_detector(
@@ -137,6 +141,8 @@ def detect(
     device: Device = "auto",
     overwrite: bool = False,
     progress: bool = False,
+    quicklook: bool = True,
+    rgb_bands: Sequence[int] | None = None,
 ) -> DetectResult:
     """Detect changes in a multi-date stack.
 
@@ -155,6 +161,8 @@ def detect(
         device: "auto" (CUDA when present), "cpu" or "cuda".
         overwrite: replace existing outputs.
         progress: show a progress bar over chunks.
+        quicklook: also write OUT_quicklook.png (first/last date, probability, polygons, dates).
+        rgb_bands: 1-based bands shown as red, green, blue in the quicklook (default: guessed).
 
     Returns:
         A ``DetectResult`` with lazy rasters (or rasters re-read from the written files),
@@ -172,12 +180,14 @@ def detect(
     if chunk_size < 16:
         raise InputError(f"--chunk-size: found {chunk_size}, expected at least 16 pixels")
 
-    paths = output_paths(output) if output is not None else {}
+    paths = output_paths(output, quicklook=quicklook) if output is not None else {}
     if paths:
         out_io.check_writable(list(paths.values()), overwrite=overwrite)
 
-    stack = inputs if isinstance(inputs, Stack) else open_stack(
-        inputs, dates=dates, chunk_size=chunk_size, align=align
+    stack = (
+        inputs
+        if isinstance(inputs, Stack)
+        else open_stack(inputs, dates=dates, chunk_size=chunk_size, align=align)
     )
     sample = read_sample(stack)
     detector = make_detector(method, sample, model=model, device=device)
@@ -191,11 +201,19 @@ def detect(
         detector.num_threads = torch_threads
     log.info(
         "%d dates, %d bands, %dx%d px, %d chunks, halo %d px, %d dask threads x %d torch threads",
-        stack.T, stack.band_count, stack.grid.width, stack.grid.height, n_chunks, halo,
-        dask_threads, torch_threads,
+        stack.T,
+        stack.band_count,
+        stack.grid.width,
+        stack.grid.height,
+        n_chunks,
+        halo,
+        dask_threads,
+        torch_threads,
     )
 
-    result = tiling.overlap_map(data, detector, halo, out_bands=2, dtype=np.float32)
+    result = tiling.overlap_map(
+        data, detector, halo, out_bands=2, dtype=np.float32, name="geochange-detect"
+    )
     prob = result[0]
     date_index = _date_raster(result[0], result[1], threshold)
 
@@ -212,15 +230,34 @@ def detect(
             else:
                 prob, date_index = dask.persist(prob, date_index)
         changes = vectorize.polygons_from_rasters(
-            prob, date_index, stack.grid, stack.dates,
-            threshold=threshold, min_area=min_area, simplify=simplify, chunk_size=chunk_size,
+            prob,
+            date_index,
+            stack.grid,
+            stack.dates,
+            threshold=threshold,
+            min_area=min_area,
+            simplify=simplify,
+            chunk_size=chunk_size,
         )
     if paths:
         try:
+            if "quicklook" in paths:
+                from geochange.plots import quicklook as _quicklook
+
+                _quicklook(
+                    stack,
+                    prob,
+                    date_index,
+                    changes,
+                    paths["quicklook"],
+                    rgb_bands=rgb_bands,
+                    overwrite=True,
+                )
             out_io.write_gpkg(changes, paths["gpkg"], runs=run, overwrite=overwrite)
         except BaseException:
-            for kind in ("prob", "date"):
-                paths[kind].unlink(missing_ok=True)
+            for kind in ("prob", "date", "quicklook"):
+                if kind in paths:
+                    paths[kind].unlink(missing_ok=True)
             raise
     log.info("%d change polygons", len(changes))
     return DetectResult(stack, prob, date_index, changes, paths, run)
@@ -255,10 +292,24 @@ def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso, overwri
     )
     out_io.write_rasters(
         [
-            dict(array=prob, path=paths["prob"], dtype="float32", nodata=float("nan"), cog=True,
-                 tags=tags, band_descriptions=["change_probability"]),
-            dict(array=date_index, path=paths["date"], dtype="uint8", nodata=DATE_NODATA,
-                 cog=False, tags=date_tags, band_descriptions=["change_date_index"]),
+            dict(
+                array=prob,
+                path=paths["prob"],
+                dtype="float32",
+                nodata=float("nan"),
+                cog=True,
+                tags=tags,
+                band_descriptions=["change_probability"],
+            ),
+            dict(
+                array=date_index,
+                path=paths["date"],
+                dtype="uint8",
+                nodata=DATE_NODATA,
+                cog=False,
+                tags=date_tags,
+                band_descriptions=["change_date_index"],
+            ),
         ],
         stack.grid,
         overwrite=overwrite,
@@ -306,7 +357,7 @@ class _ChunkProgress(dask.callbacks.Callback):
 
     def _posttask(self, key, result, dsk, state, worker_id):
         name = key[0] if isinstance(key, tuple) else key
-        if isinstance(name, str) and name.startswith("overlap_map-") and self._bar is not None:
+        if isinstance(name, str) and name.startswith("geochange-detect") and self._bar is not None:
             if self._bar.n < self._n:
                 self._bar.update(1)
 

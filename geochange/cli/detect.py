@@ -10,34 +10,89 @@ from geochange.cli import options
 @click.command("detect")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False),
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
     help="GeoPackage to write (layers 'changes' and 'runs'); OUT_prob.tif and OUT_date.tif are "
     "written beside it.",
 )
 @options.dates_option
 @click.option(
-    "--method", type=click.Choice(["cnn-lstm", "cva", "irmad", "diff"]), default="cnn-lstm",
-    show_default=True, help="Deep CNN-LSTM model or a classical baseline.",
+    "--method",
+    type=click.Choice(["cnn-lstm", "cva", "irmad", "diff"]),
+    default="cnn-lstm",
+    show_default=True,
+    help="Deep CNN-LSTM model or a classical baseline.",
 )
 @click.option(
-    "--model", type=click.Path(dir_okay=False), default=None,
+    "--model",
+    type=click.Path(dir_okay=False),
+    default=None,
     help="Checkpoint from 'geochange train' or 'geochange adapt' (default: the shipped model).",
 )
-@click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="Change probability from which a pixel counts as change.")
-@click.option("--min-area", type=float, default=0.0, show_default=True,
-              help="Drop change polygons smaller than this, in m².")
-@click.option("--simplify", type=float, default=0.0, show_default=True,
-              help="Simplify polygon outlines with this tolerance in CRS units (0 = off).")
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Change probability from which a pixel counts as change.",
+)
+@click.option(
+    "--min-area",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Drop change polygons smaller than this, in m².",
+)
+@click.option(
+    "--simplify",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Simplify polygon outlines with this tolerance in CRS units (0 = off).",
+)
 @options.chunk_size_option
 @options.align_option
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, help="Where the model runs.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the model runs.",
+)
 @options.overwrite_option
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Progress bar over chunks.")
-def command(inputs, output, dates, method, model, threshold, min_area, simplify, chunk_size,
-            align, device, overwrite, progress):
+@click.option(
+    "--quicklook/--no-quicklook",
+    default=True,
+    show_default=True,
+    help="Write OUT_quicklook.png: first/last date, probability, polygons, change dates.",
+)
+@click.option(
+    "--rgb-bands",
+    default=None,
+    help="1-based bands shown as red,green,blue in the quicklook, e.g. 3,2,1.",
+)
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Progress bar over chunks."
+)
+def command(
+    inputs,
+    output,
+    dates,
+    method,
+    model,
+    threshold,
+    min_area,
+    simplify,
+    chunk_size,
+    align,
+    device,
+    overwrite,
+    quicklook,
+    rgb_bands,
+    progress,
+):
     """Detect changes in a stack of GeoTIFFs, one per date.
 
     INPUTS are GeoTIFF files, a directory or a glob. Dates come from --dates, else the
@@ -53,9 +108,21 @@ def command(inputs, output, dates, method, model, threshold, min_area, simplify,
     from geochange.pipeline import detect
 
     result = detect(
-        list(inputs), output, dates=dates, method=method, model=model, threshold=threshold,
-        min_area=min_area, simplify=simplify, chunk_size=chunk_size, align=align, device=device,
-        overwrite=overwrite, progress=progress,
+        list(inputs),
+        output,
+        dates=dates,
+        method=method,
+        model=model,
+        threshold=threshold,
+        min_area=min_area,
+        simplify=simplify,
+        chunk_size=chunk_size,
+        align=align,
+        device=device,
+        overwrite=overwrite,
+        progress=progress,
+        quicklook=quicklook,
+        rgb_bands=options.parse_int_list(rgb_bands, "--rgb-bands"),
     )
     click.echo(
         f"{len(result.changes)} change polygons over {result.stack.T} dates "

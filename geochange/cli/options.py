@@ -15,21 +15,43 @@ def _split_dates(ctx, param, value):
 
 
 dates_option = click.option(
-    "--dates", multiple=True, callback=_split_dates,
+    "--dates",
+    multiple=True,
+    callback=_split_dates,
     help="One date per input file, in order, e.g. --dates 2023-01-15,2023-03-02 (overrides tags "
     "and file names).",
 )
 
 chunk_size_option = click.option(
-    "--chunk-size", type=click.IntRange(min=16), default=512, show_default=True,
+    "--chunk-size",
+    type=click.IntRange(min=16),
+    default=512,
+    show_default=True,
     help="Chunk edge in pixels; memory per task grows with its square.",
 )
 
 align_option = click.option(
-    "--align", is_flag=True,
+    "--align",
+    is_flag=True,
     help="Resample every date onto the first date's grid (CRS, transform, size).",
 )
 
 overwrite_option = click.option(
-    "--overwrite", is_flag=True, help="Replace existing outputs.",
+    "--overwrite",
+    is_flag=True,
+    help="Replace existing outputs.",
 )
+
+
+def parse_int_list(value: str | None, name: str) -> tuple[int, ...] | None:
+    """'3,2,1' -> (3, 2, 1); None stays None; anything else is a one-line InputError."""
+    from geochange.errors import InputError
+
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise InputError(
+            f"{name}: found {value!r}, expected comma-separated band numbers like 3,2,1"
+        ) from None
