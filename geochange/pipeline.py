@@ -181,7 +181,8 @@ def detect(
         raise InputError(f"--chunk-size: found {chunk_size}, expected at least 16 pixels")
 
     paths = output_paths(output, quicklook=quicklook) if output is not None else {}
-    if paths:
+    if paths and paths["gpkg"].parent.is_dir():
+        # A missing output folder is created once the inputs have passed validation.
         out_io.check_writable(list(paths.values()), overwrite=overwrite)
 
     stack = (
@@ -191,6 +192,8 @@ def detect(
     )
     sample = read_sample(stack)
     detector = make_detector(method, sample, model=model, device=device)
+    if paths:
+        paths["gpkg"].parent.mkdir(parents=True, exist_ok=True)
     halo = int(detector.halo)
 
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
