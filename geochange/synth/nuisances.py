@@ -99,13 +99,13 @@ def make_clouds(
     for t in range(n_dates):
         if t not in cloudy:
             continue
-        cover = rng.uniform(0.3, 1.0) * level.cloud_cover_max
+        cover = rng.uniform(0.3, 1.0) * level.cloud_cover_max  # masked fraction, roughly
         field = fbm(rng, shape, (64 * s, 32 * s, 16 * s, 6.0), persistence=0.6)
-        thr = np.quantile(field, 1.0 - 0.35 * cover)
+        thr = np.quantile(field, 1.0 - 0.5 * cover)
         a = np.clip((field - thr) / 0.4, 0.0, 1.0)
         if rng.random() < 0.6:  # thin, semi-transparent cloud around/apart from the thick one
             thin = fbm(rng, shape, (96 * s, 48 * s, 12.0), persistence=0.5)
-            thr2 = np.quantile(thin, 1.0 - 0.3 * cover)
+            thr2 = np.quantile(thin, 1.0 - 0.4 * cover)
             a = np.maximum(a, rng.uniform(0.2, 0.45) * np.clip((thin - thr2) / 0.8, 0.0, 1.0))
         dist = rng.uniform(6, 20) * s
         dy, dx = int(round(dist * np.sin(ang))), int(round(dist * np.cos(ang)))
@@ -114,9 +114,12 @@ def make_clouds(
         xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
         sh[yd, xd] = np.clip(a[ys, xs] * 1.5, 0.0, 1.0)
         sh *= 1.0 - a  # no shadow visible under the cloud itself
+        # Faint fringes are dropped so the mask holds every pixel a cloud or shadow touches.
+        a[a < 0.02] = 0.0
+        sh[sh < 0.05] = 0.0
+        mask[t] = (a > 0) | (sh > 0)
         alpha[t] = a.astype(np.float32)
         shadow[t] = sh.astype(np.float32)
-        mask[t] = (a > 0.02) | (sh > 0.05)
     return Clouds(alpha, shadow, mask)
 
 

@@ -107,6 +107,11 @@ def make_dates(rng: np.random.Generator, n: int, start: str | dt.date) -> tuple[
     return tuple(start + dt.timedelta(days=int(g)) for g in gaps)
 
 
+def _offset(t: Affine, row: int, col: int) -> Affine:
+    """Transform of the window starting at (row, col) (no Affine products: affine>=3.1 warns)."""
+    return Affine(t.a, t.b, t.c + t.a * col + t.b * row, t.d, t.e, t.f + t.d * col + t.e * row)
+
+
 def changes_frame(
     items: list[tuple[str, int, slice, slice, np.ndarray]],
     dates: tuple[dt.date, ...],
@@ -119,7 +124,7 @@ def changes_frame(
     """
     rows_out = []
     for kind, j, rows, cols, mask in items:
-        tr = grid.transform * Affine.translation(cols.start, rows.start)
+        tr = _offset(grid.transform, rows.start, cols.start)
         polys = [
             to_shape(geom)
             for geom, val in shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=tr)
