@@ -161,10 +161,13 @@ def test_dates_option_orders_the_stack(tmp_path):
 
 
 def _run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
+    try:
         main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
     captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
+    return code, captured.out, captured.err
 
 
 def _assert_clean_error(code, err, out_dir, match):
