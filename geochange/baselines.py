@@ -297,14 +297,17 @@ def _prepare(
     """Standardise and fill a block (t, c, ...) along time.
 
     Returns:
-        z: (t, c, ...) float64 standardised values, nodata dates filled from the last valid date
+        z: (t, c, ...) float32 standardised values, nodata dates filled from the last valid date
             (leading gaps from the first valid date); pixels with no valid date stay NaN.
         observed: (t-1, ...) bool, interval k observed (date k+1 valid, a valid date ≤ k).
         n_valid: (...) int, number of valid dates.
     """
     t, c = block.shape[:2]
     extra = (1,) * (block.ndim - 2)
-    z = (block.astype(np.float64) - center.reshape(t, c, *extra)) / scale.reshape(t, c, *extra)
+    # float32 keeps a tile's working copies small (values are O(1) once standardised).
+    ctr = center.reshape(t, c, *extra).astype(np.float32)
+    scl = scale.reshape(t, c, *extra).astype(np.float32)
+    z = (block.astype(np.float32, copy=False) - ctr) / scl
     valid = np.all(np.isfinite(z), axis=1)  # (t, ...)
     # Forward fill: index of the last valid date at or before each date.
     idx = np.where(valid, np.arange(t).reshape(t, *extra), -1)

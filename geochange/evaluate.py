@@ -52,6 +52,7 @@ __all__ = [
     "date_accuracy",
     "error_map",
     "evaluate",
+    "evaluate_arrays",
     "format_report",
     "metrics",
     "object_metrics",
@@ -797,6 +798,50 @@ def evaluate(
     }
     out.update(metrics(a))
     return out
+
+
+def evaluate_arrays(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    mapped: np.ndarray | None = None,
+    pred_date: np.ndarray | None = None,
+    ref_date: np.ndarray | None = None,
+    pixel_area_m2: float | np.ndarray = 1.0,
+    grid: GridSpec | None = None,
+) -> dict[str, Any]:
+    """The metrics of :func:`evaluate` for arrays already on one grid (e.g. in benchmarks).
+
+    Args:
+        pred: (h, w) bool predicted change.
+        ref: (h, w) bool reference change.
+        valid: (h, w) bool evaluated pixels; default all (within ``mapped``).
+        mapped: (h, w) bool pixels the prediction covers; default all.
+        pred_date: (h, w) int predicted date index (label encoding), optional.
+        ref_date: (h, w) int reference date index, optional.
+        pixel_area_m2: m² per pixel, scalar or (h, w).
+        grid: the grid, only for the report's description.
+
+    Returns:
+        The dict of :func:`metrics`.
+    """
+    pred = np.asarray(pred, bool)
+    shape = pred.shape
+    mapped_ = np.ones(shape, bool) if mapped is None else np.asarray(mapped, bool)
+    labelled = np.ones(shape, bool) if valid is None else np.asarray(valid, bool)
+    a = Aligned(
+        grid=grid if grid is not None else GridSpec(None, Affine.identity(), *shape),  # type: ignore[arg-type]
+        pred=pred & mapped_,
+        ref=np.asarray(ref, bool) & labelled,
+        valid=mapped_ & labelled,
+        mapped=mapped_,
+        labelled=labelled,
+        pred_date=None if pred_date is None else np.asarray(pred_date).astype(np.int16),
+        ref_date=None if ref_date is None else np.asarray(ref_date).astype(np.int16),
+        pixel_area_m2=np.broadcast_to(np.asarray(pixel_area_m2, float), shape),
+    )
+    return metrics(a)
 
 
 def _fmt(v: Any, pct: bool = False) -> str:

@@ -209,3 +209,22 @@ def test_identical_dates_give_no_change(rng):
     for method in ("cva", "irmad", "diff"):
         out = make_baseline(method, _sample(stack))(stack)  # type: ignore[arg-type]
         assert np.all(out[0] < 0.5), method
+
+
+@pytest.mark.parametrize("method", ["cva", "irmad", "diff"])
+def test_chunked_run_through_tiling_equals_whole_scene(method, rng):
+    import dask
+    import dask.array as da
+
+    from geochange.tiling import overlap_map
+
+    x0 = _land(rng)
+    x1 = _illuminate(x0, rng)
+    x1[:, _square()] = _ROOF[:, None]
+    x1[:, 50:60, 3:9] = np.nan
+    stack = np.stack([x0, x1, _illuminate(x0, np.random.default_rng(4))])
+    det = make_baseline(method, _sample(stack))
+    lazy = overlap_map(da.from_array(stack, chunks=(-1, -1, 20, 24)), det, det.halo, out_bands=2)
+    with dask.config.set(scheduler="synchronous"):
+        chunked = lazy.compute()
+    np.testing.assert_array_equal(chunked, det(stack))

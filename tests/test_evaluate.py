@@ -23,6 +23,7 @@ from geochange.evaluate import (
     area_estimates,
     date_accuracy,
     evaluate,
+    evaluate_arrays,
     object_metrics,
     pixel_metrics,
 )
@@ -425,3 +426,15 @@ def test_cli_threshold_and_errors(pair, tmp_path):
     assert missing.exit_code != 0
     assert isinstance(missing.exception, InputError)
     assert "x.gpkg': file not found" in str(missing.exception)
+
+
+def test_evaluate_arrays_matches_files(tmp_path):
+    ref = np.array([[1, 1, 0, 0], [1, 255, 0, 0], [0, 0, 255, 255], [0, 0, 0, 1]], np.uint8)
+    pred = np.array([[1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]], np.uint8)
+    write_geotiff(tmp_path / "ref.tif", ref)
+    write_geotiff(tmp_path / "pred.tif", pred)
+    from_files = evaluate(tmp_path / "pred.tif", tmp_path / "ref.tif")
+    from_arrays = evaluate_arrays(pred == 1, ref == 1, valid=ref != 255, pixel_area_m2=100.0)
+    assert from_arrays["pixel"] == from_files["pixel"]
+    assert from_arrays["object"] == from_files["object"]
+    assert from_arrays["area"] == from_files["area"]
