@@ -438,3 +438,28 @@ def test_evaluate_arrays_matches_files(tmp_path):
     assert from_arrays["pixel"] == from_files["pixel"]
     assert from_arrays["object"] == from_files["object"]
     assert from_arrays["area"] == from_files["area"]
+
+
+def test_detect_geopackage_dates_from_runs_layer(tmp_path):
+    """A GeoPackage written like detect's (layers changes + runs) carries the stack dates."""
+    from geochange.output import write_gpkg
+
+    lab = np.zeros((2, 10, 10), np.uint8)
+    lab[0, 2:6, 2:6] = 1
+    lab[1, 2:6, 2:6] = 2
+    write_geotiff(tmp_path / "label.tif", lab)
+    changes = gpd.GeoDataFrame(
+        {"id": [1], "change_date": ["2020-05-01"]}, geometry=[_box_px(2, 2, 6, 6)], crs=UTM
+    )
+    runs = {"dates": ["2020-01-01", "2020-03-01", "2020-05-01"], "method": "cva"}
+    write_gpkg(changes, tmp_path / "pred.gpkg", runs=runs)
+    r = evaluate(tmp_path / "pred.gpkg", tmp_path / "label.tif")
+    assert r["pixel"]["f1"] == 1.0
+    assert r["date"]["n"] == 16 and r["date"]["exact"] == 1.0
+    result = CliRunner().invoke(
+        cli,
+        ["evaluate", str(tmp_path / "pred.gpkg"), str(tmp_path / "label.tif"), "--json",
+         "--dates", "2020-01-01,2020-05-01,2020-07-01"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["date"]["exact"] == 0.0  # now date 1, one date early

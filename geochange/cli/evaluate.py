@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from geochange.cli.options import dates_option, overwrite_option
+from geochange.cli.options import overwrite_option
 
 __all__ = ["command"]
 
@@ -22,6 +22,11 @@ def _json_ready(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_json_ready(x) for x in v]
     return v
+
+
+def _split_dates(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]):
+    parts = [p.strip() for item in value for p in item.split(",") if p.strip()]
+    return parts or None
 
 
 @click.command(name="evaluate")
@@ -48,7 +53,14 @@ def _json_ready(v: Any) -> Any:
     metavar="DATE.tif",
     help="Change-date raster of the prediction (from detect: *_date.tif) to score change dates.",
 )
-@dates_option
+@click.option(
+    "--dates",
+    multiple=True,
+    callback=_split_dates,
+    metavar="DATES",
+    help="The stack's dates, YYYY-MM-DD, comma-separated, to index `change_date` columns of "
+    "GeoPackages. Default: the prediction GeoPackage's `runs` layer or a raster's `dates` tag.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
     "--map",
