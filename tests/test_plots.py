@@ -333,3 +333,19 @@ def test_cli_series_help() -> None:
     assert result.exit_code == 0
     assert "geochange series data_samples/stack --at" in result.output
     assert "--polygon 3 --changes changes.gpkg" in result.output
+
+
+def test_quicklook_one_band_two_dates(tmp_path: Path) -> None:
+    # Greyscale, NaN nodata, a single possible change date, no polygons.
+    data = np.random.default_rng(2).normal(0.2, 0.05, (2, 1, 40, 30)).astype(np.float32)
+    data[:, :, :5, :5] = np.nan
+    write_stack(tmp_path / "grey", data, DATES[:2], nodata=np.nan)
+    stack = open_stack(tmp_path / "grey")
+    prob = np.where(np.isnan(data[0, 0]), np.nan, 0.1).astype(np.float32)
+    date_index = np.where(np.isnan(data[0, 0]), 255, 0).astype(np.uint8)
+    date_index[20:30, 10:20] = 1
+    fig = plots._quicklook_figure(stack, prob, date_index, None)
+    (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert [t.get_text() for t in legend.get_texts()] == [DATES[1]]
+    assert "greyscale band 1" in fig.axes[0].get_title()
+    _assert_picture(plots.quicklook(stack, prob, date_index, None, tmp_path / "grey.png"))
