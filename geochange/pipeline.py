@@ -88,6 +88,8 @@ def make_detector(
     *,
     model: str | os.PathLike | None = None,
     device: Device = "auto",
+    batch_size: int | None = None,
+    amp: bool = False,
 ):
     """A block detector for ``method`` with scene-wide parameters fitted on ``sample``.
 
@@ -96,6 +98,8 @@ def make_detector(
         sample: (t, c, n) float32 decimated read of the whole scene, NaN = nodata.
         model: checkpoint path for "cnn-lstm"; None = the shipped default model.
         device: "auto", "cpu" or "cuda" for the deep model.
+        batch_size: sub-tiles per forward pass of the deep model (None = its default).
+        amp: float16 autocast on CUDA for the deep model.
 
     Returns:
         An object with ``.halo`` (pixels) and ``__call__(tile (t, c, h, w)) -> (2, h, w)``.
@@ -108,7 +112,20 @@ def make_detector(
     if method == "cnn-lstm":
         from geochange.predict import model_detector
 
-        return model_detector(sample, model_path=model, device=device)
+        kwargs: dict[str, Any] = {"amp": bool(amp)}
+        if batch_size is not None:
+            if int(batch_size) != batch_size or batch_size < 1:
+                raise InputError(
+                    f"--batch-size: found {batch_size!r}, expected a whole number of tiles >= 1"
+                )
+            kwargs["batch_size"] = int(batch_size)
+        return model_detector(sample, model_path=model, device=device, **kwargs)
+    for flag, value in (("--batch-size", batch_size), ("--amp", amp or None)):
+        if value is not None:
+            raise InputError(
+                f"{flag}: given but --method is {method!r}, a classical baseline that runs "
+                f"on numpy; drop {flag} or use --method cnn-lstm"
+            )
     if model is not None:
         raise InputError(
             f"--model: a checkpoint was given but --method is {method!r}, a classical baseline "
@@ -121,9 +138,9 @@ def make_detector(
 
 def _threads_layout(n_chunks: int) -> tuple[int, int]:
     """(dask threads, torch threads per task) so their product does not exceed the cores."""
-    cores = os.cpu_count() or 1
-    workers = max(1, min(cores, n_chunks))
-    return workers, max(1, cores // workers)
+    from geochange.cluster import threads_layout
+
+    return threads_layout(n_chunks)
 
 
 def detect(
@@ -143,6 +160,11 @@ def detect(
     progress: bool = False,
     quicklook: bool = True,
     rgb_bands: Sequence[int] | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    batch_size: int | None = None,
+    amp: bool = False,
 ) -> DetectResult:
     """Detect changes in a multi-date stack.
 
@@ -163,13 +185,23 @@ def detect(
         progress: show a progress bar over chunks.
         quicklook: also write OUT_quicklook.png (first/last date, probability, polygons, dates).
         rgb_bands: 1-based bands shown as red, green, blue in the quicklook (default: guessed).
+        scheduler: None or "threads" (dask threads in this process, the default), a
+            dask.distributed scheduler address "tcp://HOST:PORT", or a scheduler file (.json).
+            On a cluster the workers read the inputs and write the outputs themselves: they must
+            see both under the same paths (or GDAL URLs) as this process. See docs/CLUSTER.md.
+        workers: run on a local cluster of this many worker processes (not with an address).
+        threads_per_worker: dask threads per worker process (threaded scheduler: dask threads).
+            Default: cores // workers; torch threads are set to cores // all dask threads.
+        batch_size: sub-tiles per forward pass of the deep model (None = its default); larger
+            fills a GPU better.
+        amp: float16 autocast on CUDA (faster; not bit-identical to float32).
 
     Returns:
         A ``DetectResult`` with lazy rasters (or rasters re-read from the written files),
         the change polygons and the written paths.
     """
+    from geochange import cluster, tiling, vectorize
     from geochange import output as out_io
-    from geochange import tiling, vectorize
 
     if not 0.0 < threshold < 1.0:
         raise InputError(
@@ -191,57 +223,79 @@ def detect(
         else open_stack(inputs, dates=dates, chunk_size=chunk_size, align=align)
     )
     sample = read_sample(stack)
-    detector = make_detector(method, sample, model=model, device=device)
-    if paths:
-        paths["gpkg"].parent.mkdir(parents=True, exist_ok=True)
+    detector = make_detector(
+        method, sample, model=model, device=device, batch_size=batch_size, amp=amp
+    )
     halo = int(detector.halo)
-
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
-    data = stack.data.rechunk({0: -1, 1: -1, 2: ychunks, 3: xchunks})
     n_chunks = len(ychunks) * len(xchunks)
-    dask_threads, torch_threads = _threads_layout(n_chunks)
-    if hasattr(detector, "num_threads"):
-        detector.num_threads = torch_threads
-    log.info(
-        "%d dates, %d bands, %dx%d px, %d chunks, halo %d px, %d dask threads x %d torch threads",
-        stack.T,
-        stack.band_count,
-        stack.grid.width,
-        stack.grid.height,
-        n_chunks,
-        halo,
-        dask_threads,
-        torch_threads,
-    )
-
-    result = tiling.overlap_map(
-        data, detector, halo, out_bands=2, dtype=np.float32, name="geochange-detect"
-    )
-    prob = result[0]
-    date_index = _date_raster(result[0], result[1], threshold)
-
-    run = _provenance(stack, method, model, threshold, min_area, simplify, chunk_size, detector)
-    dates_iso = [d.isoformat() for d in stack.dates]
-
-    with dask.config.set(scheduler="threads", num_workers=dask_threads):
-        callbacks = [_ChunkProgress(n_chunks)] if progress else []
-        with _callbacks(callbacks):
-            if paths:
-                prob, date_index = _write_rasters(
-                    prob, date_index, stack, paths, threshold, dates_iso, overwrite
-                )
-            else:
-                prob, date_index = dask.persist(prob, date_index)
-        changes = vectorize.polygons_from_rasters(
-            prob,
-            date_index,
-            stack.grid,
-            stack.dates,
-            threshold=threshold,
-            min_area=min_area,
-            simplify=simplify,
-            chunk_size=chunk_size,
+    with cluster.runtime(
+        scheduler,
+        workers,
+        threads_per_worker,
+        n_chunks=n_chunks,
+        torch_threads=method == "cnn-lstm",
+    ) as rt:
+        if paths:
+            paths["gpkg"].parent.mkdir(parents=True, exist_ok=True)
+        if hasattr(detector, "num_threads"):
+            # On a cluster each worker's torch threads are set by the worker plugin.
+            detector.num_threads = None if rt.distributed else rt.layout.torch_threads
+        log.info(
+            "%d dates, %d bands, %dx%d px, %d chunks, halo %d px; %s",
+            stack.T,
+            stack.band_count,
+            stack.grid.width,
+            stack.grid.height,
+            n_chunks,
+            halo,
+            rt.layout.describe(),
         )
+        if rt.distributed:
+            _check_shipping(detector)
+
+        data = stack.data.rechunk({0: -1, 1: -1, 2: ychunks, 3: xchunks})
+        annotations = {}
+        if rt.distributed and str(getattr(detector, "device", "cpu")).startswith("cuda"):
+            if rt.gpu_workers():
+                # One GPU per worker: a worker started with `--resources GPU=1` runs one model
+                # task at a time.
+                annotations = {"resources": {"GPU": 1}}
+        with dask.annotate(**annotations):
+            result = tiling.overlap_map(
+                data, detector, halo, out_bands=2, dtype=np.float32, name="geochange-detect"
+            )
+        prob = result[0]
+        date_index = _date_raster(result[0], result[1], threshold)
+
+        run = _provenance(stack, method, model, threshold, min_area, simplify, chunk_size, detector)
+        run["scheduler"] = rt.layout.kind
+        dates_iso = [d.isoformat() for d in stack.dates]
+
+        with rt.compute():
+            with rt.progress(result.name, n_chunks, enabled=progress):
+                if paths:
+                    prob, date_index = _write_rasters(
+                        prob, date_index, stack, paths, threshold, dates_iso, overwrite
+                    )
+                elif rt.distributed:
+                    # The cluster may be gone after this block: bring the rasters home.
+                    p, d = dask.compute(prob, date_index)
+                    prob = da.from_array(p, chunks=stack.chunk_size)
+                    date_index = da.from_array(d, chunks=stack.chunk_size)
+                else:
+                    prob, date_index = dask.persist(prob, date_index)
+            # Per chunk on the workers, merged here.
+            changes = vectorize.polygons_from_rasters(
+                prob,
+                date_index,
+                stack.grid,
+                stack.dates,
+                threshold=threshold,
+                min_area=min_area,
+                simplify=simplify,
+                chunk_size=chunk_size,
+            )
     if paths:
         try:
             if "quicklook" in paths:
@@ -345,41 +399,24 @@ def _provenance(stack, method, model, threshold, min_area, simplify, chunk_size,
     }
 
 
-class _ChunkProgress(dask.callbacks.Callback):
-    """A tqdm bar over chunks: counts finished tasks of the detector's map step."""
-
-    def __init__(self, n_chunks: int):
-        super().__init__()
-        self._n = n_chunks
-        self._bar = None
-
-    def _start_state(self, dsk, state):
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=self._n, unit="chunk", desc="detect", leave=False)
-
-    def _posttask(self, key, result, dsk, state, worker_id):
-        name = key[0] if isinstance(key, tuple) else key
-        if isinstance(name, str) and name.startswith("geochange-detect") and self._bar is not None:
-            if self._bar.n < self._n:
-                self._bar.update(1)
-
-    def _finish(self, dsk, state, errored):
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+#: A pickled detector larger than this is shipped with every task: warn (bytes).
+_SHIP_WARN_BYTES = 1 << 20
 
 
-class _callbacks:
-    """Enter several dask callbacks at once (an empty list is fine)."""
+def _check_shipping(detector: object) -> None:
+    """Log the pickled size of the detector that goes with every task to the workers.
 
-    def __init__(self, cbs):
-        self._cbs = cbs
+    A ``ModelDetector`` built from a checkpoint pickles its path and scene statistics, and each
+    worker process loads the network once (predict's per-process cache), so this is small.
+    """
+    import pickle
 
-    def __enter__(self):
-        for cb in self._cbs:
-            cb.__enter__()
-
-    def __exit__(self, *exc):
-        for cb in reversed(self._cbs):
-            cb.__exit__(*exc)
+    size = len(pickle.dumps(detector, protocol=pickle.HIGHEST_PROTOCOL))
+    if size > _SHIP_WARN_BYTES:
+        log.warning(
+            "the detector pickles to %.1f MB and is sent with every task; save the model to a "
+            "file (geochange train -o) so workers load it once from its path",
+            size / 1e6,
+        )
+    else:
+        log.info("detector pickles to %d bytes per task", size)

@@ -76,6 +76,35 @@ from geochange.cli import options
 @click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Progress bar over chunks."
 )
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="threads|ADDRESS|FILE",
+    help="Where the work runs: 'threads' (default: dask threads in this process), the address "
+    "of a running dask scheduler (tcp://HOST:PORT) or its --scheduler-file (.json). Workers must "
+    "see INPUTS and the output folder under the same paths.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Start a local dask cluster of N worker processes for this run.",
+)
+@click.option(
+    "--threads-per-worker",
+    type=int,
+    default=None,
+    help="Dask threads per worker process (default: cores // workers; torch gets the rest).",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Sub-tiles per forward pass of the model (larger fills a GPU better).",
+)
+@click.option(
+    "--amp", is_flag=True, help="Mixed precision (float16) on CUDA: faster, not bit-identical."
+)
 def command(
     inputs,
     output,
@@ -92,6 +121,11 @@ def command(
     quicklook,
     rgb_bands,
     progress,
+    scheduler,
+    workers,
+    threads_per_worker,
+    batch_size,
+    amp,
 ):
     """Detect changes in a stack of GeoTIFFs, one per date.
 
@@ -104,6 +138,9 @@ def command(
       geochange detect 'scenes/S2_*.tif' -o out/changes.gpkg --threshold 0.6 --min-area 200
       geochange detect a.tif b.tif --dates 2021-06-01,2022-06-03 -o ab.gpkg --method cva
       geochange detect stack/ -o changes.gpkg --model my_model.ckpt --align --overwrite
+      geochange detect stack/ -o changes.gpkg --workers 2 --threads-per-worker 1
+      geochange detect /shared/stack -o /shared/out/changes.gpkg --scheduler tcp://10.0.0.5:8786
+      geochange detect stack/ -o changes.gpkg --device cuda --batch-size 16 --amp
     """
     from geochange.pipeline import detect
 
@@ -123,6 +160,11 @@ def command(
         progress=progress,
         quicklook=quicklook,
         rgb_bands=options.parse_int_list(rgb_bands, "--rgb-bands"),
+        scheduler=scheduler,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        batch_size=batch_size,
+        amp=amp,
     )
     click.echo(
         f"{len(result.changes)} change polygons over {result.stack.T} dates "

@@ -1,0 +1,408 @@
+"""Where the dask graph of ``detect`` runs: local threads, a local cluster, or a remote one.
+
+Three layouts, picked by :func:`runtime`:
+
+- ``scheduler=None`` or ``"threads"`` (default): dask's threaded scheduler in this process;
+  dask threads × torch intra-op threads ≤ cores.
+- ``workers=N``: a ``distributed.LocalCluster`` of N worker *processes* (``threads_per_worker``
+  dask threads each, default cores // N), started for the run and closed after it.
+- ``scheduler="tcp://HOST:PORT"`` (any ``proto://`` address) or a scheduler file (``.json``,
+  written by ``dask scheduler --scheduler-file``): a ``distributed.Client`` to an existing
+  cluster (``dask scheduler`` + ``dask worker``, dask-jobqueue, Kubernetes). The cluster is left
+  running; only the client is closed.
+
+On a distributed cluster every worker gets, through a worker plugin (so workers that join later
+get it too): the GDAL settings of :data:`geochange.stack.GDAL_ENV` as environment variables, and
+``torch.set_num_threads(cores of its host // dask threads on that host)`` so torch and dask do not
+oversubscribe the cores. Inputs and outputs are read and written by the workers themselves: they
+must see the input paths (or GDAL URLs) and the output folder under the same names as the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dask
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from geochange.errors import InputError
+
+__all__ = ["Layout", "Runtime", "cpu_cores", "runtime", "threads_layout"]
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["threads", "local-cluster", "remote"]
+
+#: Seconds to wait for a remote scheduler before giving up.
+CONNECT_TIMEOUT = 30
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (CPU affinity, e.g. a batch job's allocation)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_layout(n_chunks: int, cores: int | None = None) -> tuple[int, int]:
+    """(dask threads, torch threads per task) so their product does not exceed the cores."""
+    cores = cores or cpu_cores()
+    workers = max(1, min(cores, n_chunks))
+    return workers, max(1, cores // workers)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the work is spread.
+
+    Attributes:
+        kind: "threads" (this process), "local-cluster" (worker processes started for the run)
+            or "remote" (an existing cluster).
+        workers: dask worker processes (1 for "threads").
+        threads_per_worker: dask threads per worker (for "remote": the total over all workers).
+        torch_threads: torch intra-op threads per worker process (for "remote": per host, the
+            smallest over hosts).
+        dashboard: the dask dashboard URL, None on the threaded scheduler.
+    """
+
+    kind: Kind
+    workers: int
+    threads_per_worker: int
+    torch_threads: int
+    dashboard: str | None = None
+
+    def describe(self) -> str:
+        """One line for the log: layout and dashboard."""
+        if self.kind == "threads":
+            return (
+                f"local threads: {self.threads_per_worker} dask threads x "
+                f"{self.torch_threads} torch threads"
+            )
+        what = "local cluster" if self.kind == "local-cluster" else "cluster"
+        text = (
+            f"{what}: {self.workers} worker(s) x {self.threads_per_worker} dask thread(s), "
+            f"{self.torch_threads} torch thread(s) per worker"
+        )
+        return text + (f"; dashboard {self.dashboard}" if self.dashboard else "")
+
+
+@dataclass
+class Runtime:
+    """The scheduler chosen for one run; use ``compute()`` around every dask computation.
+
+    Attributes:
+        layout: the thread and process layout.
+        client: the ``distributed.Client`` (None on the threaded scheduler).
+    """
+
+    layout: Layout
+    client: Any = None
+    _config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def distributed(self) -> bool:
+        """True on a local or remote dask.distributed cluster."""
+        return self.client is not None
+
+    def compute(self) -> contextlib.AbstractContextManager:
+        """Context in which ``dask.compute`` runs on this runtime's scheduler."""
+        if self.client is None:
+            return dask.config.set(self._config)
+        return self.client.as_current()
+
+    def gpu_workers(self) -> int:
+        """Number of workers advertising a ``GPU`` resource (``dask worker --resources GPU=1``)."""
+        if self.client is None:
+            return 0
+        info = self.client.scheduler_info(n_workers=-1)["workers"]
+        return sum(1 for w in info.values() if (w.get("resources") or {}).get("GPU", 0) > 0)
+
+    def progress(self, group: str, total: int, enabled: bool) -> contextlib.AbstractContextManager:
+        """A tqdm bar over the ``total`` tasks of the task group ``group`` (a graph layer name).
+
+        On the threaded scheduler a dask callback counts finished tasks; on a cluster a thread
+        polls the scheduler's count for that group twice a second.
+        """
+        if not enabled:
+            return contextlib.nullcontext()
+        if self.client is None:
+            return _ThreadedProgress(group, total)
+        return _ClusterProgress(self.client, group, total, self.layout.dashboard)
+
+
+def _check_args(scheduler: str | None, workers: int | None, threads: int | None) -> None:
+    if workers is not None and (int(workers) != workers or workers < 1):
+        raise InputError(
+            f"--workers: found {workers!r}, expected a whole number of worker processes >= 1"
+        )
+    if threads is not None and (int(threads) != threads or threads < 1):
+        raise InputError(
+            f"--threads-per-worker: found {threads!r}, expected a whole number of threads >= 1"
+        )
+    if scheduler in (None, "threads"):
+        if scheduler == "threads" and workers is not None:
+            raise InputError(
+                f"--workers {workers} starts a local cluster of worker processes, but "
+                "--scheduler is 'threads' (no processes); drop one of the two"
+            )
+        return
+    if not isinstance(scheduler, str) or not ("://" in scheduler or scheduler.endswith(".json")):
+        raise InputError(
+            f"--scheduler: found {scheduler!r}, expected 'threads', a scheduler address such as "
+            "'tcp://10.0.0.5:8786', or a scheduler file 'scheduler.json' written by "
+            "`dask scheduler --scheduler-file`"
+        )
+    if scheduler.endswith(".json") and "://" not in scheduler and not Path(scheduler).is_file():
+        raise InputError(
+            f"--scheduler: scheduler file {scheduler!r} not found; start the scheduler with "
+            "`dask scheduler --scheduler-file PATH` first, or pass its tcp:// address"
+        )
+    if workers is not None or threads is not None:
+        flag = "--workers" if workers is not None else "--threads-per-worker"
+        raise InputError(
+            f"{flag}: given together with --scheduler {scheduler!r}; an existing cluster "
+            f"uses its own workers (set with `dask worker --nthreads`); drop {flag}"
+        )
+
+
+@contextlib.contextmanager
+def runtime(
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    *,
+    n_chunks: int = 1,
+    torch_threads: bool = True,
+) -> Iterator[Runtime]:
+    """Set up the scheduler for one run; close what was started on exit.
+
+    Args:
+        scheduler: None or "threads" (threaded scheduler), a scheduler address
+            ("tcp://HOST:PORT") or a scheduler file (.json).
+        workers: start a LocalCluster of this many worker processes (not with an address).
+        threads_per_worker: dask threads per worker process; with the threaded scheduler, the
+            number of dask threads. Default: cores // workers (at least 1).
+        n_chunks: chunks in the run (no more dask threads than chunks on the threaded scheduler).
+        torch_threads: set torch's intra-op threads on the workers (the deep model runs there).
+
+    Yields:
+        A :class:`Runtime`.
+
+    Raises:
+        InputError: inconsistent or invalid arguments, or no scheduler at the address.
+    """
+    _check_args(scheduler, workers, threads_per_worker)
+    cores = cpu_cores()
+    if scheduler in (None, "threads") and workers is None:
+        if threads_per_worker is not None:
+            dask_threads = threads_per_worker
+            torch_n = max(1, cores // dask_threads)
+        else:
+            dask_threads, torch_n = threads_layout(n_chunks, cores)
+        layout = Layout("threads", 1, dask_threads, torch_n)
+        log.info(layout.describe())
+        yield Runtime(layout, None, {"scheduler": "threads", "num_workers": dask_threads})
+        return
+
+    import distributed
+
+    if workers is not None:
+        tpw = threads_per_worker or max(1, cores // workers)
+        torch_n = max(1, cores // (workers * tpw))
+        with _quiet_startup():
+            cluster = distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=tpw,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.WARNING,
+            )
+        try:
+            with distributed.Client(cluster, set_as_default=False) as client:
+                client.register_plugin(
+                    _WorkerSetup({}, torch_n if torch_threads else None), name=_PLUGIN
+                )
+                layout = Layout("local-cluster", workers, tpw, torch_n, client.dashboard_link)
+                log.info(layout.describe())
+                yield Runtime(layout, client)
+        finally:
+            cluster.close()
+        return
+
+    kwargs: dict[str, Any] = (
+        {"scheduler_file": scheduler} if "://" not in scheduler else {"address": scheduler}
+    )
+    try:
+        client = distributed.Client(timeout=CONNECT_TIMEOUT, set_as_default=False, **kwargs)
+    except (OSError, TimeoutError) as exc:
+        raise InputError(
+            f"--scheduler {scheduler!r}: no dask scheduler answered within {CONNECT_TIMEOUT} s "
+            f"({type(exc).__name__}); start one with `dask scheduler` and `dask worker ADDRESS`, "
+            "check the address and firewall, or leave --scheduler out to run locally"
+        ) from exc
+    with client:
+        per_worker, n_workers, n_threads = _remote_torch_threads(client)
+        if n_workers == 0:
+            raise InputError(
+                f"--scheduler {scheduler!r}: the scheduler has no workers; start some with "
+                f"`dask worker {client.scheduler.address}`"
+            )
+        client.register_plugin(
+            _WorkerSetup(per_worker if torch_threads else {}, None), name=_PLUGIN
+        )
+        torch_n = min(per_worker.values()) if per_worker else 1
+        layout = Layout("remote", n_workers, n_threads, torch_n, client.dashboard_link)
+        log.info(layout.describe())
+        yield Runtime(layout, client)
+
+
+def _remote_torch_threads(client: Any) -> tuple[dict[str, int], int, int]:
+    """Torch threads per worker address: cores of its host // dask threads on that host."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    cores = client.run(cpu_cores)  # {address: cores}
+    threads_on_host: dict[str, int] = defaultdict(int)
+    for w in info.values():
+        threads_on_host[w["host"]] += int(w["nthreads"])
+    per_worker = {
+        addr: max(1, int(cores.get(addr, 1)) // max(1, threads_on_host[w["host"]]))
+        for addr, w in info.items()
+    }
+    return per_worker, len(info), sum(int(w["nthreads"]) for w in info.values())
+
+
+_PLUGIN = "geochange-worker-setup"
+
+
+class _WorkerSetup(WorkerPlugin):
+    """Worker plugin: GDAL settings as environment variables, torch threads per process.
+
+    Args:
+        per_worker: torch threads by worker address (remote clusters).
+        default: torch threads for workers not in ``per_worker`` (None: cores // nthreads).
+            Nothing is set for torch when both are empty/None and torch is not wanted.
+    """
+
+    def __init__(self, per_worker: dict[str, int], default: int | None) -> None:
+        self.per_worker = dict(per_worker)
+        self.default = default
+
+    def setup(self, worker: Any) -> None:
+        from geochange.stack import GDAL_ENV
+
+        for key, value in GDAL_ENV.items():
+            os.environ.setdefault(key, str(value))
+        n = self.per_worker.get(worker.address, self.default)
+        if n is None and not self.per_worker:
+            return
+        if n is None:
+            n = max(1, cpu_cores() // max(1, int(worker.state.nthreads)))
+        os.environ["OMP_NUM_THREADS"] = str(n)
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+@contextlib.contextmanager
+def _quiet_startup() -> Iterator[None]:
+    # LocalCluster warns when the default dashboard port is taken; we ask for a free port, but
+    # keep any other start-up warning from becoming an error under `-W error`.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        yield
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class _ThreadedProgress(dask.callbacks.Callback):
+    """A tqdm bar over chunks on the threaded scheduler: counts finished tasks of a layer."""
+
+    def __init__(self, group: str, total: int) -> None:
+        super().__init__()
+        self._group = group
+        self._n = total
+        self._bar: Any = None
+
+    def _start_state(self, dsk: Any, state: Any) -> None:
+        from tqdm.auto import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=self._n, unit="chunk", desc="detect", leave=False)
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        name = key[0] if isinstance(key, tuple) else key
+        if isinstance(name, str) and name.startswith(self._group) and self._bar is not None:
+            if self._bar.n < self._n:
+                self._bar.update(1)
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _group_done(dask_scheduler: Any, group: str) -> int | None:
+    """Tasks of ``group`` finished (in memory or already forgotten); None if unknown."""
+    tg = dask_scheduler.task_groups.get(group)
+    if tg is None:
+        return None
+    return int(tg.states.get("memory", 0) + tg.states.get("forgotten", 0))
+
+
+class _ClusterProgress:
+    """A tqdm bar over a task group on a distributed cluster, polled from a thread."""
+
+    def __init__(self, client: Any, group: str, total: int, dashboard: str | None) -> None:
+        self._client = client
+        self._group = group
+        self._n = total
+        self._dashboard = dashboard
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bar: Any = None
+
+    def __enter__(self) -> _ClusterProgress:
+        from tqdm.auto import tqdm
+
+        if self._dashboard:
+            tqdm.write(f"dask dashboard: {self._dashboard}", file=sys.stderr)
+        self._bar = tqdm(total=self._n, unit="chunk", desc="detect", leave=False)
+        self._thread = threading.Thread(target=self._poll, name="geochange-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        seen = False
+        while not self._stop.wait(0.5):
+            try:
+                done = self._client.run_on_scheduler(_group_done, group=self._group)
+            except Exception as exc:  # the bar is a convenience: never fail the run for it
+                log.debug("progress poll failed: %s", exc)
+                return
+            if done is None:
+                done = self._n if seen else 0
+            else:
+                seen = True
+            self._bar.update(max(0, min(self._n, done) - self._bar.n))
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._bar is not None:
+            if exc[0] is None:
+                self._bar.update(self._n - self._bar.n)
+            self._bar.close()
