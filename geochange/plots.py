@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ _BAND_ALIASES: dict[str, frozenset[str]] = {
     "red": frozenset({"r", "red", "b04", "b4", "sr_b4"}),
     "nir": frozenset({"nir", "n", "b08", "b8", "nir08", "sr_b5", "b8a"}),
 }
+# Centre wavelength ranges (nm) of the same kinds.
+_WAVELENGTHS_NM = {"blue": (440, 520), "green": (520, 600), "red": (620, 700), "nir": (760, 900)}
 _BAND_COLOURS = {"blue": "tab:blue", "green": "tab:green", "red": "tab:red", "nir": "tab:purple"}
 
 
@@ -60,13 +63,24 @@ _BAND_COLOURS = {"blue": "tab:blue", "green": "tab:green", "red": "tab:red", "ni
 
 
 def _band_kind(name: str | None) -> str | None:
-    """'blue', 'green', 'red', 'nir' or None for a band description."""
+    """'blue', 'green', 'red', 'nir' or None for a band description.
+
+    Recognises names (``R``, ``red``, ``B04``; also as the first word, e.g. ``B04 665 nm``) and
+    a centre wavelength in nm (``665 nm``).
+    """
     if not name:
         return None
     key = name.strip().lower()
+    words = key.replace("_", " ").split()
     for kind, aliases in _BAND_ALIASES.items():
-        if key in aliases:
+        if key in aliases or (words and words[0] in aliases):
             return kind
+    match = re.search(r"(\d{3,4}(?:\.\d+)?)\s*nm", key)
+    if match:
+        nm = float(match.group(1))
+        for kind, (lo, hi) in _WAVELENGTHS_NM.items():
+            if lo <= nm < hi:
+                return kind
     return None
 
 

@@ -89,6 +89,9 @@ def test_default_rgb_bands() -> None:
     assert plots.default_rgb_bands(3, ("red", "green", "blue")) == (1, 2, 3)
     assert plots.default_rgb_bands(2, ("VV", "VH")) == (1,)
     assert plots.default_rgb_bands(1) == (1,)
+    names = ("B08 842 nm", "B04 665 nm", "B03 560 nm", "B02 490 nm")
+    assert plots.default_rgb_bands(4, names) == (2, 3, 4)
+    assert plots.default_rgb_bands(4, ("nir", "665 nm", "560nm", "band 490 nm")) == (2, 3, 4)
 
 
 def test_date_legend_labels() -> None:
