@@ -271,9 +271,10 @@ def make_land(rng: np.random.Generator, shape: tuple[int, int]) -> Land:
         a[roads | streets | (u & ~garden)] = 0.0
     field[roads] = -1
 
-    # Texture: fine multiplicative noise, stronger in forest and towns.
-    amp = np.choose(cls, [0.02, 0.08, 0.04, 0.03, 0.05, 0.06, 0.03]).astype(np.float32)
-    tex = 0.6 * smooth_noise(rng, shape, 2.0) + 0.4 * smooth_noise(rng, shape, 6.0)
+    # Texture: fine multiplicative noise, stronger in forest and towns. Kept small: it is what
+    # makes GeoTIFFs incompressible (data_samples/ must stay small), and objects already vary.
+    amp = np.choose(cls, [0.01, 0.035, 0.02, 0.012, 0.02, 0.025, 0.012]).astype(np.float32)
+    tex = 0.6 * smooth_noise(rng, shape, 3.0) + 0.4 * smooth_noise(rng, shape, 8.0)
     bright *= 1.0 + amp * tex
     vigour *= 1.0 + 0.5 * amp * tex
     return Land(cls, bg, bright, vigour, g_base, g_amp, field, params)
