@@ -282,3 +282,15 @@ def test_cli_help_has_examples() -> None:
 def test_dates_start() -> None:
     s = make_scene(32, dates=3, seed=1, start="2020-06-01")
     assert s.dates[0] == dt.date(2020, 6, 1)
+
+
+@pytest.mark.slow
+def test_data_samples_are_reproducible(tmp_path: Path) -> None:
+    """data_samples/ is exactly what its documented command makes (run with -m slow)."""
+    committed = Path(__file__).resolve().parents[1] / "data_samples"
+    if not (committed / "stack").is_dir():
+        pytest.skip("data_samples/ missing")
+    scene = make_scene(512, dates=8, bands=4, seed=2024, nuisance="medium")
+    write_scene(scene, tmp_path / "ds")
+    expected = {k: v for k, v in _digests(committed).items() if not k.endswith(".md")}
+    assert _digests(tmp_path / "ds") == expected
