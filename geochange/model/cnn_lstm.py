@@ -10,8 +10,8 @@ Design choices that keep chunked inference exact (see FIELD_NOTES "Tiling and se
   a halo of :meth:`CNNLSTM.halo` pixels gives exactly the whole-scene output;
 - no normalisation over space (inputs are standardised scene-wide before the model, see
   :mod:`geochange.model.normalize`), no dropout;
-- the recurrent state is only updated where the date is valid, so a nodata / masked date leaves
-  the state untouched and cannot create change.
+- an invalid (nodata / masked) date carries the previous date's features and the recurrent state
+  is not updated there, so such a date leaves the state untouched and cannot create change.
 
 The change probability and the interval distribution form one model: with per-interval logits
 ``l_k`` and a context term ``d`` from a small 3×3 decoder over the final states,
@@ -214,8 +214,12 @@ class CNNLSTM(nn.Module):
         # Encoder per date (keeps the band-agnostic stem's (c × F) activations to one date).
         # Stored per date: features (F) and forward states (H); everything else is recomputed,
         # which bounds memory for long series.
-        feats = [self.encoder(self.stem(x[:, i])) for i in range(t)]
         vmask = [valid[:, i, None] for i in range(t)]
+        feats = [self.encoder(self.stem(x[:, 0]))]
+        for i in range(1, t):
+            # An invalid date carries the last valid date's features: its difference is zero
+            # and the next valid date is compared with the last valid one.
+            feats.append(torch.where(vmask[i], self.encoder(self.stem(x[:, i])), feats[-1]))
 
         def step_input(i: int) -> Tensor:
             diff = feats[i] - feats[i - 1] if i > 0 else torch.zeros_like(feats[0])

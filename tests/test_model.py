@@ -1,0 +1,223 @@
+"""CNN-LSTM network, normalisation and checkpoints (tiny tensors, 1 thread)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geochange.errors import ModelError
+from geochange.model import CNNLSTM, DEFAULT_MODEL_PATH, load_model, normalize, save_model
+from geochange.model.cnn_lstm import MASKED_LOGIT
+from geochange.model.losses import dice_loss, focal_loss, interval_loss
+
+torch.set_num_threads(1)
+
+
+def _net(in_bands: int | None = None, seed: int = 0) -> CNNLSTM:
+    torch.manual_seed(seed)
+    return CNNLSTM(in_bands=in_bands, features=6, hidden=6, head_hidden=6).eval()
+
+
+@pytest.mark.parametrize("t", [2, 3, 4, 6])
+@pytest.mark.parametrize("c", [1, 4, 13])
+def test_shapes_band_agnostic(t: int, c: int) -> None:
+    net = _net()
+    x = torch.randn(2, t, c, 12, 10)
+    valid = torch.ones(2, t, 12, 10, dtype=torch.bool)
+    with torch.no_grad():
+        change, interval = net(x, valid)
+    assert change.shape == (2, 12, 10)
+    assert interval.shape == (2, t - 1, 12, 10)
+    assert torch.isfinite(change).all()
+
+
+def test_band_specific_mismatch_names_both_counts() -> None:
+    net = _net(in_bands=4)
+    net(torch.randn(1, 3, 4, 8, 8), torch.ones(1, 3, 8, 8, dtype=torch.bool))
+    with pytest.raises(ModelError, match="trained on 4 bands but the input has 3"):
+        net(torch.randn(1, 3, 3, 8, 8), torch.ones(1, 3, 8, 8, dtype=torch.bool))
+
+
+def test_bad_shapes_are_model_errors() -> None:
+    net = _net()
+    with pytest.raises(ModelError, match="at least 2"):
+        net(torch.randn(1, 1, 2, 8, 8), torch.ones(1, 1, 8, 8, dtype=torch.bool))
+    with pytest.raises(ModelError, match="valid: got shape"):
+        net(torch.randn(1, 3, 2, 8, 8), torch.ones(1, 2, 8, 8, dtype=torch.bool))
+
+
+def test_band_agnostic_is_invariant_to_band_order() -> None:
+    net = _net()
+    x = torch.randn(1, 3, 5, 9, 9)
+    v = torch.ones(1, 3, 9, 9, dtype=torch.bool)
+    with torch.no_grad():
+        a = net(x, v)[0]
+        b = net(x[:, :, [3, 1, 4, 0, 2]], v)[0]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("t", [2, 3, 5])
+def test_halo_bounds_receptive_field(t: int) -> None:
+    """d output[centre] / d input is zero beyond halo(t) and non-zero at exactly halo(t)."""
+    net = _net(seed=t)
+    size = 2 * (net.halo(t) + 3) + 1
+    centre = size // 2
+    x = torch.randn(1, t, 2, size, size, requires_grad=True)
+    valid = torch.ones(1, t, size, size, dtype=torch.bool)
+    change, interval = net(x, valid)
+    (change[0, centre, centre] + interval[0, :, centre, centre].sum()).backward()
+    g = x.grad.abs().sum(dim=(0, 1, 2))
+    ys, xs = torch.nonzero(g > 0, as_tuple=True)
+    reach = int(torch.maximum((ys - centre).abs(), (xs - centre).abs()).max())
+    assert reach == net.halo(t)
+
+
+def test_halo_grows_with_dates() -> None:
+    net = _net()
+    halos = [net.halo(t) for t in (2, 3, 8, 24)]
+    assert halos == sorted(halos) and halos[0] < halos[1] < halos[2] < halos[3]
+    assert net.halo(24) - net.halo(8) == 16  # one pixel per extra date (3x3 recurrent kernel)
+
+
+def test_invalid_date_masks_its_interval_and_keeps_state() -> None:
+    net = _net()
+    t = 4
+    x = torch.randn(1, t, 3, 10, 10)
+    valid = torch.ones(1, t, 10, 10, dtype=torch.bool)
+    valid[0, 2] = False
+    with torch.no_grad():
+        change, interval = net(x, valid)
+    # Interval 1 = change first seen on date 2, which is invalid everywhere.
+    assert (interval[0, 1] == MASKED_LOGIT).all()
+    assert (interval[0, 0] > MASKED_LOGIT).all()
+    # Input on an invalid date does not matter at all: features carried, state not updated.
+    x2 = x.clone()
+    x2[0, 2] = torch.randn(3, 10, 10) * 5
+    with torch.no_grad():
+        change2, interval2 = net(x2, valid)
+    torch.testing.assert_close(interval2, interval, rtol=0, atol=0)
+    torch.testing.assert_close(change2, change, rtol=0, atol=0)
+
+
+def test_config_roundtrip_and_save_load(tmp_path) -> None:
+    net = _net(in_bands=5)
+    path = save_model(net, tmp_path / "m.ckpt", {"name": "test-net", "trained_on": "noise"})
+    loaded, meta = load_model(path)
+    assert loaded.config() == net.config()
+    assert meta["name"] == "test-net" and meta["in_bands"] == 5 and meta["trained_on"] == "noise"
+    assert "created" in meta and "version" in meta
+    assert not loaded.training
+    x = torch.randn(1, 3, 5, 8, 8)
+    v = torch.ones(1, 3, 8, 8, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, v)[0], net(x, v)[0])
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_load_model_errors(tmp_path) -> None:
+    with pytest.raises(ModelError, match=r"nothere\.ckpt: file not found"):
+        load_model(tmp_path / "nothere.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ModelError, match=r"bad\.ckpt: cannot be read as a torch checkpoint"):
+        load_model(bad)
+    other = tmp_path / "other.ckpt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ModelError, match="not a geochange checkpoint"):
+        load_model(other)
+    truncated = tmp_path / "trunc.ckpt"
+    good = save_model(_net(), tmp_path / "good.ckpt")
+    truncated.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(ModelError, match="trunc.ckpt"):
+        load_model(truncated)
+
+
+def test_default_model_ships_small() -> None:
+    if not DEFAULT_MODEL_PATH.exists():
+        pytest.skip("default weights not trained yet")
+    assert DEFAULT_MODEL_PATH.stat().st_size < 2_000_000
+    net, meta = load_model()
+    assert net.in_bands is None
+    assert meta["name"]
+
+
+# -- normalisation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_normalize_any_dtype(dtype) -> None:
+    rng = np.random.default_rng(0)
+    scale = {np.uint8: 60, np.uint16: 3000, np.float32: 0.1}[dtype]
+    base = rng.gamma(4.0, scale / 4.0, size=(1, 2, 20, 20))
+    gain = np.array([1.0, 1.3, 0.7])[:, None, None, None]  # per-date illumination
+    raw = (base * gain).astype(dtype)
+    tile = raw.astype(np.float32)
+    stats = normalize.scene_stats(tile.reshape(3, 2, -1))
+    assert stats.shape == (3, 2, 2) and stats.dtype == np.float32
+    assert (stats[..., 1] > 0).all()
+    x, valid = normalize.apply(tile, stats)
+    assert x.dtype == np.float32 and valid.all()
+    assert np.abs(np.median(x.reshape(3, 2, -1), axis=2)).max() < 0.05
+    assert np.abs(x).max() <= normalize.CLIP
+    # Per-date standardisation removes a per-date gain.
+    np.testing.assert_allclose(x[0], x[1], atol=0.35)
+
+
+def test_normalize_constant_band_and_empty_date() -> None:
+    sample = np.full((2, 2, 50), 7.0, np.float32)
+    sample[1] = np.nan
+    stats = normalize.scene_stats(sample)
+    assert np.isfinite(stats).all() and (stats[..., 1] > 0).all()
+    np.testing.assert_array_equal(stats[1, :, 0], 0.0)
+
+
+def test_normalize_fills_nodata_along_time() -> None:
+    tile = np.arange(4 * 1 * 2 * 3, dtype=np.float32).reshape(4, 1, 2, 3)
+    tile[0, :, 0, 0] = np.nan  # leading gap: backward fill from date 1
+    tile[2, :, 1, 1] = np.nan  # inner gap: forward fill from date 1
+    tile[:, :, 1, 2] = np.nan  # never valid: 0
+    stats = np.zeros((4, 1, 2), np.float32)
+    stats[..., 1] = 1.0
+    x, valid = normalize.apply(tile, stats, clip=1e9)
+    assert np.isfinite(x).all()
+    assert x[0, 0, 0, 0] == x[1, 0, 0, 0]
+    assert x[2, 0, 1, 1] == x[1, 0, 1, 1]
+    assert (x[:, 0, 1, 2] == 0).all()
+    assert not valid[0, 0, 0] and not valid[2, 1, 1] and not valid[:, 1, 2].any()
+    assert valid.sum() == 4 * 6 - 1 - 1 - 4
+
+
+def test_normalize_any_band_nodata_invalidates_the_date() -> None:
+    tile = np.ones((2, 3, 2, 2), np.float32)
+    tile[1, 2, 0, 0] = np.nan
+    stats = normalize.scene_stats(tile.reshape(2, 3, -1))
+    x, valid = normalize.apply(tile, stats)
+    assert not valid[1, 0, 0] and valid[1, 1, 1]
+    np.testing.assert_array_equal(x[1, :, 0, 0], x[0, :, 0, 0])
+
+
+def test_normalize_rejects_mismatched_stats() -> None:
+    with pytest.raises(ValueError, match="do not fit a tile"):
+        normalize.apply(np.zeros((3, 2, 4, 4), np.float32), np.ones((2, 2, 2), np.float32))
+
+
+# -- losses ----------------------------------------------------------------------------------
+
+
+def test_losses_ignore_and_interval_target() -> None:
+    logit = torch.zeros(1, 2, 2, requires_grad=True)
+    target = torch.tensor([[[0, 1], [255, 255]]], dtype=torch.uint8)
+    f = focal_loss(logit, target)
+    d = dice_loss(logit, target)
+    assert f > 0 and 0 < d < 1
+    (f + d).backward()
+    assert (logit.grad[0, 1] == 0).all()  # ignored pixels get no gradient
+    intervals = torch.tensor([[[[5.0]], [[-5.0]], [[MASKED_LOGIT]]]])  # (1, 3, 1, 1)
+    change = torch.ones(1, 1, 1, dtype=torch.uint8)
+    good = interval_loss(intervals, change, torch.tensor([[[1]]]))
+    bad = interval_loss(intervals, change, torch.tensor([[[2]]]))
+    assert good < 0.01 < bad
+    # A labelled date that is masked is dropped, not a 1e4 loss.
+    assert interval_loss(intervals, change, torch.tensor([[[3]]])) == 0
+    assert interval_loss(intervals, change * 0, torch.tensor([[[1]]])) == 0
