@@ -219,7 +219,7 @@ def runtime(
     if workers is not None:
         tpw = threads_per_worker or max(1, cores // workers)
         torch_n = max(1, cores // (workers * tpw))
-        with _quiet_startup():
+        with _quiet_startup(), _distributed_logs():
             cluster = distributed.LocalCluster(
                 n_workers=workers,
                 threads_per_worker=tpw,
@@ -228,7 +228,7 @@ def runtime(
                 silence_logs=logging.WARNING,
             )
         try:
-            with distributed.Client(cluster, set_as_default=False) as client:
+            with _distributed_logs(), distributed.Client(cluster, set_as_default=False) as client:
                 client.register_plugin(
                     _WorkerSetup({}, torch_n if torch_threads else None), name=_PLUGIN
                 )
@@ -236,7 +236,8 @@ def runtime(
                 log.info(layout.describe())
                 yield Runtime(layout, client)
         finally:
-            cluster.close()
+            with _distributed_logs():
+                cluster.close()
         return
 
     kwargs: dict[str, Any] = (
@@ -323,6 +324,23 @@ def _quiet_startup() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _distributed_logs() -> Iterator[None]:
+    """Keep the in-process scheduler's INFO chatter out of the terminal unless debugging.
+
+    ``distributed`` installs its own handler at INFO; a LocalCluster's scheduler runs in this
+    process, so its logs would interleave with the progress bar. Shown with ``-vv``.
+    """
+    dlog = logging.getLogger("distributed")
+    old = dlog.level
+    if not log.isEnabledFor(logging.DEBUG):
+        dlog.setLevel(max(old, logging.WARNING))
+    try:
+        yield
+    finally:
+        dlog.setLevel(old)
+
+
 # ----------------------------------------------------------------------------- progress
 
 
@@ -362,6 +380,10 @@ def _group_done(dask_scheduler: Any, group: str) -> int | None:
     return int(tg.states.get("memory", 0) + tg.states.get("forgotten", 0))
 
 
+def _quiet_poll(record: logging.LogRecord) -> bool:
+    return _group_done.__name__ not in record.getMessage()
+
+
 class _ClusterProgress:
     """A tqdm bar over a task group on a distributed cluster, polled from a thread."""
 
@@ -377,6 +399,8 @@ class _ClusterProgress:
     def __enter__(self) -> _ClusterProgress:
         from tqdm.auto import tqdm
 
+        # A scheduler in this process (LocalCluster) logs every poll at INFO: keep those out.
+        logging.getLogger("distributed.worker").addFilter(_quiet_poll)
         if self._dashboard:
             tqdm.write(f"dask dashboard: {self._dashboard}", file=sys.stderr)
         self._bar = tqdm(total=self._n, unit="chunk", desc="detect", leave=False)
@@ -402,6 +426,7 @@ class _ClusterProgress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        logging.getLogger("distributed.worker").removeFilter(_quiet_poll)
         if self._bar is not None:
             if exc[0] is None:
                 self._bar.update(self._n - self._bar.n)
