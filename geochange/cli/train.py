@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def run_training(
     """Train a model from a config dict; write the model, checkpoints and a report.
 
     Writes ``OUT`` (compact model file, loads with ``geochange.model.load_model``),
-    ``OUT_checkpoints/`` (Lightning checkpoints for ``--resume``, metrics.csv), and
+    ``OUT_checkpoints/`` (Lightning checkpoints for ``--resume``), ``OUT_logs/`` (metrics.csv),
     ``OUT.report.json`` / ``OUT.report.md`` (config, data, seeds, final validation metrics,
     wall time).
 
@@ -192,14 +193,21 @@ def run_training(
         accelerator=tr.pop("accelerator", "auto"),
         devices=tr.pop("devices", 1),
         callbacks=[ckpt],
-        logger=CSVLogger(str(ckpt_dir), name="", version=""),
+        # OUT_logs/version_N/metrics.csv, one version per run (resumed runs too).
+        logger=CSVLogger(str(output.with_name(output.stem + "_logs")), name=""),
         deterministic=tr.pop("deterministic", False),
         log_every_n_steps=int(tr.pop("log_every_n_steps", 10)),
         enable_progress_bar=bool(tr.pop("progress_bar", True)),
         enable_model_summary=False,
         **tr,
     )
-    trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    with warnings.catch_warnings():
+        # A resumed or repeated run writes into the same checkpoint folder on purpose.
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        # Resuming mid-"epoch" is fine: the training batches are indexed from the restored
+        # global step (ChangeDataModule.train_dataloader), so no batch is replayed.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
+        trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
     steps = int(trainer.global_step)
     best = ckpt.best_model_path or ckpt.last_model_path
     if best:
@@ -338,7 +346,7 @@ def _markdown(r: dict) -> str:
 def command(config, overrides, resume, init, output, max_minutes, overwrite):
     """Train or fine-tune the CNN-LSTM change model from a YAML config.
 
-    Writes OUT (the model), OUT_checkpoints/ (Lightning checkpoints, metrics.csv) and
+    Writes OUT (the model), OUT_checkpoints/ (Lightning checkpoints), OUT_logs/ (metrics.csv) and
     OUT.report.json / OUT.report.md (config, data, seeds, validation metrics, wall time).
 
     \b

@@ -118,20 +118,31 @@ class ChangeTask(pl.LightningModule):
     def forward(self, x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         return self.net(x, valid)
 
-    def _shared_step(self, batch: dict, stage: Stage) -> Tensor:
+    def losses(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
+        """Weighted total loss, its parts, and the network's (change, interval) logits."""
         change_logit, interval_logits = self.net(batch["x"], batch["valid"])
         change = batch["change"]
         hp = self.hparams
-        l_focal = focal_loss(change_logit, change, hp.focal_gamma, hp.focal_alpha)
-        l_dice = dice_loss(change_logit, change)
-        l_date = interval_loss(interval_logits, change, batch["date_index"])
-        loss = hp.focal_weight * l_focal + hp.dice_weight * l_dice + hp.date_weight * l_date
+        parts = {
+            "focal": focal_loss(change_logit, change, hp.focal_gamma, hp.focal_alpha),
+            "dice": dice_loss(change_logit, change),
+            "date_ce": interval_loss(interval_logits, change, batch["date_index"]),
+        }
+        loss = (
+            hp.focal_weight * parts["focal"]
+            + hp.dice_weight * parts["dice"]
+            + hp.date_weight * parts["date_ce"]
+        )
+        return loss, parts, change_logit, interval_logits
+
+    def _shared_step(self, batch: dict, stage: Stage) -> Tensor:
+        loss, parts, change_logit, interval_logits = self.losses(batch)
+        change = batch["change"]
         b = change.shape[0]
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=b, on_step=on_step, on_epoch=True)
-        self.log(f"{stage}/focal", l_focal, batch_size=b, on_step=False, on_epoch=True)
-        self.log(f"{stage}/dice", l_dice, batch_size=b, on_step=False, on_epoch=True)
-        self.log(f"{stage}/date_ce", l_date, batch_size=b, on_step=False, on_epoch=True)
+        for k, v in parts.items():
+            self.log(f"{stage}/{k}", v, batch_size=b, on_step=False, on_epoch=True)
         if stage != "train":
             prob = torch.sigmoid(change_logit)
             target = change.long()

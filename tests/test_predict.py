@@ -1,0 +1,156 @@
+"""ModelDetector: seam-free block function, nodata handling, band checks, pickling."""
+
+from __future__ import annotations
+
+import pickle
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+
+from geochange.errors import ModelError
+from geochange.model import CNNLSTM, DEFAULT_MODEL_PATH, save_model
+from geochange.model.normalize import scene_stats
+from geochange.predict import ModelDetector, model_detector
+from geochange.tiling import overlap_map
+
+torch.set_num_threads(1)
+
+
+def _net(in_bands: int | None = None) -> CNNLSTM:
+    torch.manual_seed(0)
+    return CNNLSTM(in_bands=in_bands, features=6, hidden=6, head_hidden=6).eval()
+
+
+def _scene(t: int = 4, c: int = 3, h: int = 70, w: int = 90, seed: int = 0) -> np.ndarray:
+    """uint16-like reflectance with a changed square, a nodata patch and a cloud."""
+    rng = np.random.default_rng(seed)
+    base = rng.gamma(5.0, 300.0, size=(1, c, h, w))
+    gain = rng.uniform(0.8, 1.2, size=(t, 1, 1, 1))
+    a = (base * gain + rng.normal(0, 30, size=(t, c, h, w))).astype(np.float32)
+    a[2:, :, 20:35, 30:50] += 1500.0  # change first seen on date 2
+    a[1, :, 50:60, 5:25] = np.nan  # nodata patch on date 1
+    a[:, :, 0:3, 80:90] = np.nan  # never valid: prob NaN
+    return a
+
+
+def _detector(a: np.ndarray, **kw) -> ModelDetector:
+    return ModelDetector(_net(), scene_stats(a.reshape(*a.shape[:2], -1)), **kw)
+
+
+def test_output_shape_range_and_nan() -> None:
+    a = _scene()
+    out = _detector(a)(a)
+    assert out.shape == (2, 70, 90) and out.dtype == np.float32
+    prob, k = out
+    assert np.isnan(prob[0:3, 80:90]).all() and np.isnan(k[0:3, 80:90]).all()
+    ok = ~np.isnan(prob)
+    assert ok.sum() == 70 * 90 - 30
+    assert ((prob[ok] >= 0) & (prob[ok] <= 1)).all()
+    assert set(np.unique(k[ok])) <= {0.0, 1.0, 2.0}
+
+
+def test_seam_free_two_overlapping_windows() -> None:
+    """Whole 70x90 scene vs two windows with a halo: equal outputs (<= 1e-5)."""
+    a = _scene()
+    det = _detector(a)
+    whole = det(a)
+    h = det.halo
+    assert h == det.net.halo(4)
+    split = 41
+    left = det(a[..., : split + h])[..., :split]
+    right = det(a[..., split - h :])[..., h:]
+    np.testing.assert_allclose(np.concatenate([left, right], axis=-1), whole, atol=1e-5)
+
+
+def test_sub_tiles_inside_the_detector_are_exact() -> None:
+    a = _scene()
+    whole = _detector(a, tile_size=1000)(a)
+    tiled = _detector(a, tile_size=16, batch_size=3)(a)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_seam_free_through_overlap_map_uneven_chunks() -> None:
+    a = _scene()
+    det = _detector(a)
+    whole = det(a)
+    data = da.from_array(a, chunks=(1, 3, 23, 31))
+    out = overlap_map(data, det, det.halo, out_bands=2, dtype=np.float32)
+    np.testing.assert_allclose(out.compute(scheduler="sync"), whole, atol=1e-5)
+
+
+def test_nodata_date_is_no_change() -> None:
+    """A date that is all nodata gives exactly the series without that date."""
+    a = _scene()
+    with_gap = a.copy()
+    with_gap[2] = np.nan
+    without = np.delete(a, 2, axis=0)
+    stats = scene_stats(with_gap.reshape(4, 3, -1))
+    p_gap, k_gap = ModelDetector(_net(), stats)(with_gap)
+    p_without, k_without = ModelDetector(_net(), np.delete(stats, 2, axis=0))(without)
+    np.testing.assert_allclose(p_gap, p_without, atol=1e-5)
+    # Interval 1 (first seen on the missing date 2) is never chosen; later ones shift by one.
+    ok = ~np.isnan(k_gap)
+    assert not (k_gap[ok] == 1).any()
+    np.testing.assert_array_equal(np.where(k_gap == 2, 1, k_gap)[ok], k_without[ok])
+
+
+def test_pickle_roundtrip_from_net_and_from_path(tmp_path) -> None:
+    a = _scene()
+    det = _detector(a)
+    ref = det(a)
+    clone = pickle.loads(pickle.dumps(det))
+    np.testing.assert_array_equal(clone(a), ref)
+    assert clone.__dask_tokenize__() == det.__dask_tokenize__()
+
+    path = save_model(_net(), tmp_path / "m.ckpt", {"name": "pickle-test"})
+    from_path = model_detector(a.reshape(4, 3, -1), model_path=path, device="cpu")
+    blob = pickle.dumps(from_path)
+    assert len(blob) < 20_000  # path + stats, not the weights
+    clone = pickle.loads(blob)
+    np.testing.assert_allclose(clone(a), ref, atol=1e-6)
+    assert clone.meta["name"] == "pickle-test"
+    assert clone.halo == det.halo
+
+
+def test_band_count_mismatch_is_clear(tmp_path) -> None:
+    path = save_model(_net(in_bands=4), tmp_path / "four.ckpt")
+    sample = np.ones((3, 6, 50), np.float32)
+    with pytest.raises(ModelError, match="trained on 4 bands but the stack has 6; use the default"):
+        model_detector(sample, model_path=path, device="cpu")
+    with pytest.raises(ModelError, match="trained on 4 bands but the stack has 6"):
+        ModelDetector(_net(in_bands=4), np.ones((3, 6, 2), np.float32))
+
+
+def test_missing_model_and_bad_device(tmp_path) -> None:
+    sample = np.ones((3, 2, 50), np.float32)
+    with pytest.raises(ModelError, match=r"missing\.ckpt: file not found"):
+        model_detector(sample, model_path=tmp_path / "missing.ckpt", device="cpu")
+    with pytest.raises(ModelError, match="device: got 'tpu'"):
+        model_detector(sample, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="no CUDA GPU"):
+            model_detector(sample, device="cuda")
+
+
+def test_tile_of_wrong_shape() -> None:
+    det = ModelDetector(_net(), np.ones((3, 2, 2), np.float32))
+    with pytest.raises(ModelError, match=r"expected \(t=3, c=2, h, w\)"):
+        det(np.zeros((4, 2, 8, 8), np.float32))
+
+
+def test_default_model_detector() -> None:
+    if not DEFAULT_MODEL_PATH.exists():
+        pytest.skip("default weights not trained yet")
+    a = _scene(t=3, c=4, h=40, w=40)
+    det = model_detector(a.reshape(3, 4, -1), device="cpu")
+    assert det(a).shape == (2, 40, 40)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu() -> None:
+    a = _scene()
+    cpu = _detector(a)(a)
+    gpu = _detector(a, device="cuda")(a)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-4)

@@ -1,0 +1,351 @@
+"""Training: chip sampling, labels from rasters and GeoPackages, Lightning steps, `geochange train`."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+from affine import Affine
+from click.testing import CliRunner
+from helpers import DEFAULT_TRANSFORM, write_geotiff, write_stack
+from shapely.geometry import box
+from torch.utils.data import DataLoader
+
+from geochange.cli import cli
+from geochange.data import (
+    ChangeDataModule,
+    ChipBatches,
+    _subset_labels,
+    load_labelled_stack,
+    sample_batch,
+    scene_from_arrays,
+)
+from geochange.errors import InputError
+from geochange.model import load_model
+from geochange.model.task import ChangeTask, OneCycleByProgress
+
+torch.set_num_threads(1)
+
+# pytorch-lightning 2.6 calls a torch._pytree API that torch 2.13 deprecates (their bug, harmless).
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+
+DATES = ["2023-01-10", "2023-03-05", "2023-05-20", "2023-08-01"]
+
+
+def _toy(seed: int, t: int = 4, c: int = 3, size: int = 40):
+    """A scene where a bright square appears on date j; returns raw, change, date_index."""
+    rng = np.random.default_rng(seed)
+    raw = rng.normal(1000, 80, size=(1, c, size, size)).repeat(t, axis=0)
+    raw += rng.normal(0, 20, size=raw.shape)
+    change = np.zeros((size, size), np.uint8)
+    date_index = np.zeros((size, size), np.uint8)
+    j = int(rng.integers(1, t))
+    y, x = rng.integers(4, size - 14, size=2)
+    raw[j:, :, y : y + 10, x : x + 10] += 600
+    change[y : y + 10, x : x + 10] = 1
+    date_index[y : y + 10, x : x + 10] = j
+    return raw.astype(np.uint16), change, date_index
+
+
+def _toy_scene(seed: int):
+    raw, change, date_index = _toy(seed)
+    return scene_from_arrays(raw, change, date_index, nodata=0, name=f"toy {seed}")
+
+
+def test_sample_batch_shapes_balance_and_determinism() -> None:
+    scene = _toy_scene(0)
+    b1 = sample_batch(scene, np.random.default_rng(1), batch_size=6, chip=24, change_fraction=1.0)
+    b2 = sample_batch(scene, np.random.default_rng(1), batch_size=6, chip=24, change_fraction=1.0)
+    assert b1["x"].shape == (6, 4, 3, 24, 24) and b1["x"].dtype == torch.float32
+    assert b1["valid"].shape == (6, 4, 24, 24) and b1["valid"].dtype == torch.bool
+    assert b1["change"].shape == (6, 24, 24) and b1["change"].dtype == torch.uint8
+    assert b1["date_index"].dtype == torch.int64
+    for k in b1:
+        torch.testing.assert_close(b1[k], b2[k], rtol=0, atol=0)
+    # Every chip centred near change holds change pixels (class-balanced sampling).
+    assert all((b1["change"][i] == 1).any() for i in range(6))
+
+
+def test_sample_batch_subsets_and_cloud_masking() -> None:
+    raw, change, date_index = _toy(3, t=6, c=5)
+    clouds = np.zeros((6, 40, 40), bool)
+    clouds[2, :20] = True
+    scene = scene_from_arrays(raw, change, date_index, clouds=clouds, nodata=0)
+    rng = np.random.default_rng(0)
+    shapes = set()
+    for _ in range(12):
+        b = sample_batch(
+            scene, rng, batch_size=2, chip=16, subset_dates=True, subset_bands=True, mask_clouds=1.0
+        )
+        shapes.add(tuple(b["x"].shape[1:3]))
+        assert 2 <= b["x"].shape[1] <= 6 and 1 <= b["x"].shape[2] <= 5
+        assert torch.isfinite(b["x"]).all()
+        dates = b["date_index"][b["change"] == 1].numpy()
+        assert int(dates.max(initial=0)) < b["x"].shape[1]
+    assert len(shapes) > 3
+    full = sample_batch(
+        scene, np.random.default_rng(0), batch_size=4, chip=40, mask_clouds=1.0, augment=False
+    )
+    assert not full["valid"][:, 2, :20].any() and full["valid"][:, 2, 20:].all()
+
+
+def test_subset_labels_remaps_dates() -> None:
+    change = np.array([[1, 1, 1, 1, 0, 1]], np.uint8)
+    date_index = np.array([[1, 2, 3, 4, 0, 255]], np.uint8)
+    # Keep dates 0, 2, 4: change at j=1 or 2 is first seen on kept date 2 (new index 1), at
+    # 3 or 4 on date 4 (new index 2); unknown dates stay unknown.
+    c, j = _subset_labels(change, date_index, np.array([0, 2, 4]))
+    np.testing.assert_array_equal(c, [[1, 1, 1, 1, 0, 1]])
+    np.testing.assert_array_equal(j, [[1, 1, 2, 2, 0, 255]])
+    # Keep dates 2, 3: the change at j=1 or 2 happened before date 2: not a change any more.
+    c, j = _subset_labels(change, date_index, np.array([2, 3]))
+    np.testing.assert_array_equal(c, [[0, 0, 1, 0, 0, 1]])
+    np.testing.assert_array_equal(j, [[0, 0, 1, 0, 0, 255]])
+
+
+def test_chip_batches_cycle_scenes_reproducibly() -> None:
+    ds = ChipBatches(
+        list(range(3)), _toy_scene, length=8, seed=5, batches_per_scene=2, batch_size=2, chip=16
+    )
+    keys = [ds.scene_key(i) for i in range(8)]
+    assert keys[0] == keys[1] and sorted(set(keys[:6])) == [0, 1, 2]
+    again = ChipBatches(
+        list(range(3)), _toy_scene, length=8, seed=5, batches_per_scene=2, batch_size=2, chip=16
+    )
+    torch.testing.assert_close(ds[5]["x"], again[5]["x"], rtol=0, atol=0)
+    with pytest.raises(IndexError):
+        ds[8]
+
+
+def test_synthetic_source_batches() -> None:
+    dm = ChangeDataModule(
+        [{"synthetic": {"seeds": [0, 2], "size": 48, "dates": [2, 4], "bands": [1, 4]}}],
+        batch_size=2,
+        chip=24,
+        train_batches=2,
+    )
+    batch = dm.train_dataset()[0]
+    t, c = batch["x"].shape[1:3]
+    assert 2 <= t <= 4 and 1 <= c <= 4
+    assert set(torch.unique(batch["change"]).tolist()) <= {0, 1, 255}
+
+
+def test_training_steps_reduce_loss() -> None:
+    """Real optimizer steps through a Lightning Trainer lower the loss on a tiny dataset."""
+    pl.seed_everything(0)
+    scenes = {i: _toy_scene(i) for i in range(4)}
+    ds = ChipBatches(
+        list(scenes),
+        scenes.__getitem__,
+        length=30,
+        seed=0,
+        batches_per_scene=1,
+        batch_size=4,
+        chip=24,
+        change_fraction=0.5,
+    )
+    fixed = [ds[i] for i in range(4)]
+    task = ChangeTask(features=8, hidden=8, head_hidden=8, lr=1e-2, scheduler="none")
+
+    def loss() -> float:
+        task.eval()
+        with torch.no_grad():
+            return float(np.mean([task.losses(b)[0].item() for b in fixed]))
+
+    before = loss()
+    task.train()
+    trainer = pl.Trainer(
+        max_steps=30,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, DataLoader(ds, batch_size=None), DataLoader(fixed, batch_size=None))
+    assert trainer.global_step == 30
+    after = loss()
+    assert after < 0.8 * before, (before, after)
+
+
+def test_one_cycle_by_progress_anneals_by_time() -> None:
+    sched = OneCycleByProgress(total_steps=100, time_budget_s=None)
+    assert sched(0) < sched(10) == pytest.approx(1.0)
+    assert sched(100) == pytest.approx(0.02)
+    timed = OneCycleByProgress(total_steps=10**9, time_budget_s=1e-9)
+    timed(0)
+    assert timed(1) == pytest.approx(0.02)  # time budget spent: fully annealed
+
+
+# -- user stacks -----------------------------------------------------------------------------
+
+
+def _user_stack(tmp_path):
+    raw, change, date_index = _toy(7, t=4, c=3, size=32)
+    paths = write_stack(tmp_path / "stack", raw, DATES, nodata=0)
+    return paths, change, date_index
+
+
+def test_labels_from_raster_and_gpkg(tmp_path) -> None:
+    paths, change, date_index = _user_stack(tmp_path)
+    label = write_geotiff(tmp_path / "label.tif", np.stack([change, date_index]))
+    scene = load_labelled_stack(tmp_path / "stack", label)
+    assert scene.raw.shape == (4, 3, 32, 32) and scene.stats.shape == (4, 3, 2)
+    np.testing.assert_array_equal(scene.change, change)
+    np.testing.assert_array_equal(scene.date_index, date_index)
+
+    # The same change as a polygon with its change date, in another CRS.
+    ys, xs = np.nonzero(change)
+    t = DEFAULT_TRANSFORM
+    poly = box(
+        t.c + xs.min() * 10,
+        t.f - (ys.max() + 1) * 10,
+        t.c + (xs.max() + 1) * 10,
+        t.f - ys.min() * 10,
+    )
+    j = int(date_index[ys[0], xs[0]])
+    gdf = gpd.GeoDataFrame({"change_date": [DATES[j]]}, geometry=[poly], crs="EPSG:32633")
+    gpkg = tmp_path / "changes.gpkg"
+    gdf.to_crs("EPSG:4326").to_file(gpkg, layer="changes")
+    scene2 = load_labelled_stack(tmp_path / "stack", gpkg)
+    agree = (scene2.change == change).mean()
+    assert agree > 0.98  # reprojection may move a boundary pixel
+    assert set(np.unique(scene2.date_index[scene2.change == 1])) == {j}
+
+
+def test_label_errors(tmp_path) -> None:
+    paths, change, date_index = _user_stack(tmp_path)
+    with pytest.raises(InputError, match=r"labels .*nope\.tif: file not found"):
+        load_labelled_stack(tmp_path / "stack", tmp_path / "nope.tif")
+    shifted = DEFAULT_TRANSFORM @ Affine.translation(3, 0)
+    bad = write_geotiff(tmp_path / "shifted.tif", np.stack([change, date_index]), transform=shifted)
+    with pytest.raises(InputError, match="differs from the stack's"):
+        load_labelled_stack(tmp_path / "stack", bad)
+    gdf = gpd.GeoDataFrame(
+        {"change_date": ["2022-01-01"]},
+        geometry=[box(500000, 4999700, 500100, 4999800)],
+        crs="EPSG:32633",
+    )
+    gdf.to_file(tmp_path / "early.gpkg")
+    with pytest.raises(InputError, match="change_date 2022-01-01 is not after the first"):
+        load_labelled_stack(tmp_path / "stack", tmp_path / "early.gpkg")
+
+
+# -- geochange train -------------------------------------------------------------------------
+
+
+def _tiny_config(tmp_path, sources) -> str:
+    cfg = {
+        "seed": 1,
+        "name": "tiny-test",
+        "trained_on": "test data",
+        "model": {"features": 6, "hidden": 6, "head_hidden": 6},
+        "task": {"lr": 0.005},
+        "data": {
+            "batch_size": 2,
+            "chip": 24,
+            "batches_per_scene": 1,
+            "sources": sources,
+            "val_sources": sources,
+        },
+        "trainer": {"max_steps": 3, "val_check_interval": 3, "threads": 1, "progress_bar": False},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_cli_train_writes_loadable_model_and_report(tmp_path) -> None:
+    config = _tiny_config(
+        tmp_path, [{"synthetic": {"seeds": [0, 2], "size": 32, "dates": [2, 3], "bands": [1, 3]}}]
+    )
+    out = tmp_path / "out" / "m.ckpt"
+    runner = CliRunner()
+    res = runner.invoke(
+        cli,
+        [
+            "train",
+            config,
+            "-o",
+            str(out),
+            "--set",
+            "trainer.max_steps=2",
+            "--set",
+            "trainer.val_check_interval=2",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output and "val/f1" in res.output
+    net, meta = load_model(out)
+    assert meta["name"] == "tiny-test" and meta["trained_on"] == "test data"
+    assert net.config()["features"] == 6 and net.in_bands is None
+    report = json.loads((tmp_path / "out" / "m.ckpt.report.json").read_text())
+    assert report["steps"] == 2 and report["config"]["trainer"]["max_steps"] == 2
+    assert "val/f1" in report["val_metrics"] and report["data"]["train_scenes"] == 2
+    assert (tmp_path / "out" / "m.ckpt.report.md").read_text().startswith("# Training report")
+    # The Lightning checkpoint loads too (geochange detect --model accepts both).
+    last = tmp_path / "out" / "m_checkpoints" / "last.ckpt"
+    lnet, lmeta = load_model(last)
+    assert lnet.config() == net.config() and lmeta["name"] == "tiny-test"
+    # Never overwrite without --overwrite; resume continues the step count.
+    res = runner.invoke(cli, ["train", config, "-o", str(out)])
+    assert res.exit_code != 0 and "exists; pass --overwrite" in str(res.exception)
+    res = runner.invoke(
+        cli,
+        [
+            "train",
+            config,
+            "-o",
+            str(out),
+            "--overwrite",
+            "--resume",
+            str(last),
+            "--set",
+            "trainer.max_steps=3",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "out" / "m.ckpt.report.json").read_text())["steps"] == 3
+
+
+def test_cli_finetune_on_user_stack_from_init(tmp_path) -> None:
+    paths, change, date_index = _user_stack(tmp_path)
+    write_geotiff(tmp_path / "label.tif", np.stack([change, date_index]))
+    config = _tiny_config(tmp_path, [{"stack": "stack", "labels": "label.tif"}])
+    first = tmp_path / "first.ckpt"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", config, "-o", str(first), "--set", "model.in_bands=3"])
+    assert res.exit_code == 0, res.output
+    assert load_model(first)[0].in_bands == 3
+    res = runner.invoke(
+        cli,
+        [
+            "train",
+            config,
+            "-o",
+            str(tmp_path / "second.ckpt"),
+            "--init",
+            str(first),
+            "--set",
+            "model.features=99",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    second, _ = load_model(tmp_path / "second.ckpt")
+    assert second.in_bands == 3 and second.config()["features"] == 6  # init's architecture
+
+
+def test_cli_config_errors(tmp_path) -> None:
+    config = _tiny_config(tmp_path, [{"bogus": 1}])
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", config, "-o", str(tmp_path / "m.ckpt")])
+    assert "expected `synthetic` or `stack` + `labels`" in str(res.exception)
+    res = runner.invoke(cli, ["train", config, "-o", str(tmp_path / "m.ckpt"), "--set", "x=1"])
+    assert "unknown section 'x'" in str(res.exception)
+    res = runner.invoke(cli, ["train", config, "-o", str(tmp_path / "m.ckpt"), "--set", "novalue"])
+    assert "expected KEY=VALUE" in str(res.exception)
