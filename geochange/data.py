@@ -342,7 +342,7 @@ def sample_batch(
         else:
             y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         win = (slice(y0, y0 + ch), slice(x0, x0 + cw))
-        raw = scene.raw[np.ix_(keep_t, keep_c)][:, :, win[0], win[1]].copy()
+        raw = scene.raw[:, :, win[0], win[1]][np.ix_(keep_t, keep_c)]  # a copy
         if use_clouds:
             raw[np.broadcast_to(scene.clouds[keep_t][:, None, win[0], win[1]], raw.shape)] = np.nan
         x, valid = apply(raw, stats)
