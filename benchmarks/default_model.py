@@ -1,0 +1,203 @@
+"""Issue 3's acceptance benchmark of the default model: writes benchmarks/DEFAULT_MODEL.md.
+
+One command, from the repository root::
+
+    python benchmarks/default_model.py            # full run (a few minutes on 2 CPU cores)
+    python benchmarks/default_model.py --quick    # 1 scene, 128 px crops: a smoke run
+
+It prints PASS or FAIL against each target of issue 3 and exits 0 only when all pass:
+
+1. Held-out synthetic scenes (``make_scene``, nuisance high, seeds 5000+, never used in training:
+   training uses 0-999, validation 1000-1099), scores pooled over the scenes:
+   change F1 ≥ 0.85; false alarms ≤ 1 % of unchanged pixels; change date exact on ≥ 85 % of the
+   correctly detected area; recall of micro-changes (objects ≤ 9 px) ≥ 0.6.
+2. Zero-shot on the real pairs of ../shared/data/real_samples (2 dates, as they are): the default
+   model's mean F1 above CVA's (change vector analysis with an Otsu threshold), per sample side
+   by side.
+3. Semi-synthetic 8-date series built from the same pairs (nuisance medium, seeds 6000+): the
+   model's mean F1 within 0.05 of its mean two-date F1.
+
+Every run goes through ``make_detector`` + ``tiling.overlap_map`` on GeoTIFFs written to a temporary
+folder and opened with ``open_stack`` (see _common.py); deterministic like benchmarks/quality.py.
+The real samples are read from ../shared, never copied into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+SEED = 5000
+SEMI_SEED = 6000
+SEMI_NUISANCE = "medium"
+DATES, BANDS = 8, 4
+TARGETS = {
+    "f1": (0.85, ">="),
+    "false_alarm": (0.01, "<="),
+    "date_exact": (0.85, ">="),
+    "micro_recall": (0.6, ">="),
+}
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 scene, 128 px: smoke run")
+    p.add_argument("--out", default=str(C.ROOT / "benchmarks" / "DEFAULT_MODEL.md"))
+    p.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    p.add_argument("--scenes", type=int, default=None, help="held-out synthetic scenes (5)")
+    p.add_argument("--size", type=int, default=None, help="synthetic scene size (256)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (fixed for determinism)")
+    p.add_argument("--chunk-size", type=int, default=256, help="chunk edge in pixels")
+    return p.parse_args(argv)
+
+
+def _ok(value: float, target: float, op: str) -> bool:
+    if np.isnan(value):
+        return False
+    return value >= target if op == ">=" else value <= target
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    a = _args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    model_path, model_desc = C.model_description(a.model)
+    if not model_path.is_file():
+        print(f"[default_model] model weights {model_path} not found: nothing to measure yet.")
+        return 2
+    C.setup_determinism(a.threads)
+    cache_note = C.gdal_cache_workaround()
+    out = Path(a.out).resolve()
+    n = a.scenes or (1 if a.quick else 5)
+    size = a.size or (128 if a.quick else 256)
+    crop = 128 if a.quick else None
+    start = time.perf_counter()
+
+    synth_rows, real_rows = [], []
+    with tempfile.TemporaryDirectory(prefix="geochange-default-model-") as tmpdir:
+        tmp = Path(tmpdir)
+        for i in range(n):
+            case = C.synthetic_case(
+                tmp, seed=SEED + i, nuisance="high", size=size, dates=DATES, bands=BANDS,
+                group="synthetic high",
+            )  # fmt: skip
+            prob, interval, secs, _ = C.run_method("cnn-lstm", case, model=a.model,
+                                                   chunk_size=a.chunk_size)  # fmt: skip
+            row = {"name": case.name, "info": case.info, "seconds": secs}
+            row.update(C.score(prob, interval, case))
+            synth_rows.append(row)
+            print(f"[default_model] seed {SEED + i}: F1 {C.fmt(row['f1'])}, false alarms "
+                  f"{C.fmt(row['false_alarm'], True)} %, date exact "
+                  f"{C.fmt(row['date_exact'], True)} %, micro recall "
+                  f"{C.fmt(row['micro_recall'])} ({secs:.1f} s)", flush=True)  # fmt: skip
+        for i, s in enumerate(C.sample_dirs()):
+            if a.quick and i % 4:
+                continue
+            two = C.real_case(tmp, s, crop=crop)
+            semi = C.semi_case(tmp, s, seed=SEMI_SEED + i, dates=DATES, nuisance=SEMI_NUISANCE,
+                               crop=crop)  # fmt: skip
+            row = {"name": s.name}
+            for key, case, method in (("model2", two, "cnn-lstm"), ("cva2", two, "cva"),
+                                      ("model8", semi, "cnn-lstm"), ("cva8", semi, "cva")):  # fmt: skip
+                prob, interval, _, _ = C.run_method(method, case, model=a.model,
+                                                    chunk_size=a.chunk_size)  # fmt: skip
+                row[key] = C.score(prob, interval, case)["f1"]
+            real_rows.append(row)
+            print(f"[default_model] {s.name}: F1 2 dates model {C.fmt(row['model2'])} / cva "
+                  f"{C.fmt(row['cva2'])}; 8 dates model {C.fmt(row['model8'])} / cva "
+                  f"{C.fmt(row['cva8'])}", flush=True)  # fmt: skip
+
+    pool = C.pooled(synth_rows)
+    verdicts: list[tuple[str, str, str, bool]] = []
+    names = {
+        "f1": "change F1 (pooled)",
+        "false_alarm": "false alarms, % of unchanged pixels",
+        "date_exact": "change date exact, % of correctly detected area",
+        "micro_recall": f"micro-change recall (objects ≤ 9 px, {pool['micro_n']} objects)",
+    }
+    for key, (target, op) in TARGETS.items():
+        pct = key in ("false_alarm", "date_exact")
+        shown = C.fmt(pool[key], pct) + (" %" if pct else "")
+        goal = f"{op} {C.fmt(target, pct)}" + (" %" if pct else "")
+        verdicts.append((names[key], shown, goal, _ok(pool[key], target, op)))
+    if real_rows:
+        m2 = float(np.nanmean([r["model2"] for r in real_rows]))
+        c2 = float(np.nanmean([r["cva2"] for r in real_rows]))
+        m8 = float(np.nanmean([r["model8"] for r in real_rows]))
+        verdicts.append(
+            ("zero-shot mean F1 on real pairs, model vs CVA", f"{m2:.3f} vs {c2:.3f}",
+             "model > CVA", m2 > c2)
+        )  # fmt: skip
+        verdicts.append(
+            ("semi-synthetic 8-date mean F1 vs 2-date mean F1", f"{m8:.3f} vs {m2:.3f} "
+             f"(difference {m8 - m2:+.3f})", "abs(difference) ≤ 0.05", abs(m8 - m2) <= 0.05)
+        )  # fmt: skip
+
+    cmd = "python benchmarks/default_model.py" + ("" if not argv else " " + shlex.join(argv))
+    lines = [
+        "# Default model: issue 3 acceptance benchmark",
+        "",
+        "Generated by `benchmarks/default_model.py`; do not edit by hand.",
+        "",
+        f"- Command (repository root): `{cmd}`" + (" — QUICK smoke run" if a.quick else ""),
+        f"- Git commit: {C.git_commit()}",
+        f"- Machine: {C.machine()}",
+        f"- Model: {model_desc}; device cpu, torch threads {a.threads}, deterministic; dask "
+        f"synchronous; chunk size {a.chunk_size} px; change = probability ≥ {C.THRESHOLD}.",
+        f"- Held-out synthetic scenes: `make_scene` nuisance high, seeds {SEED}–{SEED + n - 1} "
+        f"(training used 0–999, validation 1000–1099), {size}×{size} px, {DATES} dates, "
+        f"{BANDS} bands. Scores pooled over the scenes (confusion counts summed).",
+        f"- Real pairs: ../shared/data/real_samples as they are (2 dates); semi-synthetic: "
+        f"`semi_synthetic` {DATES} dates, nuisance {SEMI_NUISANCE}, seeds {SEMI_SEED}+ in "
+        "sample-name order. Never used in training.",
+        "",
+    ]
+    if cache_note:
+        lines += [f"> **Note:** {cache_note}", ""]
+    lines += ["## Verdict", ""]
+    lines += C.md_table(
+        ["target", "measured", "goal", "result"],
+        [[t, m, g, "PASS" if ok else "FAIL"] for t, m, g, ok in verdicts],
+    )
+    lines += ["", "## Held-out synthetic scenes (nuisance high), per scene", ""]
+    lines += C.md_table(
+        ["scene", "changed %", "changes", "micro", "F1", "precision", "recall",
+         "false alarm %", "date exact %", "micro recall", "seconds"],
+        [[r["name"], str(r["info"]["changed %"]), str(r["info"]["changes"]),
+          str(r["info"]["micro"]), C.fmt(r["f1"]), C.fmt(r["precision"]), C.fmt(r["recall"]),
+          C.fmt(r["false_alarm"], True), C.fmt(r["date_exact"], True),
+          C.fmt(r["micro_recall"]), f"{r['seconds']:.1f}"] for r in synth_rows],
+    )  # fmt: skip
+    if real_rows:
+        lines += ["", "## Real pairs: zero-shot F1, model vs CVA, 2 dates and 8 dates", ""]
+        rows = [[r["name"], C.fmt(r["model2"]), C.fmt(r["cva2"]), C.fmt(r["model8"]),
+                 C.fmt(r["cva8"]), C.fmt(r["model8"] - r["model2"])] for r in real_rows]  # fmt: skip
+        rows.append(["**mean**"] + [C.fmt(float(np.nanmean([r[k] for r in real_rows])))
+                     for k in ("model2", "cva2", "model8", "cva8")]
+                    + [C.fmt(float(np.nanmean([r["model8"] - r["model2"] for r in real_rows])))])  # fmt: skip
+        lines += C.md_table(
+            ["sample", "model 2 dates", "CVA 2 dates", "model 8 dates", "CVA 8 dates",
+             "model 8 − 2"], rows)  # fmt: skip
+    lines += ["", "Seconds vary between runs; every other number is reproduced by the command.", ""]
+    C.write_text(out, "\n".join(lines))
+
+    print()
+    for t, m, g, ok in verdicts:
+        print(f"{'PASS' if ok else 'FAIL'}  {t}: {m} (goal {g})")
+    print(f"[default_model] wrote {out} in {time.perf_counter() - start:.0f} s")
+    return 0 if all(v[3] for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
