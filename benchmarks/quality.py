@@ -227,6 +227,9 @@ def report(
         "predicted change date equals the reference (multi-date groups only).",
         "- Group means are plain means over samples (metrics undefined for a sample, e.g. micro "
         "recall without micro objects, are left out of the mean).",
+        "- Reproduce: run the command again with `--out /tmp/Q.md`, then "
+        "`diff <(sed '/^## Runtime/,$d' benchmarks/QUALITY.md) <(sed '/^## Runtime/,$d' /tmp/Q.md)`"
+        ": only the command line differs (timings are below that heading).",
         "",
     ]
     if a.quick:
