@@ -49,7 +49,7 @@ GDAL_ENV: dict[str, Any] = {
     # side-car files (.aux.xml, .msk, .ovr) are then not found: use internal masks and overviews.
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     # Block cache in MB per process; chunks are read once, so a small cache suffices.
-    "GDAL_CACHEMAX": 256,
+    "GDAL_CACHEMAX": 256 * 1024**2,  # bytes: rasterio reads an int as bytes, not MB
     # For /vsicurl/ and /vsis3/: only fetch GeoTIFFs, retry transient HTTP errors.
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
     "GDAL_HTTP_MAX_RETRY": 3,
