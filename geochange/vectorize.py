@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ import pyproj
 import rasterio.features
 import shapely
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -94,7 +96,12 @@ def _chunk_pieces(
 
     parts: list[list] = [[] for _ in range(n)]
     pixel = Affine.translation(col0, row0)
-    for geom, value in rasterio.features.shapes(labels, mask=mask, connectivity=4, transform=pixel):
+    with warnings.catch_warnings():
+        # Pieces are built in pixel coordinates on purpose (moved into the CRS at the end); the
+        # chunk at (0, 0) has an identity transform, which rasterio reports as not georeferenced.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        pieces = list(rasterio.features.shapes(labels, mask=mask, connectivity=4, transform=pixel))
+    for geom, value in pieces:
         parts[int(value) - 1].append(shape(geom))
     for i, ps in enumerate(parts):
         geoms[i] = ps[0] if len(ps) == 1 else shapely.union_all(ps)
