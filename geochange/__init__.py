@@ -17,15 +17,13 @@ from geochange.grid import GridSpec  # noqa: E402
 from geochange.pipeline import DetectResult, detect  # noqa: E402
 from geochange.stack import Stack, open_stack, read_sample  # noqa: E402
 
-__all__ = sorted(
-    [
-        "DetectResult",
-        "GeochangeError",
-        "GridSpec",
-        "Stack",
-        "__version__",
-        "detect",
-        "open_stack",
-        "read_sample",
-    ]
-)
+__all__ = [
+    "DetectResult",
+    "GeochangeError",
+    "GridSpec",
+    "Stack",
+    "__version__",
+    "detect",
+    "open_stack",
+    "read_sample",
+]
