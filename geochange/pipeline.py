@@ -8,10 +8,12 @@ per chunk and merge across chunk borders, and write the GeoPackage with its prov
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -165,6 +167,8 @@ def detect(
     threads_per_worker: int | None = None,
     batch_size: int | None = None,
     amp: bool = False,
+    adapt: bool = False,
+    adapt_minutes: float = 3.0,
 ) -> DetectResult:
     """Detect changes in a multi-date stack.
 
@@ -195,6 +199,10 @@ def detect(
         batch_size: sub-tiles per forward pass of the deep model (None = its default); larger
             fills a GPU better.
         amp: float16 autocast on CUDA (faster; not bit-identical to float32).
+        adapt: first adapt the model (``model`` or the default) to this stack without labels
+            (:func:`geochange.adapt.adapt`, seed 0) into a temporary checkpoint, then detect
+            with it; the ``runs`` record says ``adapted``. Only with ``method="cnn-lstm"``.
+        adapt_minutes: wall-clock budget of that adaptation.
 
     Returns:
         A ``DetectResult`` with lazy rasters (or rasters re-read from the written files),
@@ -222,6 +230,15 @@ def detect(
         if isinstance(inputs, Stack)
         else open_stack(inputs, dates=dates, chunk_size=chunk_size, align=align)
     )
+    if adapt:
+        with _adapted_model(stack, method, model, adapt_minutes, device) as adapted:
+            return detect(
+                stack, output, method=method, model=adapted, threshold=threshold,
+                min_area=min_area, simplify=simplify, chunk_size=chunk_size, device=device,
+                overwrite=overwrite, progress=progress, quicklook=quicklook,
+                rgb_bands=rgb_bands, scheduler=scheduler, workers=workers,
+                threads_per_worker=threads_per_worker, batch_size=batch_size, amp=amp,
+            )  # fmt: skip
     sample = read_sample(stack)
     detector = make_detector(
         method, sample, model=model, device=device, batch_size=batch_size, amp=amp
@@ -318,6 +335,30 @@ def detect(
             raise
     log.info("%d change polygons", len(changes))
     return DetectResult(stack, prob, date_index, changes, paths, run)
+
+
+@contextlib.contextmanager
+def _adapted_model(
+    stack: Stack, method: str, model: str | os.PathLike | None, minutes: float, device: str
+) -> Iterator[Path]:
+    """``detect(adapt=True)``: adapt the model to ``stack`` into a temporary checkpoint.
+
+    The checkpoint lives in a temporary folder of this machine for the duration of the run (a
+    cluster's workers must see it: with remote workers, run ``geochange adapt`` to a shared path
+    and pass ``--model`` instead).
+    """
+    if method != "cnn-lstm":
+        raise InputError(
+            f"--adapt: given but --method is {method!r}, a classical baseline without weights; "
+            "drop --adapt or use --method cnn-lstm"
+        )
+    from geochange.adapt import adapt as _adapt
+
+    with tempfile.TemporaryDirectory(prefix="geochange-adapt-") as tmp:
+        path = _adapt(
+            stack, Path(tmp) / "adapted.ckpt", model=model, minutes=minutes, device=device
+        )
+        yield path
 
 
 def _date_raster(prob: da.Array, interval: da.Array, threshold: float) -> da.Array:

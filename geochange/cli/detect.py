@@ -105,6 +105,19 @@ from geochange.cli import options
 @click.option(
     "--amp", is_flag=True, help="Mixed precision (float16) on CUDA: faster, not bit-identical."
 )
+@click.option(
+    "--adapt",
+    is_flag=True,
+    help="First adapt the model to this stack without labels (as 'geochange adapt'), then "
+    "detect with it.",
+)
+@click.option(
+    "--adapt-minutes",
+    type=click.FloatRange(min=0.05),
+    default=3.0,
+    show_default=True,
+    help="Budget of --adapt in minutes.",
+)
 def command(
     inputs,
     output,
@@ -126,6 +139,8 @@ def command(
     threads_per_worker,
     batch_size,
     amp,
+    adapt,
+    adapt_minutes,
 ):
     """Detect changes in a stack of GeoTIFFs, one per date.
 
@@ -141,6 +156,7 @@ def command(
       geochange detect stack/ -o changes.gpkg --workers 2 --threads-per-worker 1
       geochange detect /shared/stack -o /shared/out/changes.gpkg --scheduler tcp://10.0.0.5:8786
       geochange detect stack/ -o changes.gpkg --device cuda --batch-size 16 --amp
+      geochange detect stack/ -o changes.gpkg --adapt --adapt-minutes 5
     """
     from geochange.pipeline import detect
 
@@ -165,6 +181,8 @@ def command(
         threads_per_worker=threads_per_worker,
         batch_size=batch_size,
         amp=amp,
+        adapt=adapt,
+        adapt_minutes=adapt_minutes,
     )
     click.echo(
         f"{len(result.changes)} change polygons over {result.stack.T} dates "
