@@ -223,7 +223,9 @@ def test_cli_adapt_writes_a_checkpoint_that_detect_loads(stack_dir, tiny_model, 
 
 def test_detect_adapt_in_one_run_says_adapted(stack_dir, tiny_model, tmp_path):
     out = tmp_path / "a.gpkg"
-    detect(stack_dir, out, model=tiny_model, adapt=True, adapt_minutes=0.05, quicklook=False)
+    args = ["detect", str(stack_dir), "-o", str(out), "--model", str(tiny_model)]
+    res = CliRunner().invoke(cli, [*args, "--adapt", "--adapt-minutes", "0.05", "--no-quicklook"])
+    assert res.exit_code == 0, res.output
     runs = gpd.read_file(out, layer="runs")
     assert bool(runs.loc[0, "adapted"]) is True
     plain = detect(stack_dir, tmp_path / "p.gpkg", model=tiny_model, quicklook=False)
