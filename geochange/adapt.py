@@ -200,6 +200,8 @@ def paste_changes(
     n: int = 1,
     dates: Sequence[int] | None = None,
     low_contrast: float = 0.25,
+    scale: np.ndarray | None = None,
+    min_contrast: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Paste ``n`` pieces of ``source`` into ``raw`` from a random date on, with their labels.
 
@@ -215,6 +217,11 @@ def paste_changes(
         n: number of changes.
         dates: candidate dates j (default 1..t-1).
         low_contrast: share of changes blended at low contrast.
+        scale: (t, c) scale per date and band (``scene_stats(...)[..., 1]``) in which contrast
+            is measured; None = source units.
+        min_contrast: a piece whose median contrast at its date (RMS over bands of the scaled
+            difference it makes, blending included) is below this is drawn again (up to 4
+            times, then left out): an invisible piece labelled change would teach false alarms.
 
     Returns:
         ``out`` (t, c, h, w) float32 (differs from ``raw`` only inside the change mask, on dates
@@ -229,10 +236,16 @@ def paste_changes(
     cands = list(range(1, t)) if dates is None else [int(j) for j in dates if 1 <= j < t]
     out = raw.copy()
     pasted = np.zeros((h, w), np.int64)  # 0 = none, else the pasted date
+    sc = np.ones((t, raw.shape[1]), np.float32) if scale is None else np.asarray(scale)
     for _ in range(n):
-        mask = footprint(rng, (h, w))
-        j = int(cands[int(rng.integers(len(cands)))])
-        a = float(rng.uniform(0.35, 0.8)) if rng.random() < low_contrast else 1.0
+        for _attempt in range(4):
+            mask = footprint(rng, (h, w))
+            j = int(cands[int(rng.integers(len(cands)))])
+            a = float(rng.uniform(0.35, 0.8)) if rng.random() < low_contrast else 1.0
+            if min_contrast <= 0 or _contrast(out[j], source[j], mask, sc[j], a) >= min_contrast:
+                break
+        else:
+            continue
         new = mask & ((pasted == 0) | (pasted > j))
         for ti in range(j, t):
             sl = out[ti][:, mask]
@@ -254,6 +267,16 @@ def paste_changes(
     change[unseen] = IGNORE
     date_index[unseen] = IGNORE
     return out, change, date_index
+
+
+def _contrast(
+    before: np.ndarray, piece: np.ndarray, mask: np.ndarray, scale: np.ndarray, a: float
+) -> float:
+    """Median over ``mask`` of the RMS over bands of ``a * (piece - before) / scale``."""
+    d = (piece[:, mask] - before[:, mask]) / scale[:, None]
+    mag = a * np.sqrt(np.mean(d * d, axis=0))
+    mag = mag[np.isfinite(mag)]
+    return float(np.median(mag)) if mag.size else 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,6 +338,7 @@ def _batch(
     batch_size: int,
     paste_prob: float,
     ignore_dilate: int,
+    min_contrast: float = 0.5,
 ) -> dict[str, np.ndarray]:
     """One batch: real chips (high magnitude ignored) with pasted changes in most of them."""
     t = setup.stats.shape[0]
@@ -335,7 +359,14 @@ def _batch(
             src = pool.chip(rng, raw.shape[2:])[keep]
             if src.shape == raw.shape:
                 n = int(rng.integers(1, 5))
-                raw, pc, pd = paste_changes(raw, src, rng, n=n)
+                raw, pc, pd = paste_changes(
+                    raw,
+                    src,
+                    rng,
+                    n=n,
+                    scale=setup.stats[keep, :, 1],
+                    min_contrast=min_contrast * setup.threshold,
+                )
                 hit = pc != 0
                 change[hit] = pc[hit]
                 # A pasted piece over a pixel that may have changed already: date unknown.
@@ -428,6 +459,7 @@ def adapt_network(
     ignore_top: float = 0.08,
     ignore_dilate: int = 2,
     keep_confident: float | None = 0.8,
+    min_contrast: float = 0.5,
     date_weight: float = 0.5,
     start_time: float | None = None,
 ) -> AdaptResult:
@@ -451,6 +483,8 @@ def adapt_network(
         ignore_dilate: dilation (pixels) of the ignored area.
         keep_confident: also ignore real pixels the starting model calls change with at least
             this probability (None = off).
+        min_contrast: pasted pieces make at least this contrast, as a share of the ignore
+            threshold of the change magnitude (see :func:`paste_changes`).
         date_weight: weight of the change-date loss.
         start_time: ``time.monotonic()`` at which the budget started (default: now).
 
@@ -507,7 +541,7 @@ def adapt_network(
             tick = time.monotonic()
             if tick + last > deadline:  # the next step would overrun the budget
                 break
-            b = _batch(pool, setup, rng, batch_size, paste_prob, ignore_dilate)
+            b = _batch(pool, setup, rng, batch_size, paste_prob, ignore_dilate, min_contrast)
             x = torch.from_numpy(b["x"]).to(dev)
             valid = torch.from_numpy(b["valid"]).to(dev)
             change = torch.from_numpy(b["change"]).to(dev)
@@ -548,6 +582,7 @@ def adapt_network(
         "ignore_threshold": round(float(thr), 4),
         "ignore_top": float(ignore_top),
         "keep_confident": keep_confident,
+        "min_contrast": float(min_contrast),
         "loss_first": round(float(np.mean(losses[:20])), 4) if losses else None,
         "loss_last": round(float(np.mean(losses[-20:])), 4) if losses else None,
         "device": dev,

@@ -102,6 +102,17 @@ def test_pasted_change_on_a_nodata_date_is_dated_when_first_seen():
     assert (date_index[change == 1] == 2).all()  # first seen on date 2, not on nodata date 1
 
 
+def test_invisible_pieces_are_not_pasted():
+    rng = np.random.default_rng(0)
+    raw = rng.normal(0, 1, size=(2, 3, 24, 24)).astype(np.float32)
+    same = raw + 0.01  # a "piece" that looks like what it replaces
+    out, change, _ = paste_changes(raw, same, rng, n=3, min_contrast=0.5)
+    assert not change.any()
+    np.testing.assert_array_equal(out, raw)
+    out, change, _ = paste_changes(raw, raw + 3.0, rng, n=3, min_contrast=0.5)
+    assert (change == 1).any()
+
+
 def test_paste_needs_two_dates():
     with pytest.raises(InputError, match="at least 2"):
         paste_changes(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 4, 4)), np.random.default_rng(0))
