@@ -295,6 +295,9 @@ class _ScenePool:
         if self.whole:
             self.arrays = [stack.window(0, 0, h, w)]
         else:
+            # At most WHOLE_SCENE_BYTES in memory, at least 4 windows.
+            per = t * c * self.win[0] * self.win[1] * 4
+            n_windows = int(np.clip(WHOLE_SCENE_BYTES // per, 4, n_windows))
             self.arrays = [self._read(rng) for _ in range(n_windows)]
         logger.info(
             "adapt: %s",

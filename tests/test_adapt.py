@@ -150,6 +150,20 @@ def test_batch_ignores_the_real_change_and_labels_pasted_ones(stack_dir):
     assert set(np.unique(b["date_index"][b["change"] == 1])) <= {1, 2, IGNORE}
 
 
+def test_a_large_scene_is_sampled_through_windows(stack_dir, tiny_model, monkeypatch):
+    import geochange.adapt as ad
+
+    monkeypatch.setattr(ad, "WHOLE_SCENE_BYTES", 3 * 3 * 16 * 16 * 4 * 5)
+    stack = open_stack(stack_dir)
+    pool = _ScenePool(stack, np.random.default_rng(0), window=16, n_windows=8)
+    assert not pool.whole
+    assert len(pool.arrays) == 5  # capped by the memory budget
+    assert all(a.shape == (3, 3, 16, 16) for a in pool.arrays)
+    pool.refresh(np.random.default_rng(1))
+    res = adapt_network(stack, model=tiny_model, max_steps=3, chip=16, device="cpu")
+    assert res.info["steps"] == 3
+
+
 def test_ignored_pixels_do_not_reach_the_loss():
     torch.manual_seed(0)
     b, t, h, w = 2, 4, 8, 8
