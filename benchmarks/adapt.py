@@ -69,6 +69,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="processes side by side (1 thread each)")
     p.add_argument("--crop", type=int, default=None, help="centre crop in pixels")
     p.add_argument("--max-steps", type=int, default=None, help="step limit of each adaptation")
+    p.add_argument("--note", action="append", default=[], help="a note for the report")
     return p.parse_args(argv)
 
 
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.crop, a.minutes = a.crop or 48, min(a.minutes, 5 / 60)
         a.seeds = a.seeds[:1]
-    notes = [n for n in [C.gdal_cache_workaround()] if n]
+    notes = [n for n in [C.gdal_cache_workaround(), *a.note] if n]
     model_path, desc = C.model_description(a.model)
     if desc == "missing":
         print(f"model {model_path} not found: train or pass --model", file=sys.stderr)
