@@ -77,7 +77,7 @@ FOOTPRINTS = ("rectangle", "L", "road", "blob")
 #: A scene at most this large (bytes as float32, all dates and bands) is read once in full.
 WHOLE_SCENE_BYTES = 256 * 2**20
 #: Seconds kept from the budget for writing the checkpoint.
-_SAVE_RESERVE_S = 2.0
+_SAVE_RESERVE_S = 3.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -626,6 +626,7 @@ def adapt(
     align: bool = False,
     alpha: float = 0.5,
     overwrite: bool = False,
+    start_time: float | None = None,
     **kwargs: Any,
 ) -> Path:
     """Adapt a change model to a stack without labels and write the adapted checkpoint.
@@ -644,6 +645,8 @@ def adapt(
         align: resample every date onto the first date's grid.
         alpha: weight of the adapted parameters against the starting ones (1 = adapted only).
         overwrite: replace an existing ``output_ckpt``.
+        start_time: ``time.monotonic()`` at which the budget started (default: now; the CLI
+            starts it before importing torch).
         **kwargs: further options of :func:`adapt_network` (batch_size, lr, max_steps, ...).
 
     Returns:
@@ -653,7 +656,7 @@ def adapt(
     Raises:
         OutputExistsError: ``output_ckpt`` exists and ``overwrite`` is False.
     """
-    t0 = time.monotonic()
+    t0 = time.monotonic() if start_time is None else start_time
     output_ckpt = Path(output_ckpt)
     if output_ckpt.exists() and not overwrite:
         raise OutputExistsError(f"output {output_ckpt}: exists; pass --overwrite to replace it")
