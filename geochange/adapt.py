@@ -76,7 +76,7 @@ logger = logging.getLogger(__name__)
 FOOTPRINTS = ("rectangle", "L", "road", "blob")
 #: A scene at most this large (bytes as float32, all dates and bands) is read once in full.
 WHOLE_SCENE_BYTES = 256 * 2**20
-#: Seconds kept from the budget for writing the checkpoint.
+#: Seconds kept from the budget for writing the checkpoint (at most 5 % of the budget).
 _SAVE_RESERVE_S = 3.0
 
 
@@ -527,7 +527,8 @@ def adapt_network(
     ref = base.to(dev).eval() if keep_confident is not None else None
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     planned = int(max_steps) if max_steps else 10**9
-    remaining = budget - (time.monotonic() - t0) - _SAVE_RESERVE_S
+    reserve = min(_SAVE_RESERVE_S, 0.05 * budget)
+    remaining = budget - (time.monotonic() - t0) - reserve
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, OneCycleByProgress(planned, max(remaining, 1e-3), warmup=0.05)
     )
@@ -537,7 +538,7 @@ def adapt_network(
 
         bar = tqdm(total=round(budget), unit="s", desc="adapt", leave=False)
     steps, losses = 0, []
-    deadline = t0 + budget - _SAVE_RESERVE_S
+    deadline = t0 + budget - reserve
     last = 0.0  # duration of the last step
     try:
         while steps < planned:
