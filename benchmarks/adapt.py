@@ -156,6 +156,11 @@ def _table(kind: str, base: list[dict], runs: list[dict], key: str) -> tuple[lis
             "zero": b["scores"]["zero-shot"][key],
             **{a: float(np.nanmean(ad[a])) if ad[a] else float("nan") for a in ALPHAS},
         }
+        pr = [
+            f"{np.nanmean([r['scores'][SHIPPED_ALPHA][k] for r in mine]):.2f}" if mine else "–"
+            for k in ("precision", "recall")
+        ]
+        z = b["scores"]["zero-shot"]
         rows.append(
             [
                 name,
@@ -163,6 +168,8 @@ def _table(kind: str, base: list[dict], runs: list[dict], key: str) -> tuple[lis
                 C.fmt(b["scores"]["zero-shot"][key]),
                 *(_pm(ad[a]) if ad[a] else "–" for a in ALPHAS),
                 f"{int(np.mean(steps))}" if steps else "–",
+                f"{C.fmt(z['precision'], digits=2)} / {C.fmt(z['recall'], digits=2)}",
+                " / ".join(pr),
             ]
         )
     return rows, per
@@ -218,7 +225,15 @@ def _verdicts(per: dict[str, dict]) -> list[tuple[str, str, str, bool]]:
 def report(a: argparse.Namespace, argv: list[str], base: list[dict], runs: list[dict], wall: float, notes: list[str]) -> tuple[str, list]:  # fmt: skip
     cmd = "python benchmarks/adapt.py" + ("" if not argv else " " + shlex.join(argv))
     _, model_desc = C.model_description(a.model)
-    head = ["sample", "CVA-Otsu", "zero-shot", *(f"adapted α={x}" for x in ALPHAS), "steps"]
+    head = [
+        "sample",
+        "CVA-Otsu",
+        "zero-shot",
+        *(f"adapted α={x}" for x in ALPHAS),
+        "steps",
+        "zero-shot P / R",
+        f"adapted α={SHIPPED_ALPHA} P / R",
+    ]
     lines = [
         "# Scene adaptation (`geochange adapt`): measured against zero-shot and CVA-Otsu",
         "",
