@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,7 +31,6 @@ import pyproj
 import rasterio.features
 import shapely
 from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -95,14 +93,13 @@ def _chunk_pieces(
         return _Pieces(geoms, empty.astype(np.int64), empty, empty, hist0, edges)
 
     parts: list[list] = [[] for _ in range(n)]
-    pixel = Affine.translation(col0, row0)
-    with warnings.catch_warnings():
-        # Pieces are built in pixel coordinates on purpose (moved into the CRS at the end); the
-        # chunk at (0, 0) has an identity transform, which rasterio reports as not georeferenced.
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        pieces = list(rasterio.features.shapes(labels, mask=mask, connectivity=4, transform=pixel))
-    for geom, value in pieces:
-        parts[int(value) - 1].append(shape(geom))
+    # Pieces are built in pixel coordinates (moved into the CRS at the end). rasterio warns
+    # "not georeferenced" for an identity transform (the chunk at 0, 0), and silencing that with
+    # warnings.catch_warnings is not thread-safe, so trace with a half-pixel offset and take it
+    # off again: x.5 values are exact in binary, the vertices stay exact integers.
+    pixel = Affine.translation(col0 + 0.5, row0 + 0.5)
+    for geom, value in rasterio.features.shapes(labels, mask=mask, connectivity=4, transform=pixel):
+        parts[int(value) - 1].append(shapely.transform(shape(geom), lambda c: c - 0.5))
     for i, ps in enumerate(parts):
         geoms[i] = ps[0] if len(ps) == 1 else shapely.union_all(ps)
 
