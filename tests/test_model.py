@@ -14,9 +14,11 @@ from geochange.model.losses import dice_loss, focal_loss, interval_loss
 torch.set_num_threads(1)
 
 
-def _net(in_bands: int | None = None, seed: int = 0) -> CNNLSTM:
+def _net(in_bands: int | None = None, seed: int = 0, dilations=(1,)) -> CNNLSTM:
     torch.manual_seed(seed)
-    return CNNLSTM(in_bands=in_bands, features=6, hidden=6, head_hidden=6).eval()
+    return CNNLSTM(
+        in_bands=in_bands, features=6, hidden=6, head_hidden=6, context_dilations=dilations
+    ).eval()
 
 
 @pytest.mark.parametrize("t", [2, 3, 4, 6])
@@ -57,10 +59,10 @@ def test_band_agnostic_is_invariant_to_band_order() -> None:
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("t", [2, 3, 5])
-def test_halo_bounds_receptive_field(t: int) -> None:
+@pytest.mark.parametrize(("t", "dilations"), [(2, (1,)), (3, (1,)), (5, (1,)), (3, (1, 2, 4))])
+def test_halo_bounds_receptive_field(t: int, dilations: tuple[int, ...]) -> None:
     """d output[centre] / d input is zero beyond halo(t) and non-zero at exactly halo(t)."""
-    net = _net(seed=t)
+    net = _net(seed=t, dilations=dilations)
     size = 2 * (net.halo(t) + 3) + 1
     centre = size // 2
     x = torch.randn(1, t, 2, size, size, requires_grad=True)
@@ -100,8 +102,14 @@ def test_invalid_date_masks_its_interval_and_keeps_state() -> None:
     torch.testing.assert_close(change2, change, rtol=0, atol=0)
 
 
+def test_context_dilations_widen_the_halo_and_are_checked() -> None:
+    assert _net(dilations=(1, 2, 4, 8)).halo(8) == _net().halo(8) + 2 + 4 + 8
+    with pytest.raises(ModelError, match="context_dilations"):
+        CNNLSTM(context_dilations=(0,))
+
+
 def test_config_roundtrip_and_save_load(tmp_path) -> None:
-    net = _net(in_bands=5)
+    net = _net(in_bands=5, dilations=(1, 3))
     path = save_model(net, tmp_path / "m.ckpt", {"name": "test-net", "trained_on": "noise"})
     loaded, meta = load_model(path)
     assert loaded.config() == net.config()

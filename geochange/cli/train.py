@@ -28,7 +28,6 @@ __all__ = ["command", "load_config", "run_training"]
 
 log = logging.getLogger(__name__)
 
-_NET_KEYS = ("in_bands", "features", "hidden", "encoder_layers", "recurrent_kernel", "head_hidden")
 _TOP_KEYS = {"seed", "name", "trained_on", "init", "model", "task", "data", "trainer"}
 
 
@@ -82,10 +81,12 @@ def load_config(path: str | os.PathLike, overrides: tuple[str, ...] = ()) -> dic
 
 
 def _net_config(config: dict, init_net: Any | None) -> dict:
-    cfg = {k: v for k, v in (config.get("model") or {}).items() if k in _NET_KEYS}
-    unknown = set(config.get("model") or {}) - set(_NET_KEYS)
+    from geochange.model import NET_KEYS  # torch: imported when training, not for --help
+
+    cfg = {k: v for k, v in (config.get("model") or {}).items() if k in NET_KEYS}
+    unknown = set(config.get("model") or {}) - set(NET_KEYS)
     if unknown:
-        raise InputError(f"config model: unknown keys {sorted(unknown)}; expected {_NET_KEYS}")
+        raise InputError(f"config model: unknown keys {sorted(unknown)}; expected {NET_KEYS}")
     if init_net is not None:
         init_cfg = init_net.config()
         differ = {k: (v, init_cfg[k]) for k, v in cfg.items() if init_cfg.get(k) != v}

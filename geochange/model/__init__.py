@@ -17,7 +17,7 @@ import torch
 from geochange.errors import ModelError
 from geochange.model.cnn_lstm import CNNLSTM
 
-__all__ = ["CNNLSTM", "DEFAULT_MODEL_PATH", "FORMAT", "load_model", "save_model"]
+__all__ = ["CNNLSTM", "DEFAULT_MODEL_PATH", "FORMAT", "NET_KEYS", "load_model", "save_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,16 @@ DEFAULT_MODEL_PATH = Path(__file__).parent / "weights" / "default.ckpt"
 #: Key and version of geochange's compact model files.
 FORMAT = "geochange-model-1"
 
-_NET_KEYS = ("in_bands", "features", "hidden", "encoder_layers", "recurrent_kernel", "head_hidden")
+#: Constructor arguments of :class:`CNNLSTM` (the ``model`` section of a training config).
+NET_KEYS = (
+    "in_bands",
+    "features",
+    "hidden",
+    "encoder_layers",
+    "recurrent_kernel",
+    "head_hidden",
+    "context_dilations",
+)
 
 
 def save_model(net: CNNLSTM, path: str | os.PathLike, meta: dict | None = None) -> Path:
@@ -94,7 +103,7 @@ def _read(path: Path, map_location: str | torch.device) -> dict:
 
 def _from_lightning(obj: dict, path: Path) -> tuple[dict, dict, dict]:
     hp = obj.get("hyper_parameters") or {}
-    config = {k: hp[k] for k in _NET_KEYS if k in hp}
+    config = {k: hp[k] for k in NET_KEYS if k in hp}
     state = {k[4:]: v for k, v in obj["state_dict"].items() if k.startswith("net.")}
     if not state:
         raise ModelError(

@@ -46,8 +46,11 @@ def _radius(module: nn.Module) -> int:
     return r
 
 
-def _conv(cin: int, cout: int, k: int, bias: bool = True) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias, padding_mode="zeros")
+def _conv(cin: int, cout: int, k: int, bias: bool = True, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(
+        cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=bias,
+        padding_mode="zeros",
+    )
 
 
 class _BandAgnosticStem(nn.Module):
@@ -112,7 +115,10 @@ class CNNLSTM(nn.Module):
         hidden: ConvLSTM state channels H per direction.
         encoder_layers: 3×3 convolutions after the stem.
         recurrent_kernel: kernel of the hidden-to-hidden convolution (odd).
-        head_hidden: width of the 1×1 interval head.
+        head_hidden: width of the 1×1 interval head and of the context decoder.
+        context_dilations: dilations of the 3×3 convolutions of the context decoder over the
+            final states; ``(1, 2, 4, 8)`` sees 15 px around a pixel, so the interior of a large
+            object is judged with its outline in view. ``(1,)`` is the plain 3×3 decoder.
 
     Shapes: ``x`` (b, t, c, h, w) float32, normalised (see ``normalize.apply``), no NaN;
     ``valid`` (b, t, h, w) bool. Works for any t >= 2.
@@ -126,12 +132,18 @@ class CNNLSTM(nn.Module):
         encoder_layers: int = 2,
         recurrent_kernel: int = 3,
         head_hidden: int = 16,
+        context_dilations: tuple[int, ...] | list[int] = (1,),
     ) -> None:
         super().__init__()
         if in_bands is not None and in_bands < 1:
             raise ModelError(f"in_bands: got {in_bands}, expected None or a band count >= 1")
         if recurrent_kernel % 2 != 1:
             raise ModelError(f"recurrent_kernel: got {recurrent_kernel}, expected an odd size")
+        dilations = tuple(int(d) for d in context_dilations)
+        if not dilations or min(dilations) < 1:
+            raise ModelError(
+                f"context_dilations: got {context_dilations!r}, expected one or more integers >= 1"
+            )
         self.in_bands = in_bands
         self.features = features
         self.hidden = hidden
@@ -151,9 +163,13 @@ class CNNLSTM(nn.Module):
             _conv(2 * hidden + features, head_hidden, 1), nn.ReLU(), _conv(head_hidden, 1, 1)
         )
         # Spatial context term of the change logit, over the final states of both directions.
-        self.decoder = nn.Sequential(
-            _conv(2 * hidden, head_hidden, 3), nn.ReLU(), _conv(head_hidden, 1, 1)
-        )
+        layers = []
+        cin = 2 * hidden
+        for d in dilations:
+            layers += [_conv(cin, head_hidden, 3, dilation=d), nn.ReLU()]
+            cin = head_hidden
+        self.decoder = nn.Sequential(*layers, _conv(head_hidden, 1, 1))
+        self.context_dilations = dilations
 
     def config(self) -> dict:
         """Constructor arguments, to rebuild the network from a checkpoint."""
@@ -164,6 +180,7 @@ class CNNLSTM(nn.Module):
             "encoder_layers": sum(isinstance(m, nn.Conv2d) for m in self.encoder),
             "recurrent_kernel": self.fwd.hh.kernel_size[0],
             "head_hidden": self.decoder[0].out_channels,
+            "context_dilations": list(self.context_dilations),
         }
 
     def halo(self, t: int) -> int:

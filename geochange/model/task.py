@@ -66,7 +66,8 @@ class ChangeTask(pl.LightningModule):
     """Train a :class:`CNNLSTM` on change masks and change dates.
 
     Args:
-        in_bands, features, hidden, encoder_layers, recurrent_kernel, head_hidden: the network
+        in_bands, features, hidden, encoder_layers, recurrent_kernel, head_hidden,
+            context_dilations: the network
             (see :class:`CNNLSTM`).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
@@ -88,6 +89,7 @@ class ChangeTask(pl.LightningModule):
         encoder_layers: int = 2,
         recurrent_kernel: int = 3,
         head_hidden: int = 16,
+        context_dilations: tuple[int, ...] | list[int] = (1,),
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         scheduler: Literal["onecycle", "cosine", "none"] = "onecycle",
@@ -109,6 +111,7 @@ class ChangeTask(pl.LightningModule):
             encoder_layers=encoder_layers,
             recurrent_kernel=recurrent_kernel,
             head_hidden=head_hidden,
+            context_dilations=context_dilations,
         )
         self.val_f1 = BinaryF1Score(ignore_index=IGNORE)
         self.val_iou = BinaryJaccardIndex(ignore_index=IGNORE)

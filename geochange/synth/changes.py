@@ -437,7 +437,9 @@ def plant_changes(
     """
     pl = _Planter(rng, land, bg, veg, green, wavelengths, cloud_mask)
     t, h, w = green.shape
-    scale = float(np.clip(np.sqrt(h * w) / 512.0, 0.3, 1.0))
+    # Object sizes are in pixels and do not shrink with the scene: a building is as large in a
+    # 128-px training scene as in a 4096-px one (only tiny test scenes get smaller objects).
+    scale = float(np.clip(np.sqrt(h * w) / 128.0, 0.3, 1.0))
     target = rng.uniform(0.03, 0.06) * h * w
     has_water = bool((land.cls == WATER).any())
     kinds = (

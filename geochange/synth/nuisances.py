@@ -86,7 +86,10 @@ def make_clouds(
         exclude: date indices that stay cloud-free.
     """
     h, w = shape
-    s = float(np.clip(max(h, w) / 512.0, 0.25, 4.0))
+    # Cloud sizes are in pixels: as large in a 128-px training scene as in a 512-px one (growing
+    # only for larger scenes), so a model trained on small scenes meets clouds of real size.
+    big = max(h, w)
+    s = float(np.clip(big / 512.0, 1.0, 4.0)) if big >= 128 else max(big / 128.0, 0.25)
     lo, hi = level.cloudy_dates
     n = int(round(rng.uniform(lo, hi) * n_dates))
     candidates = np.array([t for t in range(n_dates) if t not in exclude], dtype=int)
