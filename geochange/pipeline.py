@@ -2,7 +2,7 @@
 
 ``detect`` glues the one-way flow of docs/DESIGN.md together: open the stack lazily, fit the
 detector's scene-wide statistics once on a decimated sample, run it chunk by chunk with a halo
-(``tiling.overlap_map``), write the probability and change-date rasters block by block, vectorise
+(``tiling.window_map``), write the probability and change-date rasters block by block, vectorise
 per chunk and merge across chunk borders, and write the GeoPackage with its provenance.
 """
 
@@ -271,7 +271,6 @@ def detect(
         if rt.distributed:
             _check_shipping(detector)
 
-        data = stack.data.rechunk({0: -1, 1: -1, 2: ychunks, 3: xchunks})
         annotations = {}
         if rt.distributed and str(getattr(detector, "device", "cpu")).startswith("cuda"):
             if rt.gpu_workers():
@@ -279,8 +278,16 @@ def detect(
                 # task at a time.
                 annotations = {"resources": {"GPU": 1}}
         with dask.annotate(**annotations):
-            result = tiling.overlap_map(
-                data, detector, halo, out_bands=2, dtype=np.float32, name="geochange-detect"
+            # Each task reads its own tile (chunk + halo) from the files: no input chunk is
+            # kept for its neighbours and none moves between workers (see benchmarks/SCALE.md).
+            result = tiling.window_map(
+                stack.reader(),
+                (ychunks, xchunks),
+                detector,
+                halo,
+                out_bands=2,
+                dtype=np.float32,
+                name="geochange-detect",
             )
         prob = result[0]
         date_index = _date_raster(result[0], result[1], threshold)

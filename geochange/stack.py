@@ -117,7 +117,7 @@ class Stack:
 
         Chunks: one date per chunk, all bands, ``chunk_size`` square in y and x (edges smaller).
         """
-        reader = _StackReader(self._sources(), self.band_count, self.grid.height, self.grid.width)
+        reader = self.reader()
         chunks = (
             (1,) * self.T,
             (self.band_count,),
@@ -157,8 +157,16 @@ class Stack:
                 f"window rows {row_off}:{row_off + height}, cols {col_off}:{col_off + width} "
                 f"is outside the {self.grid.height}x{self.grid.width} grid"
             )
-        reader = _StackReader(self._sources(), self.band_count, self.grid.height, self.grid.width)
+        reader = self.reader()
         return reader[:, :, row_off : row_off + height, col_off : col_off + width]
+
+    def reader(self) -> _StackReader:
+        """Picklable array-like (t, c, y, x) float32 over the files, read when sliced.
+
+        What :func:`geochange.tiling.window_map` ships to the workers: file paths and the grid,
+        no data.
+        """
+        return _StackReader(self._sources(), self.band_count, self.grid.height, self.grid.width)
 
     def _sources(self) -> tuple[_Source, ...]:
         target = (self.grid.crs, self.grid.transform, self.grid.height, self.grid.width)

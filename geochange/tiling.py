@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import dask.array as da
 import numpy as np
@@ -22,7 +22,7 @@ from dask.base import tokenize
 
 from geochange.errors import InputError
 
-__all__ = ["BlockFunction", "Chunks1D", "overlap_map", "plan_chunks"]
+__all__ = ["BlockFunction", "Chunks1D", "overlap_map", "plan_chunks", "window_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +204,67 @@ def overlap_map(
         _run,
         tiles,
         drop_axis=0,
+        chunks=((out_bands,), ychunks, xchunks),
+        dtype=dtype,
+        meta=np.empty((0, 0, 0), dtype=dtype),
+        name=key,
+    )
+
+
+def window_map(
+    reader: Any,
+    chunks: tuple[Chunks1D, Chunks1D],
+    fn: BlockFunction,
+    halo: int,
+    *,
+    out_bands: int,
+    dtype: np.typing.DTypeLike = np.float32,
+    name: str = "window_map",
+) -> da.Array:
+    """Like :func:`overlap_map`, but every task reads its own tile from ``reader``.
+
+    Each task slices ``reader[:, :, y0 - halo : y1 + halo, x0 - halo : x1 + halo]`` (clipped at
+    the scene edge, exactly the tile :func:`overlap_map` would build), runs ``fn`` and keeps the
+    chunk. Tasks depend on nothing but the reader, so no decoded input outlives its task and no
+    input moves between workers: memory is bounded by the tiles in flight, whatever the scene
+    size. The halo ring is read twice (by both neighbours), which costs little next to the model.
+
+    Args:
+        reader: picklable array-like (t, c, y, x) sliced with ``[...]`` inside the task, e.g.
+            :meth:`geochange.stack.Stack.reader`.
+        chunks: ``(y_chunks, x_chunks)`` of the output, e.g. from :func:`plan_chunks`.
+        fn, halo, out_bands, dtype, name: as in :func:`overlap_map`.
+
+    Returns:
+        Lazy (out_bands, y, x) array with the given spatial chunks.
+    """
+    _check_sizes(1, halo)
+    halo = int(halo)
+    dtype = np.dtype(dtype)
+    ychunks, xchunks = (tuple(int(c) for c in cs) for cs in chunks)
+    height, width = int(sum(ychunks)), int(sum(xchunks))
+    if tuple(reader.shape[2:]) != (height, width):
+        raise ValueError(
+            f"window_map: chunks sum to {height}x{width} px but the reader is "
+            f"{reader.shape[2]}x{reader.shape[3]}"
+        )
+
+    def _run(block_info: dict | None = None) -> np.ndarray:
+        (y0, y1), (x0, x1) = block_info[None]["array-location"][1:]
+        ya, yb = max(0, y0 - halo), min(height, y1 + halo)
+        xa, xb = max(0, x0 - halo), min(width, x1 + halo)
+        tile = np.asarray(reader[:, :, ya:yb, xa:xb])
+        out = np.asarray(fn(tile))
+        if out.shape != (out_bands, yb - ya, xb - xa):
+            raise ValueError(
+                f"window_map: block function returned shape {out.shape} for a tile of "
+                f"{tile.shape}; expected (out_bands={out_bands}, {yb - ya}, {xb - xa})."
+            )
+        return out[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa].astype(dtype, copy=False)
+
+    key = f"{name}-" + tokenize(reader, ychunks, xchunks, halo, out_bands, dtype.str, _fn_token(fn))
+    return da.map_blocks(
+        _run,
         chunks=((out_bands,), ychunks, xchunks),
         dtype=dtype,
         meta=np.empty((0, 0, 0), dtype=dtype),

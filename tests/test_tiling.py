@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geochange.errors import InputError
-from geochange.tiling import overlap_map, plan_chunks
+from geochange.tiling import overlap_map, plan_chunks, window_map
 
 
 def _mean3(img: np.ndarray) -> np.ndarray:
@@ -104,6 +104,41 @@ def test_overlap_map_seam_free_uneven_chunks(scene: np.ndarray, tchunk: int) -> 
     assert out.chunks[1:] == ((32, 32, 32, 4), (32, 32, 32, 34))
     got = out.compute(scheduler="threads")
     np.testing.assert_allclose(got, whole, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 32, 45, 200])
+def test_window_map_equals_whole_scene_and_overlap_map(scene: np.ndarray, chunk_size: int) -> None:
+    """Tiles read straight from the reader, even chunks smaller than the halo: still exact."""
+    r = 4
+    fn = make_fn(r)
+    whole = fn(scene)
+    ych = tuple(min(chunk_size, 100 - y) for y in range(0, 100, chunk_size))
+    xch = tuple(min(chunk_size, 130 - x) for x in range(0, 130, chunk_size))
+    calls = []
+
+    def counted(tile: np.ndarray) -> np.ndarray:
+        calls.append(tile.shape)
+        return fn(tile)
+
+    out = window_map(scene, (ych, xch), counted, halo=r, out_bands=2, name="wm")
+    assert out.chunks[1:] == (ych, xch) and out.name.startswith("wm-")
+    got = out.compute(scheduler="threads")
+    np.testing.assert_allclose(got, whole, atol=1e-6, rtol=0)
+    assert len(calls) == len(ych) * len(xch)  # one task per chunk, nothing else
+    # The graph holds only the model tasks: no input chunks, no overlap exchange.
+    assert len(dict(out.__dask_graph__())) == len(ych) * len(xch)
+    if chunk_size >= r:
+        data = da.from_array(scene, chunks=(1, 2, ych, xch))
+        ref = overlap_map(data, fn, halo=r, out_bands=2).compute(scheduler="sync")
+        np.testing.assert_allclose(got, ref, atol=1e-6, rtol=0)
+
+
+def test_window_map_checks_shapes(scene: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="reader is"):
+        window_map(scene, ((50,), (130,)), make_fn(1), halo=1, out_bands=2)
+    bad = window_map(scene, ((100,), (130,)), lambda t: t[0, :1], halo=1, out_bands=2)
+    with pytest.raises(ValueError, match="block function returned shape"):
+        bad.compute(scheduler="sync")
 
 
 def test_overlap_map_chunk_size_does_not_matter(scene: np.ndarray) -> None:

@@ -48,7 +48,12 @@ def _radius(module: nn.Module) -> int:
 
 def _conv(cin: int, cout: int, k: int, bias: bool = True, dilation: int = 1) -> nn.Conv2d:
     return nn.Conv2d(
-        cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=bias,
+        cin,
+        cout,
+        k,
+        padding=dilation * (k // 2),
+        dilation=dilation,
+        bias=bias,
         padding_mode="zeros",
     )
 
