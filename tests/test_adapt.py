@@ -24,7 +24,7 @@ from geochange.adapt import (
 )
 from geochange.cli import cli
 from geochange.errors import InputError, OutputExistsError
-from geochange.model import CNNLSTM, load_model, save_model
+from geochange.model import load_model
 from geochange.model.losses import IGNORE
 from geochange.pipeline import detect
 from geochange.stack import open_stack
@@ -48,15 +48,6 @@ def stack_dir(tmp_path):
     d = tmp_path / "stack"
     write_stack(d, _scene(), DATES)
     return d
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = CNNLSTM(in_bands=None, features=4, hidden=4, head_hidden=4)
-    path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
-    save_model(net, path, {"name": "tiny-test", "trained_on": "nothing"})
-    return path
 
 
 # -- pasted changes ------------------------------------------------------------------------------

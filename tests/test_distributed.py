@@ -15,13 +15,11 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import torch
 from click.testing import CliRunner
 from helpers import write_stack
 
 from geochange.cli import cli
 from geochange.errors import InputError
-from geochange.model import CNNLSTM, save_model
 from geochange.pipeline import detect, make_detector
 from geochange.stack import open_stack, read_sample
 
@@ -43,15 +41,6 @@ def stack_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist") / "stack"
     write_stack(d, _scene(), DATES)
     return d
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = CNNLSTM(in_bands=None, features=4, hidden=4, head_hidden=4)
-    path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
-    save_model(net, path, {"name": "tiny-test"})
-    return path
 
 
 def _stop(proc: subprocess.Popen) -> None:

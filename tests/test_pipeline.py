@@ -37,15 +37,6 @@ def stack_dir(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = CNNLSTM(in_bands=None, features=4, hidden=4, head_hidden=4)
-    path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
-    save_model(net, path, {"name": "tiny-test"})
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny_model_3bands(tmp_path_factory):
     torch.manual_seed(1)
     net = CNNLSTM(in_bands=5, features=4, hidden=4, head_hidden=4)
