@@ -39,13 +39,7 @@ from geochange.cli import options
     show_default=True,
     help="Weight of the adapted parameters against the starting ones (1 = adapted only).",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the model trains.",
-)
+@options.device_option("Where the model trains.")
 @options.dates_option
 @options.align_option
 @options.overwrite_option

@@ -54,13 +54,7 @@ from geochange.cli import options
 )
 @options.chunk_size_option
 @options.align_option
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the model runs.",
-)
+@options.device_option()
 @options.overwrite_option
 @click.option(
     "--quicklook/--no-quicklook",

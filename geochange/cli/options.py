@@ -36,6 +36,18 @@ align_option = click.option(
     help="Resample every date onto the first date's grid (CRS, transform, size).",
 )
 
+
+def device_option(help: str = "Where the model runs."):
+    """``--device auto|cpu|cuda`` (auto: CUDA when torch sees a GPU)."""
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help=help,
+    )
+
+
 overwrite_option = click.option(
     "--overwrite",
     is_flag=True,
