@@ -199,6 +199,16 @@ def test_adapt_network_runs_steps_and_changes_weights(stack_dir, tiny_model):
         torch.testing.assert_close(v, adapted[key])
 
 
+@pytest.mark.gpu
+def test_adapt_on_cuda_changes_weights_and_detects_on_cuda(stack_dir, tiny_model):
+    stack = open_stack(stack_dir)
+    res = adapt_network(stack, model=tiny_model, max_steps=6, chip=32, device="cuda", seed=1)
+    assert res.info["steps"] == 6 and res.info["device"] == "cuda"
+    base, adapted = res.base.state_dict(), res.adapted.state_dict()
+    assert all(v.device.type == "cpu" for v in adapted.values())
+    assert any(not torch.equal(base[k], adapted[k]) for k in base)
+
+
 def test_adapt_respects_the_time_budget(stack_dir, tiny_model):
     stack = open_stack(stack_dir)
     res = adapt_network(stack, model=tiny_model, minutes=0.05, chip=32, device="cpu")

@@ -209,3 +209,16 @@ def test_cuda_matches_cpu(stack_dir, tiny_model):
     np.testing.assert_allclose(a, b, atol=1e-3, equal_nan=True)
     amp = detect(stack_dir, model=tiny_model, device="cuda", chunk_size=32, amp=True)
     np.testing.assert_allclose(a, amp.prob.compute(), atol=2e-2, equal_nan=True)
+
+
+@pytest.mark.gpu
+def test_cuda_on_a_local_cluster_matches_cpu(stack_dir, tiny_model):
+    """Two worker processes share the GPU; the result equals the CPU run (float tolerance)."""
+    cpu = detect(stack_dir, model=tiny_model, device="cpu", chunk_size=32, threshold=0.3)
+    gpu = detect(
+        stack_dir, model=tiny_model, device="cuda", chunk_size=32, threshold=0.3, workers=2
+    )
+    a, b = cpu.prob.compute(), gpu.prob.compute()
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_allclose(a, b, atol=1e-3, equal_nan=True)
+    assert gpu.run["scheduler"] == "local-cluster" and gpu.run["device"].startswith("cuda")

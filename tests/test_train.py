@@ -173,6 +173,25 @@ def test_training_steps_reduce_loss() -> None:
     assert after < 0.8 * before, (before, after)
 
 
+@pytest.mark.gpu
+def test_training_steps_on_cuda_and_the_checkpoint_loads_on_cpu(tmp_path) -> None:
+    """`geochange train` with accelerator auto picks the GPU; its model then runs on CPU."""
+    config = _tiny_config(
+        tmp_path, [{"synthetic": {"seeds": [0, 2], "size": 32, "dates": [2, 3], "bands": [1, 3]}}]
+    )
+    out = tmp_path / "gpu.ckpt"
+    res = CliRunner().invoke(cli, ["train", config, "-o", str(out), "--set", "trainer.max_steps=3"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "gpu.ckpt.report.json").read_text())
+    assert report["steps"] == 3 and report["accelerator"] == "CUDAAccelerator"
+    net, _ = load_model(out)
+    assert all(p.device.type == "cpu" for p in net.parameters())
+    x, valid = torch.rand(1, 3, 2, 24, 24), torch.ones(1, 3, 24, 24, dtype=torch.bool)
+    with torch.no_grad():
+        change, interval = net(x, valid)
+    assert torch.isfinite(change).all() and interval.shape == (1, 2, 24, 24)
+
+
 def test_one_cycle_by_progress_anneals_by_time() -> None:
     sched = OneCycleByProgress(total_steps=100, time_budget_s=None)
     assert sched(0) < sched(10) == pytest.approx(1.0)

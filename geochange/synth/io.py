@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pyogrio
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -144,6 +143,8 @@ def write_scene(
     gpkg = truth_dir / "changes.gpkg"
     tmp = truth_dir / ".changes.tmp.gpkg"
     tmp.unlink(missing_ok=True)
+    import pyogrio  # only the GeoPackage writer needs it
+
     old = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
     pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": _GPKG_DATE})
     try:
