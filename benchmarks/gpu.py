@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 import traceback
@@ -154,7 +153,7 @@ def bench_train(n_batches: int, steps: int) -> list[dict]:
         opt = torch.optim.AdamW(task.parameters(), lr=1e-3)
         on = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
 
-        def step(b: dict) -> None:
+        def step(b: dict, task=task, opt=opt) -> None:
             opt.zero_grad(set_to_none=True)
             task.losses(b)[0].backward()
             opt.step()

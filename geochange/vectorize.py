@@ -47,9 +47,7 @@ logger = logging.getLogger(__name__)
 # rasterio.features.shapes opens an in-memory dataset that reads its transform before setting it
 # (rasterio 1.4): a spurious warning per chunk. warnings.catch_warnings is not thread-safe, so
 # the filter is installed once, narrowly (this message, raised through rasterio.features).
-warnings.filterwarnings(
-    "ignore", message="Dataset has no geotransform", module="rasterio.features"
-)
+warnings.filterwarnings("ignore", message="Dataset has no geotransform", module="rasterio.features")
 
 #: Value of the change-date raster where the pixel is nodata (docs/DESIGN.md encodings).
 DATE_NODATA = 255

@@ -59,7 +59,9 @@ def cli(verbose: int, quiet: bool) -> None:
       geochange detect data_samples/stack -o changes.gpkg
       geochange evaluate changes.gpkg data_samples/truth/label.tif
     """
-    level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    level = (
+        logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
