@@ -185,13 +185,14 @@ def run_training(
     val_every = int(tr.pop("val_check_interval", max(1, max_steps // 5)))
     if not has_val:
         tr["limit_val_batches"] = 0
+    accelerator = tr.pop("accelerator", "auto")
     trainer = pl.Trainer(
         max_steps=max_steps,
         max_epochs=-1,
         max_time=dt.timedelta(minutes=float(minutes)) if minutes else None,
         val_check_interval=min(val_every, dm.train_batches),
         check_val_every_n_epoch=None if has_val else 1,
-        accelerator=tr.pop("accelerator", "auto"),
+        accelerator=accelerator,
         devices=tr.pop("devices", 1),
         callbacks=[ckpt],
         # OUT_logs/version_N/metrics.csv, one version per run (resumed runs too).
@@ -216,7 +217,7 @@ def run_training(
     metrics: dict[str, float] = {}
     if has_val:
         res = pl.Trainer(
-            accelerator="cpu",
+            accelerator=accelerator,  # the final validation runs where training ran
             devices=1,
             logger=False,
             enable_progress_bar=False,
