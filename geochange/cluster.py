@@ -21,6 +21,7 @@ must see the input paths (or GDAL URLs) and the output folder under the same nam
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import sys
@@ -284,8 +285,36 @@ def _remote_torch_threads(client: Any) -> tuple[dict[str, int], int, int]:
 _PLUGIN = "geochange-worker-setup"
 
 
+#: glibc mallopt parameters and the values its dynamic mmap threshold would grow to on 64 bits.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 64 << 20
+
+
+def restore_malloc_thresholds() -> bool:
+    """Undo the effect of ``MALLOC_TRIM_THRESHOLD_`` on glibc's mmap threshold in this process.
+
+    dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (to hand freed memory
+    back to the OS). Setting it also freezes glibc's mmap threshold at 128 KiB, so every large
+    buffer torch allocates on the CPU is a fresh mmap whose pages fault in on first touch: the
+    model ran 2.8× slower in a worker than in the client process (benchmarks/SCALE.md). This
+    sets the mmap threshold to 32 MiB and the trim threshold to 64 MiB, what glibc's dynamic
+    threshold reaches by itself. Returns False where there is no glibc (macOS, musl, Windows).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+            and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+        )
+    except (OSError, AttributeError):
+        return False
+
+
 class _WorkerSetup(WorkerPlugin):
-    """Worker plugin: GDAL settings as environment variables, torch threads per process.
+    """Worker plugin: GDAL settings as environment variables, glibc malloc thresholds (see
+    :func:`restore_malloc_thresholds`), torch threads per process.
 
     Args:
         per_worker: torch threads by worker address (remote clusters).
@@ -302,6 +331,7 @@ class _WorkerSetup(WorkerPlugin):
 
         for key, value in GDAL_ENV.items():
             os.environ.setdefault(key, str(value))
+        restore_malloc_thresholds()
         n = self.per_worker.get(worker.address, self.default)
         if n is None and not self.per_worker:
             return

@@ -222,3 +222,45 @@ def test_cuda_on_a_local_cluster_matches_cpu(stack_dir, tiny_model):
     np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
     np.testing.assert_allclose(a, b, atol=1e-3, equal_nan=True)
     assert gpu.run["scheduler"] == "local-cluster" and gpu.run["device"].startswith("cuda")
+
+
+_MMAP_PROBE = """
+import ctypes, sys
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+def mmapped_4mib():
+    before = libc.mallinfo2().hblks
+    p = libc.malloc(4 << 20)
+    n = libc.mallinfo2().hblks - before
+    libc.free(ctypes.c_void_p(p))
+    return n
+"""
+
+
+def _mmapped_4mib() -> int:
+    """1 if a 4 MiB malloc in this process becomes its own mmap, else 0 (glibc only)."""
+    ns: dict = {}
+    exec(_MMAP_PROBE, ns)
+    return ns["mmapped_4mib"]()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_workers_undo_the_nanny_malloc_trim_threshold():
+    """dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536, which freezes glibc's mmap threshold at
+    128 KiB (torch 2.8× slower); the worker plugin restores it."""
+    from geochange.cluster import restore_malloc_thresholds, runtime
+
+    code = _MMAP_PROBE + "a = mmapped_4mib()\n"
+    code += "from geochange.cluster import restore_malloc_thresholds as r\nr()\n"
+    code += "print(a, mmapped_4mib())"
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["1", "0"], out.stdout + out.stderr
+    assert restore_malloc_thresholds() is True
+    with runtime(None, workers=1, threads_per_worker=1) as rt:
+        found = rt.client.run(_mmapped_4mib)
+    assert list(found.values()) == [0], found
