@@ -9,7 +9,8 @@ For each size N (N x N px, 8 dates x 4 bands, uint16 DEFLATE GeoTIFFs written to
 - model floor: the detector alone on tiles already in memory (the same chunks + halo), with the
   same dask threads x torch threads, on a sample of chunks, scaled to all chunks;
 - at ``--workers-size``: ``--workers 1`` and ``--workers 2`` (LocalCluster, 1 dask thread
-  each; torch gets cores // dask threads).
+  each; torch gets cores // dask threads), and ``--workers 1`` held to one core (CPU affinity):
+  the per-core baseline of scale-out. ``--sizes ''`` runs only this part.
 
 Stacks up to 1024 px come from ``geochange.synth.make_scene``; larger ones are mosaics of four
 1024 px scenes (seeds 0-3, flipped), written block by block as real GeoTIFFs. Stacks are kept in
@@ -144,10 +145,17 @@ class PeakRSS:
         return self.peak
 
 
-def run(cmd: list[str], label: str) -> dict:
-    """Run a command, return wall time (s), peak tree RSS (bytes) and the last output line."""
+def run(cmd: list[str], label: str, cores: set[int] | None = None) -> dict:
+    """Run a command, return wall time (s), peak tree RSS (bytes) and the last output line.
+
+    ``cores``: pin the command (and every process it starts) to these CPUs; geochange sizes
+    its threads from the affinity it sees.
+    """
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=pin
+    )
     peak = PeakRSS(proc.pid)
     out, _ = proc.communicate()
     wall = time.perf_counter() - t0
@@ -297,11 +305,17 @@ def main() -> None:
         for n in (1, 2):
             extra = ["--workers", str(n), "--threads-per-worker", "1"]
             w[n] = run(detect_cmd(stack, out, model, args.chunk_size, extra), f"workers {n}")
+        # The same single worker held to one core: the per-core baseline of scale-out.
+        one = {sorted(os.sched_getaffinity(0))[0]}
+        extra = ["--workers", "1", "--threads-per-worker", "1"]
+        w["1core"] = run(detect_cmd(stack, out, model, args.chunk_size, extra), "1 core", one)
         results["workers"] = {
             "size": size,
             "wall_1_s": w[1]["wall_s"],
             "wall_2_s": w[2]["wall_s"],
+            "wall_1_on_1_core_s": w["1core"]["wall_s"],
             "speedup_2_over_1": w[1]["wall_s"] / w[2]["wall_s"],
+            "speedup_2_over_1_on_1_core": w["1core"]["wall_s"] / w[2]["wall_s"],
             "peak_rss_1": w[1]["peak_rss"],
             "peak_rss_2": w[2]["peak_rss"],
         }
@@ -309,7 +323,9 @@ def main() -> None:
         print(
             f"workers at {size}: 1 -> {r['wall_1_s']:.1f} s, 2 -> {r['wall_2_s']:.1f} s, "
             f"speed-up {r['speedup_2_over_1']:.2f}x (peak {r['peak_rss_1'] / 2**30:.2f} / "
-            f"{r['peak_rss_2'] / 2**30:.2f} GB)"
+            f"{r['peak_rss_2'] / 2**30:.2f} GB); 1 worker held to 1 core -> "
+            f"{r['wall_1_on_1_core_s']:.1f} s, 2 workers on 2 cores are "
+            f"{r['speedup_2_over_1_on_1_core']:.2f}x faster"
         )
     s = results["sizes"]
     if 2048 in s and 8192 in s:
