@@ -23,6 +23,7 @@ import torch
 
 from geochange.errors import ModelError
 from geochange.model import DEFAULT_MODEL_PATH, load_model
+from geochange.model.calibrate import calibration_of
 from geochange.model.cnn_lstm import CNNLSTM
 from geochange.model.normalize import apply, scene_stats
 
@@ -128,6 +129,8 @@ class ModelDetector:
             meta = meta or meta_loaded
         self.net = net.to(self.device).eval()
         self.meta = dict(meta or {})
+        # Platt scaling of the change logit from the checkpoint (geochange.model.calibrate).
+        self.calibration = calibration_of(self.meta)
         t, c = self.stats.shape[:2]
         if t < 2:
             raise ModelError(f"stack: {t} date(s), at least 2 are needed to detect change")
@@ -152,7 +155,14 @@ class ModelDetector:
 
     def __dask_tokenize__(self) -> tuple:
         source = self.model_path or hashlib.sha256(self._blob or _state_bytes(self.net)).hexdigest()
-        return ("ModelDetector", source, self.stats.tobytes(), self.device, self.amp)
+        return (
+            "ModelDetector",
+            source,
+            self.stats.tobytes(),
+            self.device,
+            self.amp,
+            self.calibration,
+        )
 
     # -- inference ------------------------------------------------------------------------------
     def __call__(self, tile: np.ndarray) -> np.ndarray:
@@ -200,7 +210,8 @@ class ModelDetector:
         autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
         with torch.inference_mode(), autocast:
             change, intervals = self.net(x, v)
-            prob = torch.sigmoid(change.float())
+            scale, bias = self.calibration
+            prob = torch.sigmoid(change.float() * scale + bias)
             k = intervals.float().argmax(dim=1).to(torch.float32)
         return prob.cpu().numpy(), k.cpu().numpy()
 

@@ -20,6 +20,7 @@ __all__ = ["main", "cli"]
 # command name -> module under geochange.cli defining a click command called `command`.
 _COMMANDS = {
     "adapt": "adapt",
+    "calibrate": "calibrate",
     "detect": "detect",
     "evaluate": "evaluate",
     "info": "info",

@@ -28,7 +28,9 @@ __all__ = ["command", "load_config", "run_training"]
 
 log = logging.getLogger(__name__)
 
-_TOP_KEYS = {"seed", "name", "trained_on", "init", "model", "task", "data", "trainer"}
+_TOP_KEYS = {
+    "seed", "name", "trained_on", "init", "model", "task", "data", "trainer", "calibration"
+}  # fmt: skip
 
 
 def _set(config: dict, assignment: str) -> None:
@@ -138,6 +140,7 @@ def run_training(
     if threads:
         torch.set_num_threads(int(threads))
 
+    calibration = _calibration_settings(config.get("calibration"))  # checked before training
     init = init if init is not None else config.get("init")
     init_net = None
     if init:
@@ -224,7 +227,6 @@ def run_training(
             enable_model_summary=False,
         ).validate(task, datamodule=dm, verbose=False)
         metrics = {k: round(float(v), 4) for k, v in (res[0] if res else {}).items()}
-    wall = time.perf_counter() - t_start
     net = task.net.cpu().eval()
     meta = {
         "name": name,
@@ -234,6 +236,16 @@ def run_training(
         "steps": steps,
         "val": metrics,
     }
+    if calibration is not None:
+        from geochange.model.calibrate import fit_model_calibration
+
+        try:
+            meta["calibration"] = fit_model_calibration(net, **calibration)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"config calibration: {exc}; see pipelines/default_model.yaml"
+            ) from exc
+    wall = time.perf_counter() - t_start
     output.parent.mkdir(parents=True, exist_ok=True)
     save_model(net, output, meta)
 
@@ -265,10 +277,33 @@ def run_training(
         "stopped_by_time_limit": bool(minutes) and steps < max_steps,
         "wall_time_s": round(wall, 1),
         "val_metrics": metrics,
+        "calibration": meta.get("calibration"),
     }
     _write_text(report_json, json.dumps(report, indent=2, default=str) + "\n")
     _write_text(report_md, _markdown(report))
     return report
+
+
+def _calibration_settings(section: object) -> dict | None:
+    """The config's ``calibration`` section: None/false = off, true = defaults, a dict = settings
+    (seeds, sizes, dates, bands, nuisance; see geochange.model.calibrate.DEFAULTS)."""
+    if section is None or section is False:
+        return None
+    if section is True:
+        return {}
+    if not isinstance(section, dict):
+        raise InputError(
+            f"config calibration: found {section!r}, expected true, false or settings such as "
+            "{seeds: [1000, 1024], sizes: [256, 512]}"
+        )
+    from geochange.model.calibrate import DEFAULTS
+
+    unknown = set(section) - set(DEFAULTS)
+    if unknown:
+        raise InputError(
+            f"config calibration: unknown keys {sorted(unknown)}; expected some of {list(DEFAULTS)}"
+        )
+    return dict(section)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -298,6 +333,18 @@ def _markdown(r: dict) -> str:
         "|---|---|",
     ]
     lines += [f"| {k} | {v} |" for k, v in sorted(r["val_metrics"].items())] or ["| - | - |"]
+    cal = r.get("calibration")
+    if cal:
+        lines += [
+            "",
+            "## Probability calibration (Platt scaling on whole validation scenes)",
+            "",
+            f"p = sigmoid({cal['scale']} × logit + {cal['bias']}), fitted on {cal['pixels']} "
+            f"pixels of synthetic scenes {cal['scenes']} ({100 * cal['change_share']:.1f} % "
+            f"changed). F1 at 0.5: {cal['f1_at_0.5_raw']} raw, {cal['f1_at_0.5_calibrated']} "
+            f"calibrated (raw optimum {cal['f1_at_best_raw_threshold']} at "
+            f"{cal['best_raw_threshold']}).",
+        ]
     lines += [
         "",
         "## Config",
