@@ -2,7 +2,7 @@
 
 Same result as::
 
-    geochange synth data_samples --size 512 --dates 8 --bands 4 --seed 2024 --nuisance medium --overwrite
+    geochange synth data_samples --size 448 --dates 6 --bands 4 --seed 2024 --nuisance medium --overwrite
 
 Run from the repository root: ``python benchmarks/make_data_samples.py``. It prints what the
 scene holds (the numbers quoted in data_samples/README.md). Seed 2024 is reserved for this
@@ -17,7 +17,7 @@ from pathlib import Path
 from geochange.synth import make_scene, write_scene
 
 OUT = Path(__file__).resolve().parents[1] / "data_samples"
-ARGS = {"size": 512, "dates": 8, "bands": 4, "seed": 2024, "nuisance": "medium"}
+ARGS = {"size": 448, "dates": 6, "bands": 4, "seed": 2024, "nuisance": "medium"}
 
 
 def main() -> None:

@@ -290,7 +290,7 @@ def test_data_samples_are_reproducible(tmp_path: Path) -> None:
     committed = Path(__file__).resolve().parents[1] / "data_samples"
     if not (committed / "stack").is_dir():
         pytest.skip("data_samples/ missing")
-    scene = make_scene(512, dates=8, bands=4, seed=2024, nuisance="medium")
+    scene = make_scene(448, dates=6, bands=4, seed=2024, nuisance="medium")
     write_scene(scene, tmp_path / "ds")
     expected = {k: v for k, v in _digests(committed).items() if not k.endswith(".md")}
     assert _digests(tmp_path / "ds") == expected
