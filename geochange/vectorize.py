@@ -44,9 +44,9 @@ __all__ = ["COLUMNS", "DATE_NODATA", "geodesic_area", "polygons_from_rasters"]
 
 logger = logging.getLogger(__name__)
 
-# rasterio.features.shapes opens an in-memory dataset that reads its transform before setting it
-# (rasterio 1.4): a spurious warning per chunk. warnings.catch_warnings is not thread-safe, so
-# the filter is installed once, narrowly (this message, raised through rasterio.features).
+# rasterio.features.shapes warns "not georeferenced" for its in-memory dataset (always in rasterio
+# 1.4, whatever the transform): a spurious warning per chunk. warnings.catch_warnings is not
+# thread-safe, so the filter is installed once, narrowly (this message, via rasterio.features).
 warnings.filterwarnings("ignore", message="Dataset has no geotransform", module="rasterio.features")
 
 #: Value of the change-date raster where the pixel is nodata (docs/DESIGN.md encodings).
@@ -99,13 +99,11 @@ def _chunk_pieces(
         return _Pieces(geoms, empty.astype(np.int64), empty, empty, hist0, edges)
 
     parts: list[list] = [[] for _ in range(n)]
-    # Pieces are built in pixel coordinates (moved into the CRS at the end). rasterio warns
-    # "not georeferenced" for an identity transform (the chunk at 0, 0), and silencing that with
-    # warnings.catch_warnings is not thread-safe, so trace with a half-pixel offset and take it
-    # off again: x.5 values are exact in binary, the vertices stay exact integers.
-    pixel = Affine.translation(col0 + 0.5, row0 + 0.5)
+    # Pieces are built in global pixel coordinates (moved into the CRS at the end); rasterio's
+    # "not georeferenced" warning is filtered at import (see the top of this module).
+    pixel = Affine.translation(col0, row0)
     for geom, value in rasterio.features.shapes(labels, mask=mask, connectivity=4, transform=pixel):
-        parts[int(value) - 1].append(shapely.transform(shape(geom), lambda c: c - 0.5))
+        parts[int(value) - 1].append(shape(geom))
     for i, ps in enumerate(parts):
         geoms[i] = ps[0] if len(ps) == 1 else shapely.union_all(ps)
 
