@@ -137,6 +137,27 @@ def _fn_token(fn: object) -> object:
     return (type(fn).__module__, type(fn).__qualname__, id(fn))
 
 
+def _apply(
+    fn: BlockFunction,
+    tile: np.ndarray,
+    out_bands: int,
+    core: tuple[int, int, int, int],
+    dtype: np.dtype,
+    where: str,
+) -> np.ndarray:
+    """``fn`` on one tile, its output checked and cut to the chunk ``core`` = (y0, y1, x0, x1),
+    in tile coordinates."""
+    out = np.asarray(fn(tile))
+    h, w = tile.shape[2:]
+    if out.shape != (out_bands, h, w):
+        raise ValueError(
+            f"{where}: block function returned shape {out.shape} for a tile of "
+            f"{tile.shape}; expected (out_bands={out_bands}, {h}, {w})."
+        )
+    y0, y1, x0, x1 = core
+    return out[:, y0:y1, x0:x1].astype(dtype, copy=False)
+
+
 def overlap_map(
     data: da.Array,
     fn: BlockFunction,
@@ -186,18 +207,14 @@ def overlap_map(
 
     def _run(tile: np.ndarray, block_info: dict | None = None) -> np.ndarray:
         iy, ix = block_info[0]["chunk-location"][2:]
-        out = np.asarray(fn(tile))
         h, w = tile.shape[2:]
-        if out.shape != (out_bands, h, w):
-            raise ValueError(
-                f"overlap_map: block function returned shape {out.shape} for a tile of "
-                f"{tile.shape}; expected (out_bands={out_bands}, {h}, {w})."
-            )
-        y0 = dy if iy > 0 else 0
-        y1 = h - (dy if iy < ny - 1 else 0)
-        x0 = dx if ix > 0 else 0
-        x1 = w - (dx if ix < nx - 1 else 0)
-        return out[:, y0:y1, x0:x1].astype(dtype, copy=False)
+        core = (
+            dy if iy > 0 else 0,
+            h - (dy if iy < ny - 1 else 0),
+            dx if ix > 0 else 0,
+            w - (dx if ix < nx - 1 else 0),
+        )
+        return _apply(fn, tile, out_bands, core, dtype, "overlap_map")
 
     key = f"{name}-" + tokenize(data.name, halo, out_bands, dtype.str, _fn_token(fn))
     return da.map_blocks(
@@ -254,13 +271,8 @@ def window_map(
         ya, yb = max(0, y0 - halo), min(height, y1 + halo)
         xa, xb = max(0, x0 - halo), min(width, x1 + halo)
         tile = np.asarray(reader[:, :, ya:yb, xa:xb])
-        out = np.asarray(fn(tile))
-        if out.shape != (out_bands, yb - ya, xb - xa):
-            raise ValueError(
-                f"window_map: block function returned shape {out.shape} for a tile of "
-                f"{tile.shape}; expected (out_bands={out_bands}, {yb - ya}, {xb - xa})."
-            )
-        return out[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa].astype(dtype, copy=False)
+        core = (y0 - ya, y1 - ya, x0 - xa, x1 - xa)
+        return _apply(fn, tile, out_bands, core, dtype, "window_map")
 
     key = f"{name}-" + tokenize(reader, ychunks, xchunks, halo, out_bands, dtype.str, _fn_token(fn))
     return da.map_blocks(
