@@ -19,6 +19,7 @@ data never trains the shipped weights and is never copied into the repository.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"geochange train failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
-        report = yaml.safe_load((tmp / "finetuned.ckpt.report.json").read_text())
+        report = json.loads((tmp / "finetuned.ckpt.report.json").read_text())
         steps, kept = report["steps"], Path(report["checkpoint"] or "").name
         print(f"[finetune] {steps} steps; kept {kept}")
 
