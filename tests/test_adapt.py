@@ -200,7 +200,7 @@ def test_adapt_network_runs_steps_and_changes_weights(stack_dir, tiny_model):
 
 
 @pytest.mark.gpu
-def test_adapt_on_cuda_changes_weights_and_detects_on_cuda(stack_dir, tiny_model):
+def test_adapt_on_cuda_changes_weights(stack_dir, tiny_model):
     stack = open_stack(stack_dir)
     res = adapt_network(stack, model=tiny_model, max_steps=6, chip=32, device="cuda", seed=1)
     assert res.info["steps"] == 6 and res.info["device"] == "cuda"
