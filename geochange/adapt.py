@@ -628,6 +628,8 @@ def adapt(
     alpha: float = 0.5,
     overwrite: bool = False,
     start_time: float | None = None,
+    masks: Any = None,
+    mask_values: Any = None,
     **kwargs: Any,
 ) -> Path:
     """Adapt a change model to a stack without labels and write the adapted checkpoint.
@@ -648,6 +650,8 @@ def adapt(
         overwrite: replace an existing ``output_ckpt``.
         start_time: ``time.monotonic()`` at which the budget started (default: now; the CLI
             starts it before importing torch).
+        masks, mask_values: cloud / validity masks read as nodata (see ``open_stack``): masked
+            dates are left out of the adaptation, never learnt as change.
         **kwargs: further options of :func:`adapt_network` (batch_size, lr, max_steps, ...).
 
     Returns:
@@ -661,7 +665,11 @@ def adapt(
     output_ckpt = Path(output_ckpt)
     if output_ckpt.exists() and not overwrite:
         raise OutputExistsError(f"output {output_ckpt}: exists; pass --overwrite to replace it")
-    stack = inputs if isinstance(inputs, Stack) else open_stack(inputs, dates=dates, align=align)
+    stack = (
+        inputs
+        if isinstance(inputs, Stack)
+        else open_stack(inputs, dates=dates, align=align, masks=masks, mask_values=mask_values)
+    )
     res = adapt_network(
         stack,
         model=model,

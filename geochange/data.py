@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
 from geochange.errors import InputError
@@ -300,6 +301,7 @@ def sample_batch(
     subset_bands: bool = False,
     mask_clouds: float = 0.0,
     augment: bool = True,
+    object_balanced: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Sample one batch of chips from a scene.
 
@@ -314,6 +316,8 @@ def sample_batch(
         subset_bands: use a random non-empty subset of the bands (band-agnostic training).
         mask_clouds: probability that the scene's cloud masks are applied as nodata.
         augment: random flips and 90° rotations per chip.
+        object_balanced: centre change chips on a random change *object* (8-connected region)
+            rather than a random change pixel, so 3-pixel objects are seen as often as fields.
     """
     t, c, h, w = scene.raw.shape
     keep_t = np.arange(t)
@@ -333,10 +337,16 @@ def sample_batch(
 
     ch, cw = min(chip, h), min(chip, w)
     pos = np.flatnonzero(change.ravel() == 1)
+    objects: list[np.ndarray] = []
+    if object_balanced and pos.size:
+        ids, n = ndimage.label(change == 1, structure=np.ones((3, 3), bool))
+        order = np.argsort(ids.ravel()[pos], kind="stable")
+        objects = np.split(pos[order], np.cumsum(np.bincount(ids.ravel()[pos])[1:])[:-1])
     xs, vs, cs, ds = [], [], [], []
     for _ in range(batch_size):
         if pos.size and rng.random() < change_fraction:
-            cy, cx = divmod(int(pos[rng.integers(pos.size)]), w)
+            pool = objects[int(rng.integers(len(objects)))] if objects else pos
+            cy, cx = divmod(int(pool[rng.integers(pool.size)]), w)
             y0 = int(np.clip(cy - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, h - ch))
             x0 = int(np.clip(cx - cw // 2 + rng.integers(-cw // 4, cw // 4 + 1), 0, w - cw))
         else:
@@ -478,6 +488,7 @@ class ChangeDataModule(pl.LightningDataModule):
         subset_dates: random date subsets per batch (varies T and date spacing).
         subset_bands: random band subsets per batch (band-agnostic models only).
         mask_clouds: probability that synthetic cloud masks are applied as nodata.
+        object_balanced: centre change chips on random change objects, not pixels.
         seed: base seed.
         num_workers: DataLoader workers (0 = in the training process).
     """
@@ -496,6 +507,7 @@ class ChangeDataModule(pl.LightningDataModule):
         subset_dates: bool = True,
         subset_bands: bool = True,
         mask_clouds: float = 0.25,
+        object_balanced: bool = False,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
@@ -515,6 +527,7 @@ class ChangeDataModule(pl.LightningDataModule):
             "subset_dates": subset_dates,
             "subset_bands": subset_bands,
             "mask_clouds": mask_clouds,
+            "object_balanced": object_balanced,
         }
         self.seed = seed
         self.num_workers = num_workers

@@ -157,6 +157,8 @@ def detect(
     simplify: float = 0.0,
     chunk_size: int = 512,
     align: bool = False,
+    masks: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    mask_values: Sequence[float] | str | None = None,
     device: Device = "auto",
     overwrite: bool = False,
     progress: bool = False,
@@ -184,6 +186,8 @@ def detect(
         simplify: polygon simplification tolerance in CRS units (0 = none).
         chunk_size: chunk edge in pixels; memory per task grows with its square.
         align: resample every date onto the first date's grid.
+        masks: cloud / validity masks per date, read as nodata (see ``open_stack``).
+        mask_values: mask values that mean masked (None = any non-zero), e.g. "3,8,9,10".
         device: "auto" (CUDA when present), "cpu" or "cuda".
         overwrite: replace existing outputs.
         progress: show a progress bar over chunks.
@@ -228,7 +232,14 @@ def detect(
     stack = (
         inputs
         if isinstance(inputs, Stack)
-        else open_stack(inputs, dates=dates, chunk_size=chunk_size, align=align)
+        else open_stack(
+            inputs,
+            dates=dates,
+            chunk_size=chunk_size,
+            align=align,
+            masks=masks,
+            mask_values=mask_values,
+        )
     )
     if adapt:
         with _adapted_model(stack, method, model, adapt_minutes, device) as adapted:
@@ -445,6 +456,8 @@ def _provenance(stack, method, model, threshold, min_area, simplify, chunk_size,
         "chunk_size": int(chunk_size),
         "halo": int(detector.halo),
         "align": bool(stack.align),
+        "masks": [f"{m[0]}:{m[1]}" if m else "" for m in stack.masks],
+        "mask_values": list(stack.mask_values) if stack.mask_values else [],
     }
 
 

@@ -90,6 +90,9 @@ class Stack:
         band_names: band descriptions of the first file (None where unnamed).
         chunk_size: spatial chunk size of :attr:`data` in pixels.
         align: whether dates are warped onto ``grid`` when read.
+        masks: per date None or ``(path, band)`` of its cloud/validity mask (see
+            :func:`open_stack`); masked pixels read as NaN, like nodata.
+        mask_values: mask values that mean "masked"; None = any non-zero value.
     """
 
     paths: tuple[str, ...]
@@ -100,6 +103,8 @@ class Stack:
     band_names: tuple[str | None, ...]
     chunk_size: int
     align: bool
+    masks: tuple[tuple[str, int] | None, ...] = ()
+    mask_values: tuple[float, ...] | None = None
 
     @property
     def T(self) -> int:  # noqa: N802 - T is the glossary's name for the number of dates
@@ -170,7 +175,11 @@ class Stack:
 
     def _sources(self) -> tuple[_Source, ...]:
         target = (self.grid.crs, self.grid.transform, self.grid.height, self.grid.width)
-        return tuple(_Source(path, *target, self.align) for path in self.paths)
+        masks = self.masks or (None,) * self.T
+        return tuple(
+            _Source(path, *target, self.align, mask, self.mask_values)
+            for path, mask in zip(self.paths, masks)
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,6 +196,8 @@ class _Source:
     height: int
     width: int
     align: bool
+    mask: tuple[str, int] | None = None
+    mask_values: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -264,8 +275,46 @@ def _read_window(source: _Source, window: Window) -> np.ndarray:
                 nodata=np.nan,
                 dtype="float32",
             ) as vrt:
-                return _masked_read(vrt, window=window)
-        return _masked_read(src, window=window)
+                out = _masked_read(vrt, window=window)
+        else:
+            out = _masked_read(src, window=window)
+        if source.mask is not None:
+            out[:, _read_mask(source, window=window)] = np.nan
+        return out
+
+
+def _read_mask(source: _Source, **read_kwargs: Any) -> np.ndarray:
+    """(h, w) bool: True where the date's mask file says masked (cloud, shadow, ...).
+
+    The mask is read on the stack grid (nearest-neighbour warp when ``align`` and the mask lies
+    on another grid). The mask file's own nodata pixels are not masked.
+    """
+    assert source.mask is not None
+    path, band = source.mask
+    with rasterio.open(path) as src:
+        if not _on_grid(src, source):  # align, or the coarse grid of read_sample
+            with WarpedVRT(
+                src,
+                crs=source.crs,
+                transform=source.transform,
+                width=source.width,
+                height=source.height,
+                resampling=Resampling.nearest,
+            ) as vrt:
+                return _mask_values(vrt, band, source.mask_values, **read_kwargs)
+        return _mask_values(src, band, source.mask_values, **read_kwargs)
+
+
+def _mask_values(
+    src: Any, band: int, values: tuple[float, ...] | None, **read_kwargs: Any
+) -> np.ndarray:
+    if "out_shape" in read_kwargs:
+        read_kwargs["out_shape"] = read_kwargs["out_shape"][-2:]
+    m = src.read(band, **read_kwargs)
+    masked = m != 0 if values is None else np.isin(m, np.asarray(values, dtype=m.dtype))
+    if src.nodata is not None and not (isinstance(src.nodata, float) and math.isnan(src.nodata)):
+        masked &= m != src.nodata
+    return masked
 
 
 def _on_grid(src: Any, source: _Source) -> bool:
@@ -332,6 +381,8 @@ def open_stack(
     dates: Sequence[DateLike] | str | None = None,
     chunk_size: int = 512,
     align: bool = False,
+    masks: Inputs | None = None,
+    mask_values: Sequence[float] | str | None = None,
 ) -> Stack:
     """Open a time series of GeoTIFFs, one file per date, as a lazy :class:`Stack`.
 
@@ -345,6 +396,13 @@ def open_stack(
         chunk_size: spatial chunk size of ``Stack.data`` in pixels.
         align: read every date onto the grid of the first date (bilinear warp) instead of
             requiring all dates to share the grid.
+        masks: cloud / validity masks, read as nodata (a masked date never creates change):
+            either single-band rasters, one per date, matched to the dates by their own date
+            (tag or name, like the images; dates without a mask are used unmasked), or one
+            raster with one band per date (band i = i-th date, e.g. ``truth/clouds.tif`` from
+            ``geochange synth``). Files, folders, globs or a list, like ``inputs``.
+        mask_values: mask values that mean "masked", e.g. ``"3,8,9,10"`` for the cloud and
+            shadow classes of a Sentinel-2 SCL raster; None = every non-zero value.
 
     Returns:
         The stack, dates sorted ascending.
@@ -353,7 +411,7 @@ def open_stack(
         InputError: no files, missing or unreadable file, a single date.
         DateError: a missing, malformed or duplicated date, or a wrong number of ``dates``.
         AlignmentError: the dates differ in band count, or (without ``align``) in CRS, size or
-            transform.
+            transform; a mask lies on another grid (without ``align``).
     """
     if chunk_size < 1:
         raise InputError(f"chunk_size={chunk_size}: expected a positive number of pixels")
@@ -396,6 +454,7 @@ def open_stack(
             f"{ref.path}: has no CRS; --align needs the reference (first) date georeferenced. "
             "Fix: assign a CRS to the file (e.g. gdal_edit.py -a_srs EPSG:32633)"
         )
+    date_masks = () if masks is None else _match_masks(masks, file_dates, ref, align)
     logger.info("opened %d dates on %s", len(infos), ref.grid.describe())
     return Stack(
         paths=tuple(info.path for info in infos),
@@ -406,7 +465,87 @@ def open_stack(
         band_names=ref.band_names,
         chunk_size=int(chunk_size),
         align=bool(align),
+        masks=date_masks,
+        mask_values=None if masks is None else _parse_mask_values(mask_values),
     )
+
+
+def _parse_mask_values(values: Sequence[float] | str | None) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    parts = re.split(r"[,\s]+", values.strip()) if isinstance(values, str) else list(values)
+    out = []
+    for part in parts:
+        if part == "":
+            continue
+        try:
+            out.append(float(part))
+        except (TypeError, ValueError):
+            raise InputError(
+                f"--mask-values: {part!r} is not a number; expected mask values such as "
+                "'3,8,9,10' (Sentinel-2 SCL cloud and shadow classes). Fix: give numbers "
+                "separated by commas"
+            ) from None
+    if not out:
+        raise InputError(
+            "--mask-values: no value given; expected e.g. '3,8,9,10', or leave it out to mask "
+            "every non-zero mask pixel"
+        )
+    return tuple(out)
+
+
+def _match_masks(
+    masks: Inputs, dates: Sequence[dt.date], ref: _FileInfo, align: bool
+) -> tuple[tuple[str, int] | None, ...]:
+    """Per date ``(path, band)`` of its mask, or None (see ``open_stack(masks=...)``)."""
+    infos = [_inspect(p) for p in _expand_inputs(masks)]
+    for info in infos:
+        _check_mask_grid(info, ref, align)
+    if len(infos) == 1 and infos[0].count == len(dates):
+        return tuple((infos[0].path, i + 1) for i in range(len(dates)))
+    out: list[tuple[str, int] | None] = [None] * len(dates)
+    for info in infos:
+        if info.count != 1:
+            raise InputError(
+                f"{info.path}: mask has {info.count} bands; expected 1 band (one mask file per "
+                f"date) or one band per date ({len(dates)}) in a single mask file. Fix: give "
+                "single-band masks, or one file holding a band for every date"
+            )
+        date = info.tag_date or info.tiff_date or _name_date(info.path)
+        if date not in dates:
+            listed = ", ".join(d.isoformat() for d in dates)
+            raise DateError(
+                f"{info.path}: mask date {date.isoformat() if date else 'not found'}; expected "
+                f"one of the image dates ({listed}). Fix: put the image's date in the mask's "
+                "name (e.g. cloud_20230115.tif) or its ACQUISITION_DATE tag"
+            )
+        i = list(dates).index(date)
+        if out[i] is not None:
+            raise DateError(
+                f"{info.path} and {out[i][0]} are both masks of {date.isoformat()}; expected at "
+                "most one mask per date. Fix: remove one of them"
+            )
+        out[i] = (info.path, 1)
+    missing = [d.isoformat() for d, m in zip(dates, out) if m is None]
+    if missing:
+        logger.info("no mask for %s: used unmasked", ", ".join(missing))
+    return tuple(out)
+
+
+def _check_mask_grid(info: _FileInfo, ref: _FileInfo, align: bool) -> None:
+    if align:
+        if info.crs is None:
+            raise AlignmentError(
+                f"{info.path}: mask has no CRS; --align needs it to put the mask on the image "
+                "grid. Fix: assign the CRS of the images to the mask"
+            )
+        return
+    if info.crs != ref.crs or not ref.grid.same_grid(info.grid):
+        raise AlignmentError(
+            f"{info.path}: mask grid {info.grid.describe()} differs from the image grid "
+            f"{ref.grid.describe()}. Fix: pass --align (API: align=True) to resample the mask "
+            "onto the image grid (nearest neighbour), or export the mask on the image grid"
+        )
 
 
 def _expand_inputs(inputs: Inputs) -> list[str]:
@@ -652,5 +791,20 @@ def _read_decimated(source: _Source, out_h: int, out_w: int) -> np.ndarray:
                 nodata=np.nan,
                 dtype="float32",
             ) as vrt:
-                return _masked_read(vrt)
-        return _masked_read(src, out_shape=(src.count, out_h, out_w), resampling=Resampling.nearest)
+                out = _masked_read(vrt)
+                if source.mask is not None:
+                    out[:, _read_mask(_coarse(source, out_h, out_w))] = np.nan
+                return out
+        out = _masked_read(src, out_shape=(src.count, out_h, out_w), resampling=Resampling.nearest)
+    if source.mask is not None:
+        out[:, _read_mask(_coarse(source, out_h, out_w))] = np.nan
+    return out
+
+
+def _coarse(source: _Source, out_h: int, out_w: int) -> _Source:
+    """``source`` on a grid ``out_h`` x ``out_w`` covering the same extent (for the sample)."""
+    t, sx, sy = source.transform, source.width / out_w, source.height / out_h
+    coarse = Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f)
+    return _Source(
+        source.path, source.crs, coarse, out_h, out_w, True, source.mask, source.mask_values
+    )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import shapely
 import torch
 from affine import Affine
 from helpers import DEFAULT_TRANSFORM, write_geotiff, write_stack
@@ -124,6 +126,33 @@ def test_nodata_date_creates_no_change_for_the_model(tmp_path, tiny_model):
     b = detect(hd, model=tiny_model, device="cpu").prob.compute()
     # A date missing at a pixel must not raise the change probability there.
     assert np.all(b[5:15, 5:15] <= a[5:15, 5:15] + 0.05)
+
+
+def test_cloud_mask_on_the_last_date_removes_its_false_change(tmp_path):
+    data = _scene()
+    data[3, :, 52:66, 5:25] = 9000  # a bright cloud on the last date only: looks like change
+    d = tmp_path / "cloudy"
+    write_stack(d, data, DATES)
+    clouds = np.zeros((4, 70, 90), np.uint8)
+    clouds[3, 50:68, 3:27] = 1  # the cloud mask, a little wider than the cloud
+    mask = write_geotiff(tmp_path / "clouds.tif", clouds)
+    cloud_box = shapely.box(
+        DEFAULT_TRANSFORM.c + 50, DEFAULT_TRANSFORM.f - 660, DEFAULT_TRANSFORM.c + 250,
+        DEFAULT_TRANSFORM.f - 520,
+    )  # fmt: skip
+    plain = detect(d, tmp_path / "plain.gpkg", method="cva", quicklook=False)
+    assert plain.changes.intersects(cloud_box).any()
+    out = tmp_path / "masked.gpkg"
+    main(["detect", str(d), "-o", str(out), "--method", "cva", "--masks", str(mask),
+          "--no-quicklook", "--no-progress"])  # fmt: skip
+    changes = gpd.read_file(out, layer="changes")
+    assert not changes.intersects(cloud_box).any()
+    assert len(changes) >= 1 and set(changes.change_date) == {"2022-08-02"}  # the real change
+    runs = gpd.read_file(out, layer="runs")
+    assert json.loads(runs.masks[0]) == [f"{mask}:{i}" for i in range(1, 5)]
+    with rasterio.open(out.with_name("masked_prob.tif")) as src:
+        prob = src.read(1)
+    assert np.isnan(prob[52:66, 5:25]).sum() == 0  # 3 clear dates left: still mapped
 
 
 def test_align_resamples_shifted_and_reprojected_dates(tmp_path):

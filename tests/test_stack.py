@@ -302,6 +302,83 @@ def test_align_different_resolution_and_footprint(tmp_path: Path) -> None:
     np.testing.assert_allclose(got[1][inner], data[1][inner], atol=0.01)
 
 
+# ------------------------------------------------------------------------------------ masks
+
+
+def test_masks_per_date_by_name_and_values(tmp_path: Path) -> None:
+    data = _data()
+    write_stack(tmp_path / "img", data, DATES)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    # SCL-like classes: 4 = vegetation (keep), 9 = cloud high probability, 3 = shadow; 0 = nodata.
+    scl0 = np.full((H, W), 4, np.uint8)
+    scl0[:10, :20] = 9
+    scl0[40:, 60:] = 3
+    scl2 = np.full((H, W), 4, np.uint8)
+    scl2[5:15, 5:15] = 9
+    scl2[50:, :] = 0  # the mask's own nodata: not masked
+    write_geotiff(masks / "SCL_20230115.tif", scl0, nodata=0)
+    write_geotiff(masks / "SCL_2023-03-16.tif", scl2, nodata=0)  # no mask for 2023-02-14
+    stack = open_stack(tmp_path / "img", masks=masks, mask_values="3,8,9,10", chunk_size=24)
+    assert [m and Path(m[0]).name for m in stack.masks] == [
+        "SCL_20230115.tif",
+        None,
+        "SCL_2023-03-16.tif",
+    ]
+    got = stack.data.compute()
+    expected = data.astype(np.float32)
+    expected[0][:, (scl0 == 9) | (scl0 == 3)] = np.nan
+    expected[2][:, scl2 == 9] = np.nan
+    np.testing.assert_array_equal(got, expected)
+    # The scene sample (normalisation statistics) leaves masked pixels out too.
+    full = read_sample(stack, max_pixels=10**6)
+    np.testing.assert_array_equal(full, expected.reshape(T, C, -1))
+    coarse = read_sample(stack, max_pixels=400)
+    assert 0.05 < np.isnan(coarse[0, 0]).mean() < 0.3 and not np.isnan(coarse[1]).any()
+    # Without mask_values every non-zero value masks: all of date 1 (4 and 9 alike).
+    assert np.isnan(open_stack(tmp_path / "img", masks=masks).data[0].compute()).all()
+
+
+def test_mask_one_band_per_date(tmp_path: Path) -> None:
+    data = _data()
+    write_stack(tmp_path / "img", data, DATES)
+    m = np.zeros((T, H, W), np.uint8)
+    m[1, 20:30, 30:50] = 1  # a cloud on the second date only
+    path = write_geotiff(tmp_path / "clouds.tif", m)
+    got = open_stack(tmp_path / "img", masks=[path]).data.compute()
+    assert np.isnan(got[1, :, 20:30, 30:50]).all()
+    assert np.isnan(got).sum() == C * 10 * 20
+
+
+def test_mask_on_other_grid_needs_align(tmp_path: Path) -> None:
+    data = _data(t=2)
+    write_stack(tmp_path / "img", data, DATES[:2])
+    # A 20 m mask (like Sentinel-2 SCL under 10 m bands) with one masked 20 m pixel at (3, 4).
+    coarse = Affine(20.0, 0.0, DEFAULT_TRANSFORM.c, 0.0, -20.0, DEFAULT_TRANSFORM.f)
+    m = np.zeros((H // 2, W // 2), np.uint8)
+    m[3, 4] = 9
+    path = write_geotiff(tmp_path / "SCL_20230214.tif", m, transform=coarse)
+    with pytest.raises(AlignmentError, match=r"SCL_20230214.tif: mask grid .*--align"):
+        open_stack(tmp_path / "img", masks=path)
+    got = open_stack(tmp_path / "img", masks=path, align=True).data.compute()
+    masked = np.isnan(got[1, 0])
+    assert masked[6:8, 8:10].all() and masked.sum() == 4 and not np.isnan(got[0]).any()
+
+
+def test_mask_errors(tmp_path: Path) -> None:
+    data = _data()
+    write_stack(tmp_path / "img", data, DATES)
+    bad_date = write_geotiff(tmp_path / "cloud_20240101.tif", np.zeros((H, W), np.uint8))
+    with pytest.raises(DateError, match=r"cloud_20240101.tif: mask date 2024-01-01; expected one"):
+        open_stack(tmp_path / "img", masks=bad_date)
+    two = write_geotiff(tmp_path / "two_20230115.tif", np.zeros((2, H, W), np.uint8))
+    with pytest.raises(InputError, match=r"two_20230115.tif: mask has 2 bands; expected 1 band"):
+        open_stack(tmp_path / "img", masks=two)
+    ok = write_geotiff(tmp_path / "ok_20230115.tif", np.zeros((H, W), np.uint8))
+    with pytest.raises(InputError, match=r"--mask-values: 'x' is not a number"):
+        open_stack(tmp_path / "img", masks=ok, mask_values="3,x")
+
+
 # ----------------------------------------------------------------------------------- errors
 
 

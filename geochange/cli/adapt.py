@@ -42,9 +42,25 @@ from geochange.cli import options
 @options.device_option("Where the model trains.")
 @options.dates_option
 @options.align_option
+@options.masks_option
+@options.mask_values_option
 @options.overwrite_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
-def command(inputs, output, model, minutes, seed, alpha, device, dates, align, overwrite, progress):
+def command(
+    inputs,
+    output,
+    model,
+    minutes,
+    seed,
+    alpha,
+    device,
+    dates,
+    align,
+    masks,
+    mask_values,
+    overwrite,
+    progress,
+):
     """Adapt the change model to a stack of GeoTIFFs, without labels.
 
     Fine-tunes the default model (or --model) for --minutes on chips of the stack itself:
@@ -60,6 +76,7 @@ def command(inputs, output, model, minutes, seed, alpha, device, dates, align, o
       geochange adapt 'scenes/S2_*.tif' -o scene.ckpt --minutes 10 --seed 1
       geochange adapt a.tif b.tif --dates 2021-06-01,2022-06-03 -o ab.ckpt --model my.ckpt
       geochange adapt stack/ -o scene.ckpt --device cuda --overwrite
+      geochange adapt stack/ -o scene.ckpt --masks clouds/ --mask-values 3,8,9,10
     """
     start = time.monotonic()  # the budget includes importing torch
     from geochange.adapt import adapt
@@ -75,6 +92,8 @@ def command(inputs, output, model, minutes, seed, alpha, device, dates, align, o
         device=device,
         dates=dates,
         align=align,
+        masks=list(masks) or None,
+        mask_values=mask_values,
         overwrite=overwrite,
         progress=progress,
         start_time=start,

@@ -54,6 +54,8 @@ from geochange.cli import options
 )
 @options.chunk_size_option
 @options.align_option
+@options.masks_option
+@options.mask_values_option
 @options.device_option()
 @options.overwrite_option
 @click.option(
@@ -123,6 +125,8 @@ def command(
     simplify,
     chunk_size,
     align,
+    masks,
+    mask_values,
     device,
     overwrite,
     quicklook,
@@ -147,6 +151,8 @@ def command(
       geochange detect 'scenes/S2_*.tif' -o out/changes.gpkg --threshold 0.6 --min-area 200
       geochange detect a.tif b.tif --dates 2021-06-01,2022-06-03 -o ab.gpkg --method cva
       geochange detect stack/ -o changes.gpkg --model my_model.ckpt --align --overwrite
+      geochange detect stack/ -o changes.gpkg --masks truth/clouds.tif
+      geochange detect 'S2_*_B.tif' -o c.gpkg --masks 'S2_*_SCL.tif' --mask-values 3,8,9,10 --align
       geochange detect stack/ -o changes.gpkg --workers 2 --threads-per-worker 1
       geochange detect /shared/stack -o /shared/out/changes.gpkg --scheduler tcp://10.0.0.5:8786
       geochange detect stack/ -o changes.gpkg --device cuda --batch-size 16 --amp
@@ -165,6 +171,8 @@ def command(
         simplify=simplify,
         chunk_size=chunk_size,
         align=align,
+        masks=list(masks) or None,
+        mask_values=mask_values,
         device=device,
         overwrite=overwrite,
         progress=progress,

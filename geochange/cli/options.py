@@ -30,6 +30,23 @@ chunk_size_option = click.option(
     help="Chunk edge in pixels; memory per task grows with its square.",
 )
 
+masks_option = click.option(
+    "--masks",
+    multiple=True,
+    metavar="PATH",
+    help="Cloud/validity masks read as nodata: one single-band raster per date (matched by "
+    "the date in its tag or name; a folder or glob works) or one raster with a band per date. "
+    "Repeatable.",
+)
+
+mask_values_option = click.option(
+    "--mask-values",
+    default=None,
+    metavar="V,V,...",
+    help="Mask values that mean masked, e.g. 3,8,9,10 for Sentinel-2 SCL cloud and shadow "
+    "classes (default: any non-zero value).",
+)
+
 align_option = click.option(
     "--align",
     is_flag=True,

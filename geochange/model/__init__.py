@@ -35,6 +35,7 @@ NET_KEYS = (
     "recurrent_kernel",
     "head_hidden",
     "context_dilations",
+    "shift_radius",
 )
 
 

@@ -26,11 +26,14 @@ from torch import Tensor, nn
 
 from geochange.errors import ModelError
 
-__all__ = ["CNNLSTM", "MASKED_LOGIT"]
+__all__ = ["CNNLSTM", "MASKED_LOGIT", "shift_min_distance"]
 
 #: Logit given to intervals that cannot hold a change (their "after" date is invalid, or no
 #: valid date precedes it).
 MASKED_LOGIT = -1e4
+
+#: Channels of the 1×1 projection compared under shifts (``shift_radius`` > 0).
+MATCH_CHANNELS = 4
 
 
 def _radius(module: nn.Module) -> int:
@@ -44,6 +47,26 @@ def _radius(module: nn.Module) -> int:
             dy, dx = m.dilation
             r += max(dy * (ky - 1) // 2, dx * (kx - 1) // 2)
     return r
+
+
+def shift_min_distance(a: Tensor, b: Tensor, radius: int) -> Tensor:
+    """Misregistration-tolerant distance: ``min over |s| <= radius of mean_c |a(p) - b(p + s)|``.
+
+    ``a``, ``b``: (n, C, h, w) features of two dates. Returns (n, 1, h, w). A pixel of ``a`` that
+    matches ``b`` anywhere within ``radius`` pixels (a shifted edge, a moved texture) gets a
+    small distance; a new object that ``b`` has nowhere near gets a large one. Edges of the tile
+    replicate (only the halo sees them).
+    """
+    r = int(radius)
+    h, w = a.shape[-2:]
+    bp = nn.functional.pad(b, (r, r, r, r), mode="replicate")
+    best: Tensor | None = None
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            d = (a - bp[..., dy : dy + h, dx : dx + w]).abs().mean(dim=1, keepdim=True)
+            best = d if best is None else torch.minimum(best, d)
+    assert best is not None
+    return best
 
 
 def _conv(cin: int, cout: int, k: int, bias: bool = True, dilation: int = 1) -> nn.Conv2d:
@@ -124,6 +147,11 @@ class CNNLSTM(nn.Module):
         context_dilations: dilations of the 3×3 convolutions of the context decoder over the
             final states; ``(1, 2, 4, 8)`` sees 15 px around a pixel, so the interior of a large
             object is judged with its outline in view. ``(1,)`` is the plain 3×3 decoder.
+        shift_radius: when > 0, each step also gets two misregistration-tolerant distances
+            between the date and the previous one (:func:`shift_min_distance` on a 1×1
+            projection of the features, both ways, so
+            objects that appear and objects that vanish both stand out); whole-date shifts of
+            up to this many pixels then look like no change. 0 = plain differences only.
 
     Shapes: ``x`` (b, t, c, h, w) float32, normalised (see ``normalize.apply``), no NaN;
     ``valid`` (b, t, h, w) bool. Works for any t >= 2.
@@ -138,6 +166,7 @@ class CNNLSTM(nn.Module):
         recurrent_kernel: int = 3,
         head_hidden: int = 16,
         context_dilations: tuple[int, ...] | list[int] = (1,),
+        shift_radius: int = 0,
     ) -> None:
         super().__init__()
         if in_bands is not None and in_bands < 1:
@@ -149,7 +178,10 @@ class CNNLSTM(nn.Module):
             raise ModelError(
                 f"context_dilations: got {context_dilations!r}, expected one or more integers >= 1"
             )
+        if int(shift_radius) < 0:
+            raise ModelError(f"shift_radius: got {shift_radius}, expected an integer >= 0")
         self.in_bands = in_bands
+        self.shift_radius = int(shift_radius)
         self.features = features
         self.hidden = hidden
         self.stem: nn.Module = (
@@ -161,11 +193,15 @@ class CNNLSTM(nn.Module):
             layers += [_conv(cin, features, 3), nn.ReLU()]
             cin = features
         self.encoder = nn.Sequential(*layers)
-        self.fwd = _ConvLSTMDirection(2 * features, hidden, recurrent_kernel)
-        self.bwd = _ConvLSTMDirection(2 * features, hidden, recurrent_kernel)
-        # Interval head on [h_fwd_{t-1}, h_bwd_t, f_t - f_{t-1}]: past summary vs future summary.
+        # Matching features for the shift-tolerant distances: a 1×1 projection keeps the
+        # (2r+1)² comparisons cheap.
+        self.match = _conv(features, MATCH_CHANNELS, 1) if self.shift_radius else None
+        n_diff = features + (2 if self.shift_radius else 0)
+        self.fwd = _ConvLSTMDirection(features + n_diff, hidden, recurrent_kernel)
+        self.bwd = _ConvLSTMDirection(features + n_diff, hidden, recurrent_kernel)
+        # Interval head on [h_fwd_{t-1}, h_bwd_t, differences]: past summary vs future summary.
         self.interval_head = nn.Sequential(
-            _conv(2 * hidden + features, head_hidden, 1), nn.ReLU(), _conv(head_hidden, 1, 1)
+            _conv(2 * hidden + n_diff, head_hidden, 1), nn.ReLU(), _conv(head_hidden, 1, 1)
         )
         # Spatial context term of the change logit, over the final states of both directions.
         layers = []
@@ -186,17 +222,19 @@ class CNNLSTM(nn.Module):
             "recurrent_kernel": self.fwd.hh.kernel_size[0],
             "head_hidden": self.decoder[0].out_channels,
             "context_dilations": list(self.context_dilations),
+            "shift_radius": self.shift_radius,
         }
 
     def halo(self, t: int) -> int:
         """Receptive radius in pixels of both outputs for ``t`` dates.
 
-        Encoder radius + (t - 1) recurrent steps + decoder radius; computed from the layers.
+        Encoder radius + shift radius + (t - 1) recurrent steps + decoder radius; computed from
+        the layers.
         Chunked inference with at least this halo equals the whole-scene run.
         """
         if t < 1:
             raise ModelError(f"t: got {t} dates, expected >= 1")
-        enc = _radius(self.stem) + _radius(self.encoder)
+        enc = _radius(self.stem) + _radius(self.encoder) + self.shift_radius
         rec = _radius(self.fwd)
         head = max(_radius(self.interval_head), _radius(self.decoder))
         return enc + (t - 1) * rec + head
@@ -243,9 +281,18 @@ class CNNLSTM(nn.Module):
             # and the next valid date is compared with the last valid one.
             feats.append(torch.where(vmask[i], self.encoder(self.stem(x[:, i])), feats[-1]))
 
+        # Misregistration-tolerant distances to the previous date (2 channels, kept: cheap).
+        r = self.shift_radius
+        dists = [x.new_zeros(b, 2, h, w)] if r else []
+        if self.match is not None:
+            m = [self.match(f) for f in feats]
+            for i in range(1, t):
+                fwd = shift_min_distance(m[i], m[i - 1], r)
+                dists.append(torch.cat([fwd, shift_min_distance(m[i - 1], m[i], r)], dim=1))
+
         def step_input(i: int) -> Tensor:
             diff = feats[i] - feats[i - 1] if i > 0 else torch.zeros_like(feats[0])
-            return torch.cat([feats[i], diff], dim=1)
+            return torch.cat([feats[i], diff, *dists[i : i + 1]], dim=1)
 
         zeros = x.new_zeros(b, hid, h, w)
         hf, cf = zeros, zeros

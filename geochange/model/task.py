@@ -67,7 +67,7 @@ class ChangeTask(pl.LightningModule):
 
     Args:
         in_bands, features, hidden, encoder_layers, recurrent_kernel, head_hidden,
-            context_dilations: the network
+            context_dilations, shift_radius: the network
             (see :class:`CNNLSTM`).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
@@ -90,6 +90,7 @@ class ChangeTask(pl.LightningModule):
         recurrent_kernel: int = 3,
         head_hidden: int = 16,
         context_dilations: tuple[int, ...] | list[int] = (1,),
+        shift_radius: int = 0,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         scheduler: Literal["onecycle", "cosine", "none"] = "onecycle",
@@ -112,6 +113,7 @@ class ChangeTask(pl.LightningModule):
             recurrent_kernel=recurrent_kernel,
             head_hidden=head_hidden,
             context_dilations=context_dilations,
+            shift_radius=shift_radius,
         )
         self.val_f1 = BinaryF1Score(ignore_index=IGNORE)
         self.val_iou = BinaryJaccardIndex(ignore_index=IGNORE)
