@@ -8,16 +8,21 @@ import torch
 
 from geochange.errors import ModelError
 from geochange.model import CNNLSTM, DEFAULT_MODEL_PATH, load_model, normalize, save_model
-from geochange.model.cnn_lstm import MASKED_LOGIT
+from geochange.model.cnn_lstm import MASKED_LOGIT, shift_min_distance
 from geochange.model.losses import dice_loss, focal_loss, interval_loss
 
 torch.set_num_threads(1)
 
 
-def _net(in_bands: int | None = None, seed: int = 0, dilations=(1,)) -> CNNLSTM:
+def _net(in_bands: int | None = None, seed: int = 0, dilations=(1,), shift: int = 0) -> CNNLSTM:
     torch.manual_seed(seed)
     return CNNLSTM(
-        in_bands=in_bands, features=6, hidden=6, head_hidden=6, context_dilations=dilations
+        in_bands=in_bands,
+        features=6,
+        hidden=6,
+        head_hidden=6,
+        context_dilations=dilations,
+        shift_radius=shift,
     ).eval()
 
 
@@ -59,10 +64,13 @@ def test_band_agnostic_is_invariant_to_band_order() -> None:
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("t", "dilations"), [(2, (1,)), (3, (1,)), (5, (1,)), (3, (1, 2, 4))])
-def test_halo_bounds_receptive_field(t: int, dilations: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(
+    ("t", "dilations", "shift"),
+    [(2, (1,), 0), (3, (1,), 0), (5, (1,), 0), (3, (1, 2, 4), 0), (2, (1,), 2), (4, (1, 2), 1)],
+)
+def test_halo_bounds_receptive_field(t: int, dilations: tuple[int, ...], shift: int) -> None:
     """d output[centre] / d input is zero beyond halo(t) and non-zero at exactly halo(t)."""
-    net = _net(seed=t, dilations=dilations)
+    net = _net(seed=t, dilations=dilations, shift=shift)
     size = 2 * (net.halo(t) + 3) + 1
     centre = size // 2
     x = torch.randn(1, t, 2, size, size, requires_grad=True)
@@ -108,8 +116,25 @@ def test_context_dilations_widen_the_halo_and_are_checked() -> None:
         CNNLSTM(context_dilations=(0,))
 
 
+def test_shift_min_distance_forgives_whole_date_shifts_not_new_objects() -> None:
+    torch.manual_seed(0)
+    a = torch.rand(1, 3, 24, 24)
+    b = torch.roll(a, shifts=(2, -1), dims=(2, 3))  # a whole date moved by (2, -1) px
+    inner = (..., slice(4, -4), slice(4, -4))
+    assert shift_min_distance(b, a, 2)[inner].max() == 0  # within the radius: no change
+    assert shift_min_distance(b, a, 1)[inner].min() > 0  # beyond it: differences remain
+    # On a plain background a new bright 2x2 object stands out one way only: the other
+    # direction (what vanished) is what the second distance of the network is for.
+    before = torch.full((1, 3, 24, 24), 0.2)
+    after = before.clone()
+    after[..., 10:12, 10:12] = 5.0
+    appeared = shift_min_distance(after, before, 2)[0, 0]
+    assert appeared[10:12, 10:12].min() > 4.0 and appeared.sum() == appeared[10:12, 10:12].sum()
+    assert shift_min_distance(before, after, 2).max() == 0
+
+
 def test_config_roundtrip_and_save_load(tmp_path) -> None:
-    net = _net(in_bands=5, dilations=(1, 3))
+    net = _net(in_bands=5, dilations=(1, 3), shift=2)
     path = save_model(net, tmp_path / "m.ckpt", {"name": "test-net", "trained_on": "noise"})
     loaded, meta = load_model(path)
     assert loaded.config() == net.config()
