@@ -61,6 +61,7 @@ class Case:
         labelled: (h, w) bool pixels with a reference label (not 255).
         ref_date: (h, w) uint8 reference date index (0 none, 1..T-1, 255 unknown) or None.
         info: free description for the tables (size, bands, dates, seed, micro objects).
+        masks: the scene's cloud masks (one band per date) where known, for ``use_masks``.
     """
 
     group: str
@@ -71,6 +72,7 @@ class Case:
     labelled: np.ndarray
     ref_date: np.ndarray | None
     info: dict[str, Any]
+    masks: Path | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,6 +104,7 @@ def synthetic_case(
             "changes": len(scene.changes),
             "micro": int(scene.changes.micro.sum()),
         },
+        masks=Path(out["clouds"]),  # type: ignore[arg-type]
     )
 
 
@@ -222,16 +225,26 @@ def real_case(tmp: Path, sample: Path, *, crop: int | None = None) -> Case:
 
 
 def run_method(
-    method: str, case: Case, *, model: str | None = None, chunk_size: int = 256
+    method: str,
+    case: Case,
+    *,
+    model: str | None = None,
+    chunk_size: int = 256,
+    use_masks: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Run ``method`` on a case chunk by chunk, as ``geochange detect`` does, in memory.
+
+    ``use_masks`` gives the case's cloud masks to ``open_stack`` (``detect --masks``).
 
     Returns:
         prob (h, w) float32 (NaN = nodata), interval (h, w) float32 (k in 0..T-2), seconds,
         halo in pixels.
     """
     start = time.perf_counter()
-    stack = open_stack(case.paths, dates=case.dates, chunk_size=chunk_size)
+    if use_masks and case.masks is None:
+        raise ValueError(f"{case.name}: no cloud masks known for this case")
+    masks = case.masks if use_masks else None
+    stack = open_stack(case.paths, dates=case.dates, chunk_size=chunk_size, masks=masks)
     sample = read_sample(stack)
     kwargs: dict[str, Any] = {"model": model, "device": "cpu"} if method == "cnn-lstm" else {}
     detector = make_detector(method, sample, **kwargs)  # type: ignore[arg-type]
