@@ -342,7 +342,7 @@ def sample_batch(
         ids, n = ndimage.label(change == 1, structure=np.ones((3, 3), bool))
         order = np.argsort(ids.ravel()[pos], kind="stable")
         objects = np.split(pos[order], np.cumsum(np.bincount(ids.ravel()[pos])[1:])[:-1])
-    xs, vs, cs, ds, ks = [], [], [], [], []
+    xs, vs, cs, ds = [], [], [], []
     for _ in range(batch_size):
         if pos.size and rng.random() < change_fraction:
             pool = objects[int(rng.integers(len(objects)))] if objects else pos
@@ -359,28 +359,19 @@ def sample_batch(
         lab_c = change[win].copy()
         lab_d = date_index[win].astype(np.int64)
         lab_c[valid.sum(axis=0) < 2] = IGNORE
-        # Cloud head target: the scene's cloud masks where the date is valid, else unknown.
-        lab_k = np.full(valid.shape, IGNORE, np.uint8)
-        if scene.clouds is not None:
-            lab_k = scene.clouds[keep_t][:, win[0], win[1]].astype(np.uint8)
-            lab_k[~valid] = IGNORE
         if augment:
             k = int(rng.integers(4))
             flip = bool(rng.integers(2))
-            x, valid, lab_c, lab_d, lab_k = (
-                _aug(a, k, flip) for a in (x, valid, lab_c, lab_d, lab_k)
-            )
+            x, valid, lab_c, lab_d = (_aug(a, k, flip) for a in (x, valid, lab_c, lab_d))
         xs.append(x)
         vs.append(valid)
         cs.append(lab_c)
         ds.append(lab_d)
-        ks.append(lab_k)
     return {
         "x": torch.from_numpy(np.ascontiguousarray(np.stack(xs))),
         "valid": torch.from_numpy(np.ascontiguousarray(np.stack(vs))),
         "change": torch.from_numpy(np.ascontiguousarray(np.stack(cs))),
         "date_index": torch.from_numpy(np.ascontiguousarray(np.stack(ds))),
-        "clouds": torch.from_numpy(np.ascontiguousarray(np.stack(ks))),
     }
 
 

@@ -9,14 +9,12 @@ import torch
 from geochange.errors import ModelError
 from geochange.model import CNNLSTM, DEFAULT_MODEL_PATH, load_model, normalize, save_model
 from geochange.model.cnn_lstm import MASKED_LOGIT, shift_min_distance
-from geochange.model.losses import cloud_loss, dice_loss, focal_loss, interval_loss
+from geochange.model.losses import dice_loss, focal_loss, interval_loss
 
 torch.set_num_threads(1)
 
 
-def _net(
-    in_bands: int | None = None, seed: int = 0, dilations=(1,), shift: int = 0, cloud: bool = False
-) -> CNNLSTM:
+def _net(in_bands: int | None = None, seed: int = 0, dilations=(1,), shift: int = 0) -> CNNLSTM:
     torch.manual_seed(seed)
     return CNNLSTM(
         in_bands=in_bands,
@@ -25,7 +23,6 @@ def _net(
         head_hidden=6,
         context_dilations=dilations,
         shift_radius=shift,
-        cloud_head=cloud,
     ).eval()
 
 
@@ -136,40 +133,8 @@ def test_shift_min_distance_forgives_whole_date_shifts_not_new_objects() -> None
     assert shift_min_distance(before, after, 2).max() == 0
 
 
-def test_cloud_head_screens_dates_in_eval_mode_only() -> None:
-    torch.manual_seed(0)
-    net = CNNLSTM(features=6, hidden=6, head_hidden=6, cloud_head=True)
-    x = torch.randn(1, 4, 3, 12, 12)
-    valid = torch.ones(1, 4, 12, 12, dtype=torch.bool)
-    last = net.cloud[-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.fill_(-10.0)  # nothing is cloud
-        net.train()
-        ref_change, ref_interval, clouds = net(x, valid, return_clouds=True)
-        assert clouds.shape == (1, 4, 12, 12) and (clouds == -10).all()
-        net.eval()
-        change, interval = net(x, valid)
-        torch.testing.assert_close(change, ref_change)
-        # A cloud on the last date everywhere: that date is screened like nodata.
-        last.bias.fill_(10.0)
-        net.train()
-        assert (net(x, valid)[1] > MASKED_LOGIT).all()  # training: no screening
-        net.eval()
-        change, interval = net(x, valid)
-        assert (interval == MASKED_LOGIT).all() and (torch.sigmoid(change) < 1e-6).all()
-
-
-def test_cloud_loss_ignores_unknown() -> None:
-    logits = torch.tensor([[[[3.0, -3.0, 50.0]]]])
-    target = torch.tensor([[[[1, 0, 255]]]], dtype=torch.uint8)
-    expected = torch.nn.functional.softplus(torch.tensor(-3.0))  # both labelled pixels agree
-    torch.testing.assert_close(cloud_loss(logits, target), expected)
-    assert cloud_loss(logits, torch.full_like(target, 255)) == 0
-
-
 def test_config_roundtrip_and_save_load(tmp_path) -> None:
-    net = _net(in_bands=5, dilations=(1, 3), shift=2, cloud=True)
+    net = _net(in_bands=5, dilations=(1, 3), shift=2)
     path = save_model(net, tmp_path / "m.ckpt", {"name": "test-net", "trained_on": "noise"})
     loaded, meta = load_model(path)
     assert loaded.config() == net.config()

@@ -94,39 +94,6 @@ def test_sample_batch_subsets_and_cloud_masking() -> None:
     assert not full["valid"][:, 2, :20].any() and full["valid"][:, 2, 20:].all()
 
 
-def test_sample_batch_cloud_targets_and_object_balance() -> None:
-    raw, change, date_index = _toy(4, t=4, c=3)
-    clouds = np.zeros((4, 40, 40), bool)
-    clouds[1, 5:15, 5:30] = True
-    raw[0, :, :4] = 0  # nodata on date 0: its cloud target is unknown there
-    scene = scene_from_arrays(raw, change, date_index, clouds=clouds, nodata=0)
-    b = sample_batch(scene, np.random.default_rng(0), batch_size=2, chip=40, augment=False)
-    assert b["clouds"].shape == (2, 4, 40, 40) and b["clouds"].dtype == torch.uint8
-    np.testing.assert_array_equal(b["clouds"][0, 1].numpy(), clouds[1].astype(np.uint8))
-    assert (b["clouds"][:, 0, :4] == 255).all() and (b["clouds"][:, 0, 4:] == 0).all()
-    # Masked as nodata (mask_clouds), a cloudy date's target is unknown, not "clear".
-    m = sample_batch(scene, np.random.default_rng(0), batch_size=1, chip=40, augment=False,
-                     mask_clouds=1.0)  # fmt: skip
-    assert (m["clouds"][0, 1][torch.from_numpy(clouds[1])] == 255).all()
-    # Without cloud masks every target is unknown.
-    plain = scene_from_arrays(raw, change, date_index, nodata=0)
-    assert (
-        sample_batch(plain, np.random.default_rng(0), batch_size=1, chip=16)["clouds"] == 255
-    ).all()
-    # Object-balanced sampling: a 1-pixel object next to a big one gets half the change chips.
-    change = np.zeros((200, 200), np.uint8)
-    change[20:80, 20:80] = 1  # 3600 px
-    change[170, 170] = 1  # 1 px
-    big = scene_from_arrays(
-        np.full((2, 1, 200, 200), 500, np.uint16), change, change.copy(), nodata=0
-    )
-    for balanced, lo, hi in ((True, 0.3, 0.7), (False, 0.0, 0.02)):
-        b = sample_batch(big, np.random.default_rng(1), batch_size=200, chip=16,
-                         change_fraction=1.0, augment=False, object_balanced=balanced)  # fmt: skip
-        small = float(b["change"][:, :, :].flatten(1).sum(1).eq(1).float().mean())
-        assert lo <= small <= hi, (balanced, small)
-
-
 def test_subset_labels_remaps_dates() -> None:
     change = np.array([[1, 1, 1, 1, 0, 1]], np.uint8)
     date_index = np.array([[1, 2, 3, 4, 0, 255]], np.uint8)
@@ -183,10 +150,7 @@ def test_training_steps_reduce_loss() -> None:
         change_fraction=0.5,
     )
     fixed = [ds[i] for i in range(4)]
-    task = ChangeTask(
-        features=8, hidden=8, head_hidden=8, lr=1e-2, scheduler="none", shift_radius=1,
-        cloud_head=True,
-    )  # fmt: skip
+    task = ChangeTask(features=8, hidden=8, head_hidden=8, lr=1e-2, scheduler="none")
 
     def loss() -> float:
         task.eval()

@@ -36,7 +36,6 @@ NET_KEYS = (
     "head_hidden",
     "context_dilations",
     "shift_radius",
-    "cloud_head",
 )
 
 

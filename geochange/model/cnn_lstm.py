@@ -152,10 +152,6 @@ class CNNLSTM(nn.Module):
             projection of the features, both ways, so
             objects that appear and objects that vanish both stand out); whole-date shifts of
             up to this many pixels then look like no change. 0 = plain differences only.
-        cloud_head: a per-date cloud/shadow head on the encoder features (1×1, trained on the
-            synthetic scenes' cloud masks). In eval mode it screens: a date whose pixel it calls
-            cloud or shadow (logit > 0) counts as invalid there, like nodata, so a cloud on the
-            last date does not look like a new object.
 
     Shapes: ``x`` (b, t, c, h, w) float32, normalised (see ``normalize.apply``), no NaN;
     ``valid`` (b, t, h, w) bool. Works for any t >= 2.
@@ -171,7 +167,6 @@ class CNNLSTM(nn.Module):
         head_hidden: int = 16,
         context_dilations: tuple[int, ...] | list[int] = (1,),
         shift_radius: int = 0,
-        cloud_head: bool = False,
     ) -> None:
         super().__init__()
         if in_bands is not None and in_bands < 1:
@@ -216,11 +211,6 @@ class CNNLSTM(nn.Module):
             cin = head_hidden
         self.decoder = nn.Sequential(*layers, _conv(head_hidden, 1, 1))
         self.context_dilations = dilations
-        self.cloud = (
-            nn.Sequential(_conv(features, head_hidden, 1), nn.ReLU(), _conv(head_hidden, 1, 1))
-            if cloud_head
-            else None
-        )
 
     def config(self) -> dict:
         """Constructor arguments, to rebuild the network from a checkpoint."""
@@ -233,7 +223,6 @@ class CNNLSTM(nn.Module):
             "head_hidden": self.decoder[0].out_channels,
             "context_dilations": list(self.context_dilations),
             "shift_radius": self.shift_radius,
-            "cloud_head": self.cloud is not None,
         }
 
     def halo(self, t: int) -> int:
@@ -266,21 +255,17 @@ class CNNLSTM(nn.Module):
                 f"valid: got shape {tuple(valid.shape)}, expected {(b, t, h, w)} for x"
             )
 
-    def forward(
-        self, x: Tensor, valid: Tensor, return_clouds: bool = False
-    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """Change and interval logits.
 
         Args:
             x: (b, t, c, h, w) float32 normalised bands, NaN-free.
             valid: (b, t, h, w) bool, False where the date is nodata / masked.
-            return_clouds: also return the cloud head's logits (b, t, h, w).
 
         Returns:
             ``change_logit`` (b, h, w) and ``interval_logits`` (b, t-1, h, w); interval k is
             the change first seen on date k+1. Intervals that cannot hold a change get
-            :data:`MASKED_LOGIT`. With ``return_clouds`` also ``cloud_logits`` (zeros without
-            a cloud head).
+            :data:`MASKED_LOGIT`.
         """
         self._check(x, valid)
         b, t, c, h, w = x.shape
@@ -289,18 +274,12 @@ class CNNLSTM(nn.Module):
         # Encoder per date (keeps the band-agnostic stem's (c × F) activations to one date).
         # Stored per date: features (F) and forward states (H); everything else is recomputed,
         # which bounds memory for long series.
-        raw = [self.encoder(self.stem(x[:, i])) for i in range(t)]
-        clouds = x.new_zeros(b, t, h, w)
-        if self.cloud is not None:
-            clouds = torch.stack([self.cloud(f)[:, 0] for f in raw], dim=1)
-            if not self.training:  # screen: a cloudy or shadowed date is invalid there
-                valid = valid & ~(clouds > 0)
         vmask = [valid[:, i, None] for i in range(t)]
-        feats = [raw[0]]
+        feats = [self.encoder(self.stem(x[:, 0]))]
         for i in range(1, t):
             # An invalid date carries the last valid date's features: its difference is zero
             # and the next valid date is compared with the last valid one.
-            feats.append(torch.where(vmask[i], raw[i], feats[-1]))
+            feats.append(torch.where(vmask[i], self.encoder(self.stem(x[:, i])), feats[-1]))
 
         # Misregistration-tolerant distances to the previous date (2 channels, kept: cheap).
         r = self.shift_radius
@@ -339,6 +318,4 @@ class CNNLSTM(nn.Module):
         interval = torch.where(possible, interval, interval.new_tensor(MASKED_LOGIT))
         context = self.decoder(torch.cat([h_fwd[-1], hb], dim=1))[:, 0]
         change = torch.logsumexp(interval, dim=1) + context
-        if return_clouds:
-            return change, interval, clouds
         return change, interval

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IGNORE", "cloud_loss", "dice_loss", "focal_loss", "interval_loss"]
+__all__ = ["IGNORE", "dice_loss", "focal_loss", "interval_loss"]
 
 #: Ignore value of the change mask and the date index.
 IGNORE = 255
@@ -66,19 +66,3 @@ def interval_loss(interval_logits: Tensor, change: Tensor, date_index: Tensor) -
     if not ok.any():
         return interval_logits.sum() * 0.0
     return F.cross_entropy(logits[ok], target[ok])
-
-
-def cloud_loss(cloud_logits: Tensor, clouds: Tensor) -> Tensor:
-    """Binary cross-entropy of the per-date cloud head, ignoring :data:`IGNORE`.
-
-    Args:
-        cloud_logits: (b, t, h, w).
-        clouds: (b, t, h, w) uint8: 1 cloud or shadow, 0 clear, :data:`IGNORE` unknown (a date
-            that is nodata there, or a stack without cloud masks).
-    """
-    keep = clouds != IGNORE
-    if not keep.any():
-        return cloud_logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(
-        cloud_logits[keep], clouds[keep].to(cloud_logits.dtype)
-    )

@@ -18,7 +18,7 @@ from torch import Tensor
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
 from geochange.model.cnn_lstm import CNNLSTM
-from geochange.model.losses import IGNORE, cloud_loss, dice_loss, focal_loss, interval_loss
+from geochange.model.losses import IGNORE, dice_loss, focal_loss, interval_loss
 
 __all__ = ["ChangeTask", "OneCycleByProgress"]
 
@@ -67,7 +67,7 @@ class ChangeTask(pl.LightningModule):
 
     Args:
         in_bands, features, hidden, encoder_layers, recurrent_kernel, head_hidden,
-            context_dilations, shift_radius, cloud_head: the network
+            context_dilations, shift_radius: the network
             (see :class:`CNNLSTM`).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
@@ -77,8 +77,6 @@ class ChangeTask(pl.LightningModule):
             the one-cycle schedule ends in time; None = by steps only.
         focal_weight, dice_weight, date_weight: loss weights.
         focal_gamma, focal_alpha: focal loss parameters.
-        cloud_weight: weight of the cloud head's loss (binary cross-entropy on the batch's
-            ``clouds`` masks, where known); only with ``cloud_head``.
         name: model name stored in checkpoints.
         trained_on: short description of the training data, stored in checkpoints.
     """
@@ -93,7 +91,6 @@ class ChangeTask(pl.LightningModule):
         head_hidden: int = 16,
         context_dilations: tuple[int, ...] | list[int] = (1,),
         shift_radius: int = 0,
-        cloud_head: bool = False,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         scheduler: Literal["onecycle", "cosine", "none"] = "onecycle",
@@ -103,7 +100,6 @@ class ChangeTask(pl.LightningModule):
         date_weight: float = 0.5,
         focal_gamma: float = 2.0,
         focal_alpha: float = 0.5,
-        cloud_weight: float = 0.5,
         name: str = "cnn-lstm",
         trained_on: str = "unknown",
     ) -> None:
@@ -118,7 +114,6 @@ class ChangeTask(pl.LightningModule):
             head_hidden=head_hidden,
             context_dilations=context_dilations,
             shift_radius=shift_radius,
-            cloud_head=cloud_head,
         )
         self.val_f1 = BinaryF1Score(ignore_index=IGNORE)
         self.val_iou = BinaryJaccardIndex(ignore_index=IGNORE)
@@ -130,9 +125,7 @@ class ChangeTask(pl.LightningModule):
 
     def losses(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
         """Weighted total loss, its parts, and the network's (change, interval) logits."""
-        change_logit, interval_logits, cloud_logits = self.net(
-            batch["x"], batch["valid"], return_clouds=True
-        )
+        change_logit, interval_logits = self.net(batch["x"], batch["valid"])
         change = batch["change"]
         hp = self.hparams
         parts = {
@@ -145,9 +138,6 @@ class ChangeTask(pl.LightningModule):
             + hp.dice_weight * parts["dice"]
             + hp.date_weight * parts["date_ce"]
         )
-        if self.net.cloud is not None and "clouds" in batch:
-            parts["cloud"] = cloud_loss(cloud_logits, batch["clouds"])
-            loss = loss + hp.cloud_weight * parts["cloud"]
         return loss, parts, change_logit, interval_logits
 
     def _shared_step(self, batch: dict, stage: Stage) -> Tensor:
