@@ -94,6 +94,21 @@ def test_sample_batch_subsets_and_cloud_masking() -> None:
     assert not full["valid"][:, 2, :20].any() and full["valid"][:, 2, 20:].all()
 
 
+def test_object_balanced_sampling_sees_small_objects() -> None:
+    # A 1-pixel object next to a 3600-pixel one gets half the change chips when balanced.
+    change = np.zeros((200, 200), np.uint8)
+    change[20:80, 20:80] = 1
+    change[170, 170] = 1
+    big = scene_from_arrays(
+        np.full((2, 1, 200, 200), 500, np.uint16), change, change.copy(), nodata=0
+    )
+    for balanced, lo, hi in ((True, 0.3, 0.7), (False, 0.0, 0.02)):
+        b = sample_batch(big, np.random.default_rng(1), batch_size=200, chip=16,
+                         change_fraction=1.0, augment=False, object_balanced=balanced)  # fmt: skip
+        small = float(b["change"].flatten(1).sum(1).eq(1).float().mean())
+        assert lo <= small <= hi, (balanced, small)
+
+
 def test_subset_labels_remaps_dates() -> None:
     change = np.array([[1, 1, 1, 1, 0, 1]], np.uint8)
     date_index = np.array([[1, 2, 3, 4, 0, 255]], np.uint8)
