@@ -772,18 +772,15 @@ def read_sample(stack: Stack, max_pixels: int = 256 * 256) -> np.ndarray:
 
 
 def _read_decimated(source: _Source, out_h: int, out_w: int) -> np.ndarray:
-    """(c, out_h, out_w) float32 of a whole date, NaN where nodata."""
+    """(c, out_h, out_w) float32 of a whole date, NaN where nodata or masked."""
     with rasterio.Env(**GDAL_ENV), rasterio.open(source.path) as src:
         if source.align and not _on_grid(src, source):
             # Warp straight onto a coarse version of the target grid: no full-resolution warp.
-            # Target transform with pixels (sx, sy) times larger; spelled out because products
-            # of Affine objects warn in affine >= 3.1.
-            t, sx, sy = source.transform, source.width / out_w, source.height / out_h
-            coarse = Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f)
+            coarse = _coarse(source, out_h, out_w)
             with WarpedVRT(
                 src,
-                crs=source.crs,
-                transform=coarse,
+                crs=coarse.crs,
+                transform=coarse.transform,
                 width=out_w,
                 height=out_h,
                 resampling=Resampling.nearest,
@@ -792,17 +789,18 @@ def _read_decimated(source: _Source, out_h: int, out_w: int) -> np.ndarray:
                 dtype="float32",
             ) as vrt:
                 out = _masked_read(vrt)
-                if source.mask is not None:
-                    out[:, _read_mask(_coarse(source, out_h, out_w))] = np.nan
-                return out
+            if source.mask is not None:
+                out[:, _read_mask(coarse)] = np.nan
+            return out
         out = _masked_read(src, out_shape=(src.count, out_h, out_w), resampling=Resampling.nearest)
-    if source.mask is not None:
-        out[:, _read_mask(_coarse(source, out_h, out_w))] = np.nan
+    if source.mask is not None:  # decimated the same way as the image
+        out[:, _read_mask(source, out_shape=(out_h, out_w), resampling=Resampling.nearest)] = np.nan
     return out
 
 
 def _coarse(source: _Source, out_h: int, out_w: int) -> _Source:
-    """``source`` on a grid ``out_h`` x ``out_w`` covering the same extent (for the sample)."""
+    """``source`` on a grid of ``out_h`` x ``out_w`` pixels over the same extent (aligned)."""
+    # Pixels (sx, sy) times larger; spelled out because Affine products warn in affine >= 3.1.
     t, sx, sy = source.transform, source.width / out_w, source.height / out_h
     coarse = Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f)
     return _Source(
