@@ -655,8 +655,8 @@ def adapt(
         **kwargs: further options of :func:`adapt_network` (batch_size, lr, max_steps, ...).
 
     Returns:
-        The checkpoint path. Its meta holds ``adapted: True``, ``adapted_on`` (stack paths and
-        dates), ``base_model``, ``seed``, ``minutes``, ``steps``, ``alpha`` and the settings.
+        The checkpoint path. Its meta holds ``adapted: True``, ``adapted_on`` (stack paths,
+        dates and masks), ``base_model``, ``seed``, ``minutes``, ``steps``, ``alpha`` and the settings.
 
     Raises:
         OutputExistsError: ``output_ckpt`` exists and ``overwrite`` is False.
@@ -691,6 +691,7 @@ def adapt(
             "inputs": [str(p) for p in stack.paths],
             "dates": [d.isoformat() for d in stack.dates],
             "shape": list(stack.shape),
+            "masks": [f"{m[0]}:{m[1]}" if m else "" for m in stack.masks],
         },
         "base_model": str(model) if model is not None else "default",
         "base_model_path": bm.get("path"),

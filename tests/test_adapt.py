@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import write_stack
+from helpers import write_geotiff, write_stack
 
 from geochange.adapt import (
     FOOTPRINTS,
@@ -219,7 +219,10 @@ def test_adapt_respects_the_time_budget(stack_dir, tiny_model):
 def test_cli_adapt_writes_a_checkpoint_that_detect_loads(stack_dir, tiny_model, tmp_path):
     ckpt = tmp_path / "scene.ckpt"
     runner = CliRunner()
-    args = ["adapt", str(stack_dir), "-o", str(ckpt), "--model", str(tiny_model)]
+    mask = tmp_path / "cloud_2022-05-17.tif"  # a cloud mask for the second date only
+    write_geotiff(mask, np.pad(np.ones((5, 5), np.uint8), ((0, 35), (0, 39))))
+    args = ["adapt", str(stack_dir), "-o", str(ckpt), "--model", str(tiny_model),
+            "--masks", str(mask)]  # fmt: skip
     res = runner.invoke(cli, [*args, "--minutes", "0.05", "--seed", "3", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "wrote" in res.output
@@ -230,6 +233,7 @@ def test_cli_adapt_writes_a_checkpoint_that_detect_loads(stack_dir, tiny_model, 
     assert meta["base_model_name"] == "tiny-test"
     assert meta["adapted_on"]["dates"] == DATES
     assert len(meta["adapted_on"]["inputs"]) == 3
+    assert meta["adapted_on"]["masks"] == ["", f"{mask}:1", ""]
     assert net.config() == load_model(tiny_model)[0].config()
 
     out = tmp_path / "changes.gpkg"
