@@ -691,7 +691,7 @@ def adapt(
             "inputs": [str(p) for p in stack.paths],
             "dates": [d.isoformat() for d in stack.dates],
             "shape": list(stack.shape),
-            "masks": [f"{m[0]}:{m[1]}" if m else "" for m in stack.masks],
+            "masks": stack.mask_names,
         },
         "base_model": str(model) if model is not None else "default",
         "base_model_path": bm.get("path"),

@@ -337,15 +337,14 @@ def sample_batch(
 
     ch, cw = min(chip, h), min(chip, w)
     pos = np.flatnonzero(change.ravel() == 1)
-    objects: list[np.ndarray] = []
+    n_objects = 0
     if object_balanced and pos.size:
-        ids, n = ndimage.label(change == 1, structure=np.ones((3, 3), bool))
-        order = np.argsort(ids.ravel()[pos], kind="stable")
-        objects = np.split(pos[order], np.cumsum(np.bincount(ids.ravel()[pos])[1:])[:-1])
+        ids, n_objects = ndimage.label(change == 1, structure=np.ones((3, 3), bool))
+        pos_ids = ids.ravel()[pos]  # object id (1..n) of each change pixel
     xs, vs, cs, ds = [], [], [], []
     for _ in range(batch_size):
         if pos.size and rng.random() < change_fraction:
-            pool = objects[int(rng.integers(len(objects)))] if objects else pos
+            pool = pos[pos_ids == 1 + int(rng.integers(n_objects))] if n_objects else pos
             cy, cx = divmod(int(pool[rng.integers(pool.size)]), w)
             y0 = int(np.clip(cy - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, h - ch))
             x0 = int(np.clip(cx - cw // 2 + rng.integers(-cw // 4, cw // 4 + 1), 0, w - cw))

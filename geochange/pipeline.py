@@ -456,7 +456,7 @@ def _provenance(stack, method, model, threshold, min_area, simplify, chunk_size,
         "chunk_size": int(chunk_size),
         "halo": int(detector.halo),
         "align": bool(stack.align),
-        "masks": [f"{m[0]}:{m[1]}" if m else "" for m in stack.masks],
+        "masks": stack.mask_names,
         "mask_values": list(stack.mask_values) if stack.mask_values else [],
     }
 

@@ -112,6 +112,11 @@ class Stack:
         return len(self.paths)
 
     @property
+    def mask_names(self) -> list[str]:
+        """Per date ``"path:band"`` of its mask, ``""`` for none (provenance records)."""
+        return [f"{m[0]}:{m[1]}" if m else "" for m in self.masks]
+
+    @property
     def shape(self) -> tuple[int, int, int, int]:
         """(t, c, y, x) shape of :attr:`data`."""
         return (self.T, self.band_count, self.grid.height, self.grid.width)
@@ -264,23 +269,27 @@ def _read_window(source: _Source, window: Window) -> np.ndarray:
     """
     with rasterio.Env(**GDAL_ENV), rasterio.open(source.path) as src:
         if source.align and not _on_grid(src, source):
-            with WarpedVRT(
-                src,
-                crs=source.crs,
-                transform=source.transform,
-                width=source.width,
-                height=source.height,
-                resampling=ALIGN_RESAMPLING,
-                src_nodata=src.nodata,
-                nodata=np.nan,
-                dtype="float32",
-            ) as vrt:
+            with _warped(src, source, ALIGN_RESAMPLING) as vrt:
                 out = _masked_read(vrt, window=window)
         else:
             out = _masked_read(src, window=window)
         if source.mask is not None:
             out[:, _read_mask(source, window=window)] = np.nan
         return out
+
+
+def _warped(src: Any, source: _Source, resampling: Resampling, image: bool = True) -> WarpedVRT:
+    """``src`` warped onto the grid of ``source``; an ``image`` reads as float32, NaN nodata."""
+    kwargs = {"src_nodata": src.nodata, "nodata": np.nan, "dtype": "float32"} if image else {}
+    return WarpedVRT(
+        src,
+        crs=source.crs,
+        transform=source.transform,
+        width=source.width,
+        height=source.height,
+        resampling=resampling,
+        **kwargs,
+    )
 
 
 def _read_mask(source: _Source, **read_kwargs: Any) -> np.ndarray:
@@ -293,14 +302,7 @@ def _read_mask(source: _Source, **read_kwargs: Any) -> np.ndarray:
     path, band = source.mask
     with rasterio.open(path) as src:
         if not _on_grid(src, source):  # align, or the coarse grid of read_sample
-            with WarpedVRT(
-                src,
-                crs=source.crs,
-                transform=source.transform,
-                width=source.width,
-                height=source.height,
-                resampling=Resampling.nearest,
-            ) as vrt:
+            with _warped(src, source, Resampling.nearest, image=False) as vrt:
                 return _mask_values(vrt, band, source.mask_values, **read_kwargs)
         return _mask_values(src, band, source.mask_values, **read_kwargs)
 
@@ -777,17 +779,7 @@ def _read_decimated(source: _Source, out_h: int, out_w: int) -> np.ndarray:
         if source.align and not _on_grid(src, source):
             # Warp straight onto a coarse version of the target grid: no full-resolution warp.
             coarse = _coarse(source, out_h, out_w)
-            with WarpedVRT(
-                src,
-                crs=coarse.crs,
-                transform=coarse.transform,
-                width=out_w,
-                height=out_h,
-                resampling=Resampling.nearest,
-                src_nodata=src.nodata,
-                nodata=np.nan,
-                dtype="float32",
-            ) as vrt:
+            with _warped(src, coarse, Resampling.nearest) as vrt:
                 out = _masked_read(vrt)
             if source.mask is not None:
                 out[:, _read_mask(coarse)] = np.nan

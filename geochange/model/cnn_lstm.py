@@ -282,13 +282,16 @@ class CNNLSTM(nn.Module):
             feats.append(torch.where(vmask[i], self.encoder(self.stem(x[:, i])), feats[-1]))
 
         # Misregistration-tolerant distances to the previous date (2 channels, kept: cheap).
-        r = self.shift_radius
-        dists = [x.new_zeros(b, 2, h, w)] if r else []
+        dists: list[Tensor] = []
         if self.match is not None:
-            m = [self.match(f) for f in feats]
-            for i in range(1, t):
-                fwd = shift_min_distance(m[i], m[i - 1], r)
-                dists.append(torch.cat([fwd, shift_min_distance(m[i - 1], m[i], r)], dim=1))
+            m, r = [self.match(f) for f in feats], self.shift_radius
+            dists = [x.new_zeros(b, 2, h, w)] + [
+                torch.cat(
+                    [shift_min_distance(m[i], m[i - 1], r), shift_min_distance(m[i - 1], m[i], r)],
+                    dim=1,
+                )
+                for i in range(1, t)
+            ]
 
         def step_input(i: int) -> Tensor:
             diff = feats[i] - feats[i - 1] if i > 0 else torch.zeros_like(feats[0])
