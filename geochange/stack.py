@@ -417,6 +417,11 @@ def open_stack(
     """
     if chunk_size < 1:
         raise InputError(f"chunk_size={chunk_size}: expected a positive number of pixels")
+    if mask_values is not None and masks is None:
+        raise InputError(
+            f"--mask-values {mask_values!r} given without --masks; expected the mask rasters "
+            "these values refer to. Fix: add --masks (e.g. the SCL rasters) or drop --mask-values"
+        )
     paths = _expand_inputs(inputs)
     given = None
     if dates is not None:
@@ -468,7 +473,7 @@ def open_stack(
         chunk_size=int(chunk_size),
         align=bool(align),
         masks=date_masks,
-        mask_values=None if masks is None else _parse_mask_values(mask_values),
+        mask_values=_parse_mask_values(mask_values),
     )
 
 

@@ -377,6 +377,8 @@ def test_mask_errors(tmp_path: Path) -> None:
     ok = write_geotiff(tmp_path / "ok_20230115.tif", np.zeros((H, W), np.uint8))
     with pytest.raises(InputError, match=r"--mask-values: 'x' is not a number"):
         open_stack(tmp_path / "img", masks=ok, mask_values="3,x")
+    with pytest.raises(InputError, match=r"--mask-values '3,8' given without --masks"):
+        open_stack(tmp_path / "img", mask_values="3,8")
 
 
 # ----------------------------------------------------------------------------------- errors
