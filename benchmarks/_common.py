@@ -167,6 +167,7 @@ def semi_case(
             "nuisance": nuisance,
             "change date index": k,
         },
+        masks=Path(out["clouds"]),  # type: ignore[arg-type]
     )
 
 

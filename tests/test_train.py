@@ -109,6 +109,30 @@ def test_object_balanced_sampling_sees_small_objects() -> None:
         assert lo <= small <= hi, (balanced, small)
 
 
+def test_hard_negatives_find_the_coherent_look_alike_not_the_noise_or_the_change() -> None:
+    # Noise everywhere, a 30x30 "field" that greens up on the last date (unchanged: label 0) and a
+    # labelled change that is brighter still: the hard pool lies in the field, never on the change.
+    rng = np.random.default_rng(0)
+    raw = (1000 + 150 * rng.standard_normal((3, 2, 120, 120))).astype(np.float32)
+    raw[2, :, 10:40, 10:40] += 600
+    change = np.zeros((120, 120), np.uint8)
+    change[80:100, 80:100] = 1
+    raw[2, :, 80:100, 80:100] += 1500
+    scene = scene_from_arrays(raw, change, change * 2)
+    rows, cols = np.divmod(scene.hard, 120)
+    assert 0 < scene.hard.size <= round(0.03 * (change == 0).sum())
+    assert np.all((rows >= 5) & (rows < 45) & (cols >= 5) & (cols < 45))  # box-average blur
+    # Drawing only hard negatives besides the change chips: every chip overlaps the field.
+    b = sample_batch(scene, np.random.default_rng(1), batch_size=40, chip=16, change_fraction=0.0,
+                     hard_fraction=1.0, augment=False)  # fmt: skip
+    assert b["x"].shape == (40, 3, 2, 16, 16)
+    assert not b["change"].any()
+    rise = (b["x"][:, 2] - b["x"][:, 1]).mean(dim=(1, 2, 3))
+    assert bool((rise > 0.3).all()), rise
+    with pytest.raises(InputError, match="hard_fraction"):
+        ChangeDataModule(sources=[], change_fraction=0.5, hard_fraction=0.6)
+
+
 def test_subset_labels_remaps_dates() -> None:
     change = np.array([[1, 1, 1, 1, 0, 1]], np.uint8)
     date_index = np.array([[1, 2, 3, 4, 0, 255]], np.uint8)
