@@ -149,7 +149,7 @@ def semi_case(
     """A semi-synthetic ``dates``-date series built from a real pair (``semi_synthetic``)."""
     t0, t1, label, grid = _load(sample, crop)
     scene = semi_synthetic(t0, t1, label, dates=dates, seed=seed, nuisance=nuisance, grid=grid)  # type: ignore[arg-type]
-    out = write_scene(scene, tmp / f"semi_{sample.name}")
+    out = write_scene(scene, tmp / f"semi{dates}_{sample.name}")
     k = int(scene.date_index[scene.change == 1].max()) if (scene.change == 1).any() else 0
     return Case(
         group="semi-synthetic",
