@@ -385,17 +385,17 @@ def sample_batch(
         pos_ids = ids.ravel()[pos]  # object id (1..n) of each change pixel
     xs, vs, cs, ds = [], [], [], []
     for _ in range(batch_size):
+        pool = None  # pixels to centre the chip on (then jittered by up to a quarter chip)
         if pos.size and rng.random() < change_fraction:
             pool = pos[pos_ids == 1 + int(rng.integers(n_objects))] if n_objects else pos
+        elif hard.size and rng.random() < hard_fraction / max(1e-9, 1.0 - change_fraction):
+            pool = hard
+        if pool is None:
+            y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        else:
             cy, cx = divmod(int(pool[rng.integers(pool.size)]), w)
             y0 = int(np.clip(cy - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, h - ch))
             x0 = int(np.clip(cx - cw // 2 + rng.integers(-cw // 4, cw // 4 + 1), 0, w - cw))
-        elif hard.size and rng.random() < hard_fraction / max(1e-9, 1.0 - change_fraction):
-            cy, cx = divmod(int(hard[rng.integers(hard.size)]), w)
-            y0 = int(np.clip(cy - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, h - ch))
-            x0 = int(np.clip(cx - cw // 2 + rng.integers(-cw // 4, cw // 4 + 1), 0, w - cw))
-        else:
-            y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         win = (slice(y0, y0 + ch), slice(x0, x0 + cw))
         raw = scene.raw[:, :, win[0], win[1]][np.ix_(keep_t, keep_c)]  # a copy
         if use_clouds:
