@@ -41,6 +41,9 @@ import _common as C  # noqa: E402
 SEED = 5000
 SEMI_SEED = 6000
 SEMI_NUISANCE = "medium"
+#: Per real sample: model / CVA on the pair, on the 8-date semi-synthetic series, the model on
+#: that series with its cloud masks, and on a 2-date semi-synthetic series (same nuisance).
+REAL_KEYS = ("model2", "cva2", "model8", "cva8", "model8m", "model2s")
 DATES, BANDS = 8, 4
 TARGETS = {
     "f1": (0.85, ">="),
@@ -143,28 +146,20 @@ def main(argv: list[str] | None = None) -> int:
             goal = f"{op} {C.fmt(target, pct)}" + (" %" if pct else "")
             verdicts.append((names[key] + how, shown, goal, _ok(pool[key], target, op)))
     if real_rows:
-        m2 = float(np.nanmean([r["model2"] for r in real_rows]))
-        c2 = float(np.nanmean([r["cva2"] for r in real_rows]))
-        m8 = float(np.nanmean([r["model8"] for r in real_rows]))
+        mean = {k: float(np.nanmean([r[k] for r in real_rows])) for k in REAL_KEYS}
+        m2 = mean["model2"]
         verdicts.append(
-            ("zero-shot mean F1 on real pairs, model vs CVA", f"{m2:.3f} vs {c2:.3f}",
-             "model > CVA", m2 > c2)
+            ("zero-shot mean F1 on real pairs, model vs CVA", f"{m2:.3f} vs {mean['cva2']:.3f}",
+             "model > CVA", m2 > mean["cva2"])
         )  # fmt: skip
-        verdicts.append(
-            ("semi-synthetic 8-date mean F1 vs 2-date mean F1", f"{m8:.3f} vs {m2:.3f} "
-             f"(difference {m8 - m2:+.3f})", "abs(difference) ≤ 0.05", abs(m8 - m2) <= 0.05)
-        )  # fmt: skip
-        m8m = float(np.nanmean([r["model8m"] for r in real_rows]))
-        verdicts.append(
-            ("the same, 8-date series with their cloud masks given", f"{m8m:.3f} vs {m2:.3f} "
-             f"(difference {m8m - m2:+.3f})", "abs(difference) ≤ 0.05", abs(m8m - m2) <= 0.05)
-        )  # fmt: skip
-        m2s = float(np.nanmean([r["model2s"] for r in real_rows]))
-        verdicts.append(
-            ("semi-synthetic 8-date vs 2-date series with the same nuisance", f"{m8:.3f} vs "
-             f"{m2s:.3f} (difference {m8 - m2s:+.3f})", "abs(difference) ≤ 0.05",
-             abs(m8 - m2s) <= 0.05)
-        )  # fmt: skip
+        for label, a_, b_ in (
+            ("semi-synthetic 8-date mean F1 vs 2-date mean F1", mean["model8"], m2),
+            ("the same, 8-date series with their cloud masks given", mean["model8m"], m2),
+            ("semi-synthetic 8-date vs 2-date series with the same nuisance", mean["model8"],
+             mean["model2s"]),
+        ):  # fmt: skip
+            verdicts.append((label, f"{a_:.3f} vs {b_:.3f} (difference {a_ - b_:+.3f})",
+                             "abs(difference) ≤ 0.05", abs(a_ - b_) <= 0.05))  # fmt: skip
 
     cmd = "python benchmarks/default_model.py" + ("" if not argv else " " + shlex.join(argv))
     lines = [
@@ -211,11 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     if real_rows:
         lines += ["", "## Real pairs: zero-shot F1, model vs CVA, 2 dates and 8 dates", ""]
-        keys = ("model2", "cva2", "model8", "cva8", "model8m", "model2s")
-        rows = [[r["name"]] + [C.fmt(r[k]) for k in keys] + [C.fmt(r["model8"] - r["model2"])]
-                for r in real_rows]  # fmt: skip
-        rows.append(["**mean**"] + [C.fmt(float(np.nanmean([r[k] for r in real_rows])))
-                     for k in keys]
+        rows = [[r["name"]] + [C.fmt(r[k]) for k in REAL_KEYS]
+                + [C.fmt(r["model8"] - r["model2"])] for r in real_rows]  # fmt: skip
+        rows.append(["**mean**"] + [C.fmt(mean[k]) for k in REAL_KEYS]
                     + [C.fmt(float(np.nanmean([r["model8"] - r["model2"] for r in real_rows])))])  # fmt: skip
         lines += C.md_table(
             ["sample", "model 2 dates", "CVA 2 dates", "model 8 dates", "CVA 8 dates",

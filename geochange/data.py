@@ -29,6 +29,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,6 @@ class LabelledScene:
         date_index: (h, w) uint8 j in 1..t-1, 0 no change, 255 unknown.
         clouds: (t, h, w) bool cloud/shadow masks, or None.
         name: description for logs and reports.
-        hard: flat indices of the unchanged pixels that look most changed (see
-            :func:`hard_negatives`), or None.
     """
 
     raw: np.ndarray
@@ -84,7 +83,18 @@ class LabelledScene:
     date_index: np.ndarray
     clouds: np.ndarray | None = None
     name: str = ""
-    hard: np.ndarray | None = None
+
+    @cached_property
+    def hard(self) -> np.ndarray:
+        """Flat indices of the hard negatives (:func:`hard_negatives`), found on first use.
+
+        They are looked for with the clouds masked: random chips hold clouds enough, the rarer
+        look-alikes (crop green-up, harvest, haze edges) need the extra draws.
+        """
+        raw = self.raw
+        if self.clouds is not None:
+            raw = np.where(self.clouds[:, None], np.nan, raw)
+        return hard_negatives(apply(raw, self.stats)[0], self.change)
 
 
 def decimated_sample(raw: np.ndarray, max_pixels: int = SAMPLE_PIXELS) -> np.ndarray:
@@ -138,20 +148,13 @@ def scene_from_arrays(
     # A pixel is nodata on a date when any band is.
     arr[~np.isfinite(arr).all(axis=1, keepdims=True).repeat(arr.shape[1], axis=1)] = np.nan
     stats = scene_stats(decimated_sample(arr))
-    change = np.asarray(change, dtype=np.uint8)
-    clouds = None if clouds is None else np.asarray(clouds, dtype=bool)
-    # Hard negatives are looked for with the clouds masked: random chips hold clouds enough,
-    # the rarer look-alikes (crop green-up, harvest, haze edges) need the extra draws.
-    clear = arr if clouds is None else np.where(clouds[:, None], np.nan, arr)
-    x, _ = apply(clear, stats)
     return LabelledScene(
         raw=arr,
         stats=stats,
-        change=change,
+        change=np.asarray(change, dtype=np.uint8),
         date_index=np.asarray(date_index, dtype=np.uint8),
-        clouds=clouds,
+        clouds=None if clouds is None else np.asarray(clouds, dtype=bool),
         name=name,
-        hard=hard_negatives(x, change),
     )
 
 
@@ -378,7 +381,7 @@ def sample_batch(
 
     ch, cw = min(chip, h), min(chip, w)
     pos = np.flatnonzero(change.ravel() == 1)
-    hard = scene.hard if scene.hard is not None and hard_fraction > 0 else np.empty(0, np.int64)
+    hard = scene.hard if hard_fraction > 0 else pos[:0]
     n_objects = 0
     if object_balanced and pos.size:
         ids, n_objects = ndimage.label(change == 1, structure=np.ones((3, 3), bool))
