@@ -179,26 +179,43 @@ def _pair_dates(sample: Path) -> list[str]:
     return [dt.datetime.strptime(str(d), "%Y%m%d").date().isoformat() for d in raw]
 
 
-def real_case(tmp: Path, sample: Path, *, crop: int | None = None) -> Case:
+#: Band centres (nm) of the real samples' sensors, by sample-name prefix (from their meta.json
+#: band lists): what a user passes as ``--wavelengths`` or finds in the band descriptions.
+SENSOR_WAVELENGTHS = {
+    "oscd": (490.0, 560.0, 665.0, 842.0),  # Sentinel-2 B02, B03, B04, B08
+    "landsat": (485.0, 560.0, 660.0, 830.0, 1650.0, 2215.0),  # TM/ETM+ 1, 2, 3, 4, 5, 7
+    "dsifn": (665.0, 560.0, 490.0),  # RGB PNG: red, green, blue
+}
+
+
+def real_case(
+    tmp: Path, sample: Path, *, crop: int | None = None, wavelengths: bool = True
+) -> Case:
     """A real labelled pair as it is: t0 and t1 written as GeoTIFFs in their source dtype.
 
     Georeferenced pairs keep their grid; PNG pairs get a local stand-in grid (EPSG:32633, 1 m),
-    which changes nothing for per-pixel scoring.
+    which changes nothing for per-pixel scoring. With ``wavelengths`` the files carry their
+    sensor's band centres (``WAVELENGTHS_NM`` tag, :data:`SENSOR_WAVELENGTHS`); without, the
+    bands are unknown to the model.
     """
     t0, t1, label, grid = _load(sample, crop)
     c, h, w = t0.shape
     if grid is None:
         grid = GridSpec(CRS.from_epsg(32633), Affine(1.0, 0, 500000.0, 0, -1.0, 0.0), h, w, None)
     dates = _pair_dates(sample)
-    folder = tmp / f"real_{sample.name}"
+    folder = tmp / f"real_{sample.name}{'' if wavelengths else '_nowl'}"
     folder.mkdir(parents=True, exist_ok=True)
+    tags = {}
+    wl = SENSOR_WAVELENGTHS.get(sample.name.split("_")[0])
+    if wavelengths and wl is not None and len(wl) == c:
+        tags["WAVELENGTHS_NM"] = ",".join(f"{v:g}" for v in wl)
     paths = []
     for img, d in zip((t0, t1), dates):
         path = folder / f"{sample.name}_{d.replace('-', '')}.tif"
         profile = grid.profile(count=c, dtype=img.dtype.name, nodata=None)
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(img)
-            dst.update_tags(ACQUISITION_DATE=d)
+            dst.update_tags(ACQUISITION_DATE=d, **tags)
         paths.append(path)
     labelled = label != 255
     return Case(
@@ -214,6 +231,7 @@ def real_case(tmp: Path, sample: Path, *, crop: int | None = None) -> Case:
             "dates": 2,
             "bands": c,
             "dtype": img.dtype.name,
+            "wavelengths nm": tags.get("WAVELENGTHS_NM", "unknown"),
             "labelled %": round(100 * float(labelled.mean()), 1),
             "changed % of labelled": round(100 * float((label == 1).sum() / labelled.sum()), 2),
         },

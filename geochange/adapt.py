@@ -521,6 +521,10 @@ def adapt_network(
     side = min(chip, h, w)  # square chips: rotations keep the shape
     setup = _Setup(stats, thr, (side, side), max(2, int(max_dates)))
     pool = _ScenePool(stack, rng, window=4 * chip, n_windows=16)
+    wl_scene = [np.nan if v is None else v for v in stack.wavelengths] or [
+        np.nan
+    ] * stack.band_count
+    wavelengths = torch.tensor(wl_scene, dtype=torch.float32, device=dev)
 
     net = copy.deepcopy(base).to(dev).train()
     _freeze_norm(net)
@@ -550,14 +554,15 @@ def adapt_network(
             valid = torch.from_numpy(b["valid"]).to(dev)
             change = torch.from_numpy(b["change"]).to(dev)
             date_index = torch.from_numpy(b["date_index"].astype(np.int64)).to(dev)
+            wl = wavelengths.expand(x.shape[0], -1)
             if ref is not None:
                 with torch.no_grad():
-                    p_ref = torch.sigmoid(ref(x, valid)[0])
+                    p_ref = torch.sigmoid(ref(x, valid, wl)[0])
                 # Real pixels the start model is sure about: do not teach "no change" there.
                 change = torch.where(
                     (change == 0) & (p_ref >= keep_confident), change.new_tensor(IGNORE), change
                 )
-            change_logit, interval_logits = net(x, valid)
+            change_logit, interval_logits = net(x, valid, wl)
             loss = adapt_loss(change_logit, interval_logits, change, date_index, date_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -630,6 +635,7 @@ def adapt(
     start_time: float | None = None,
     masks: Any = None,
     mask_values: Any = None,
+    wavelengths: Any = None,
     **kwargs: Any,
 ) -> Path:
     """Adapt a change model to a stack without labels and write the adapted checkpoint.
@@ -652,6 +658,7 @@ def adapt(
             starts it before importing torch).
         masks, mask_values: cloud / validity masks read as nodata (see ``open_stack``): masked
             dates are left out of the adaptation, never learnt as change.
+        wavelengths: band centres in nm (see ``open_stack``).
         **kwargs: further options of :func:`adapt_network` (batch_size, lr, max_steps, ...).
 
     Returns:
@@ -668,7 +675,14 @@ def adapt(
     stack = (
         inputs
         if isinstance(inputs, Stack)
-        else open_stack(inputs, dates=dates, align=align, masks=masks, mask_values=mask_values)
+        else open_stack(
+            inputs,
+            dates=dates,
+            align=align,
+            masks=masks,
+            mask_values=mask_values,
+            wavelengths=wavelengths,
+        )
     )
     res = adapt_network(
         stack,
@@ -692,6 +706,7 @@ def adapt(
             "dates": [d.isoformat() for d in stack.dates],
             "shape": list(stack.shape),
             "masks": stack.mask_names,
+            "wavelengths_nm": list(stack.wavelengths),
         },
         "base_model": str(model) if model is not None else "default",
         "base_model_path": bm.get("path"),

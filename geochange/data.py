@@ -75,6 +75,7 @@ class LabelledScene:
         date_index: (h, w) uint8 j in 1..t-1, 0 no change, 255 unknown.
         clouds: (t, h, w) bool cloud/shadow masks, or None.
         name: description for logs and reports.
+        wavelengths: (c,) float32 band centres in nm, NaN = unknown; None = all unknown.
     """
 
     raw: np.ndarray
@@ -83,6 +84,7 @@ class LabelledScene:
     date_index: np.ndarray
     clouds: np.ndarray | None = None
     name: str = ""
+    wavelengths: np.ndarray | None = None
 
     @cached_property
     def hard(self) -> np.ndarray:
@@ -133,6 +135,7 @@ def scene_from_arrays(
     clouds: np.ndarray | None = None,
     nodata: float | None = None,
     name: str = "",
+    wavelengths: Sequence[float | None] | None = None,
 ) -> LabelledScene:
     """Build a :class:`LabelledScene`; statistics from a decimated sample of the whole scene.
 
@@ -141,6 +144,7 @@ def scene_from_arrays(
         change, date_index: (h, w) labels (see module docstring).
         clouds: optional (t, h, w) bool.
         nodata: source nodata value, e.g. 0 for the synthetic uint16 scenes.
+        wavelengths: band centres in nm (None items = unknown); None = all unknown.
     """
     arr = np.asarray(raw).astype(np.float32)
     if nodata is not None:
@@ -155,7 +159,15 @@ def scene_from_arrays(
         date_index=np.asarray(date_index, dtype=np.uint8),
         clouds=None if clouds is None else np.asarray(clouds, dtype=bool),
         name=name,
+        wavelengths=_wavelength_array(wavelengths, arr.shape[1]),
     )
+
+
+def _wavelength_array(wavelengths: Sequence[float | None] | None, c: int) -> np.ndarray:
+    out = np.full(c, np.nan, np.float32)
+    if wavelengths:
+        out[:] = [np.nan if v is None else float(v) for v in wavelengths]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,6 +205,7 @@ def synthetic_scene(
         clouds=scene.clouds,
         nodata=0,
         name=f"synth seed={seed} T={t} C={c} nuisance={level}",
+        wavelengths=scene.band_wavelengths,
     )
 
 
@@ -306,6 +319,7 @@ def load_labelled_stack(
         change=change,
         date_index=date_index,
         name=f"stack {inputs} labels {labels}",
+        wavelengths=_wavelength_array(st.wavelengths, st.band_count),
     )
 
 
@@ -343,6 +357,7 @@ def sample_batch(
     augment: bool = True,
     object_balanced: bool = False,
     hard_fraction: float = 0.0,
+    unknown_wavelengths: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Sample one batch of chips from a scene.
 
@@ -362,6 +377,11 @@ def sample_batch(
         hard_fraction: share of chips centred on a hard negative (``scene.hard``: unchanged
             pixels that look most changed, e.g. crop green-up, clouds), drawn after the change
             chips; the rest are placed at random.
+        unknown_wavelengths: probability that the batch's band wavelengths are withheld (all
+            NaN), so a wavelength-aware model also learns to work without them.
+
+    The batch holds ``x`` (b, t, c, h, w), ``valid`` (b, t, h, w), ``change`` and ``date_index``
+    (b, h, w) and ``wavelengths`` (b, c) in nm, NaN = unknown.
     """
     t, c, h, w = scene.raw.shape
     keep_t = np.arange(t)
@@ -378,6 +398,10 @@ def sample_batch(
         change, date_index = _subset_labels(change, date_index, keep_t)
     stats = scene.stats[np.ix_(keep_t, keep_c)]
     use_clouds = scene.clouds is not None and rng.random() < mask_clouds
+    wl = np.full(len(keep_c), np.nan, np.float32)
+    withheld = unknown_wavelengths > 0 and rng.random() < unknown_wavelengths
+    if scene.wavelengths is not None and not withheld:
+        wl = scene.wavelengths[keep_c].astype(np.float32)
 
     ch, cw = min(chip, h), min(chip, w)
     pos = np.flatnonzero(change.ravel() == 1)
@@ -420,6 +444,7 @@ def sample_batch(
         "valid": torch.from_numpy(np.ascontiguousarray(np.stack(vs))),
         "change": torch.from_numpy(np.ascontiguousarray(np.stack(cs))),
         "date_index": torch.from_numpy(np.ascontiguousarray(np.stack(ds))),
+        "wavelengths": torch.from_numpy(np.ascontiguousarray(np.tile(wl, (batch_size, 1)))),
     }
 
 
@@ -539,6 +564,7 @@ class ChangeDataModule(pl.LightningDataModule):
         object_balanced: centre change chips on random change objects, not pixels.
         hard_fraction: share of chips centred on hard negatives (unchanged pixels that look
             changed: phenology, clouds); must be <= 1 - change_fraction.
+        unknown_wavelengths: probability per batch that the band wavelengths are withheld.
         seed: base seed.
         num_workers: DataLoader workers (0 = in the training process).
     """
@@ -559,6 +585,7 @@ class ChangeDataModule(pl.LightningDataModule):
         mask_clouds: float = 0.25,
         object_balanced: bool = False,
         hard_fraction: float = 0.0,
+        unknown_wavelengths: float = 0.0,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
@@ -585,6 +612,7 @@ class ChangeDataModule(pl.LightningDataModule):
             "mask_clouds": mask_clouds,
             "object_balanced": object_balanced,
             "hard_fraction": hard_fraction,
+            "unknown_wavelengths": unknown_wavelengths,
         }
         self.seed = seed
         self.num_workers = num_workers

@@ -92,6 +92,7 @@ def make_detector(
     device: Device = "auto",
     batch_size: int | None = None,
     amp: bool = False,
+    wavelengths: Sequence[float | None] | None = None,
 ):
     """A block detector for ``method`` with scene-wide parameters fitted on ``sample``.
 
@@ -102,6 +103,8 @@ def make_detector(
         device: "auto", "cpu" or "cuda" for the deep model.
         batch_size: sub-tiles per forward pass of the deep model (None = its default).
         amp: float16 autocast on CUDA for the deep model.
+        wavelengths: band centres in nm (None = unknown) told to the deep model
+            (``Stack.wavelengths``); the baselines do not use them.
 
     Returns:
         An object with ``.halo`` (pixels) and ``__call__(tile (t, c, h, w)) -> (2, h, w)``.
@@ -114,7 +117,7 @@ def make_detector(
     if method == "cnn-lstm":
         from geochange.predict import model_detector
 
-        kwargs: dict[str, Any] = {"amp": bool(amp)}
+        kwargs: dict[str, Any] = {"amp": bool(amp), "wavelengths": wavelengths or None}
         if batch_size is not None:
             if int(batch_size) != batch_size or batch_size < 1:
                 raise InputError(
@@ -159,6 +162,7 @@ def detect(
     align: bool = False,
     masks: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     mask_values: Sequence[float] | str | None = None,
+    wavelengths: Sequence[float | None] | str | None = None,
     device: Device = "auto",
     overwrite: bool = False,
     progress: bool = False,
@@ -188,6 +192,8 @@ def detect(
         align: resample every date onto the first date's grid.
         masks: cloud / validity masks per date, read as nodata (see ``open_stack``).
         mask_values: mask values that mean masked (None = any non-zero), e.g. "3,8,9,10".
+        wavelengths: band centres in nm, e.g. "490,560,665,842" (see ``open_stack``); default
+            from the files' ``WAVELENGTHS_NM`` tag or band descriptions.
         device: "auto" (CUDA when present), "cpu" or "cuda".
         overwrite: replace existing outputs.
         progress: show a progress bar over chunks.
@@ -239,6 +245,7 @@ def detect(
             align=align,
             masks=masks,
             mask_values=mask_values,
+            wavelengths=wavelengths,
         )
     )
     if adapt:
@@ -252,7 +259,13 @@ def detect(
             )  # fmt: skip
     sample = read_sample(stack)
     detector = make_detector(
-        method, sample, model=model, device=device, batch_size=batch_size, amp=amp
+        method,
+        sample,
+        model=model,
+        device=device,
+        batch_size=batch_size,
+        amp=amp,
+        wavelengths=stack.wavelengths,
     )
     halo = int(detector.halo)
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
@@ -458,6 +471,7 @@ def _provenance(stack, method, model, threshold, min_area, simplify, chunk_size,
         "align": bool(stack.align),
         "masks": stack.mask_names,
         "mask_values": list(stack.mask_values) if stack.mask_values else [],
+        "wavelengths_nm": list(stack.wavelengths),
     }
 
 

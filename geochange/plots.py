@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from rasterio.enums import Resampling
 
+from geochange.bands import wavelength_from_name
 from geochange.errors import InputError, OutputExistsError
 from geochange.grid import GridSpec
 from geochange.stack import GDAL_ENV, Stack
@@ -53,8 +53,8 @@ _BAND_ALIASES: dict[str, frozenset[str]] = {
     "red": frozenset({"r", "red", "b04", "b4", "sr_b4"}),
     "nir": frozenset({"nir", "n", "b08", "b8", "nir08", "sr_b5", "b8a"}),
 }
-# Centre wavelength ranges (nm) of the same kinds.
-_WAVELENGTHS_NM = {"blue": (440, 520), "green": (520, 600), "red": (620, 700), "nir": (760, 900)}
+# Centre wavelength ranges (nm) of the same kinds (coastal aerosol, 443 nm, is not blue here).
+_WAVELENGTHS_NM = {"blue": (460, 520), "green": (520, 600), "red": (620, 700), "nir": (760, 900)}
 _BAND_COLOURS = {"blue": "tab:blue", "green": "tab:green", "red": "tab:red", "nir": "tab:purple"}
 
 
@@ -66,7 +66,7 @@ def _band_kind(name: str | None) -> str | None:
     """'blue', 'green', 'red', 'nir' or None for a band description.
 
     Recognises names (``R``, ``red``, ``B04``; also as the first word, e.g. ``B04 665 nm``) and
-    a centre wavelength in nm (``665 nm``).
+    a centre wavelength (``665 nm``, see :func:`geochange.bands.wavelength_from_name`).
     """
     if not name:
         return None
@@ -75,9 +75,8 @@ def _band_kind(name: str | None) -> str | None:
     for kind, aliases in _BAND_ALIASES.items():
         if key in aliases or (words and words[0] in aliases):
             return kind
-    match = re.search(r"(\d{3,4}(?:\.\d+)?)\s*nm", key)
-    if match:
-        nm = float(match.group(1))
+    nm = wavelength_from_name(name)
+    if nm is not None:
         for kind, (lo, hi) in _WAVELENGTHS_NM.items():
             if lo <= nm < hi:
                 return kind

@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
@@ -100,6 +101,8 @@ class ModelDetector:
             set, pickling sends the path, not the weights.
         meta: model description (name, version, ...), for provenance.
         num_threads: torch intra-op threads used in ``__call__`` (None = leave as is).
+        wavelengths: band centres in nm, one per band (None items or NaN = unknown), told to
+            a model that uses them (see ``Stack.wavelengths``); None = all unknown.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class ModelDetector:
         model_path: str | os.PathLike | None = None,
         meta: dict | None = None,
         num_threads: int | None = None,
+        wavelengths: Sequence[float | None] | None = None,
     ) -> None:
         self.stats = np.asarray(stats, dtype=np.float32)
         if self.stats.ndim != 3 or self.stats.shape[2] != 2:
@@ -137,6 +141,11 @@ class ModelDetector:
         if self.net.in_bands is not None and self.net.in_bands != c:
             raise ModelError(_band_message(self.net.in_bands, c))
         self.halo = int(self.net.halo(t))
+        self.wavelengths = np.full(c, np.nan, np.float32)
+        if wavelengths is not None:
+            if len(wavelengths) != c:
+                raise ModelError(f"wavelengths: got {len(wavelengths)} values for {c} bands")
+            self.wavelengths[:] = [np.nan if v is None else float(v) for v in wavelengths]
 
     # -- pickling: path (or weights) + statistics, never a live module on a device -------------
     def __getstate__(self) -> dict:
@@ -159,6 +168,7 @@ class ModelDetector:
             "ModelDetector",
             source,
             self.stats.tobytes(),
+            self.wavelengths.tobytes(),
             self.device,
             self.amp,
             self.calibration,
@@ -206,10 +216,11 @@ class ModelDetector:
     def _forward(self, xs: np.ndarray, vs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = torch.from_numpy(xs).to(self.device)
         v = torch.from_numpy(vs).to(self.device)
+        wl = torch.from_numpy(self.wavelengths).to(self.device).expand(len(xs), -1)
         use_amp = self.amp and self.device.startswith("cuda")
         autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
         with torch.inference_mode(), autocast:
-            change, intervals = self.net(x, v)
+            change, intervals = self.net(x, v, wl)
             scale, bias = self.calibration
             prob = torch.sigmoid(change.float() * scale + bias)
             k = intervals.float().argmax(dim=1).to(torch.float32)

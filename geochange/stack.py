@@ -35,6 +35,7 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from geochange.bands import band_wavelengths, parse_wavelengths
 from geochange.errors import AlignmentError, DateError, InputError
 from geochange.grid import GridSpec
 
@@ -88,6 +89,9 @@ class Stack:
         band_count: bands per date (c).
         dtype: source data type of the first file, e.g. ``"uint16"``.
         band_names: band descriptions of the first file (None where unnamed).
+        wavelengths: band centres in nm (None where unknown), from ``open_stack(wavelengths=)``
+            or the first file's tag / band descriptions (:mod:`geochange.bands`); the default
+            model is told them.
         chunk_size: spatial chunk size of :attr:`data` in pixels.
         align: whether dates are warped onto ``grid`` when read.
         masks: per date None or ``(path, band)`` of its cloud/validity mask (see
@@ -105,6 +109,7 @@ class Stack:
     align: bool
     masks: tuple[tuple[str, int] | None, ...] = ()
     mask_values: tuple[float, ...] | None = None
+    wavelengths: tuple[float | None, ...] = ()
 
     @property
     def T(self) -> int:  # noqa: N802 - T is the glossary's name for the number of dates
@@ -369,6 +374,7 @@ class _FileInfo:
     dtype: str
     nodata: float | None
     band_names: tuple[str | None, ...]
+    wavelengths: tuple[float | None, ...]
     tag_date: dt.date | None
     tiff_date: dt.date | None
 
@@ -385,6 +391,7 @@ def open_stack(
     align: bool = False,
     masks: Inputs | None = None,
     mask_values: Sequence[float] | str | None = None,
+    wavelengths: Sequence[float | None] | str | None = None,
 ) -> Stack:
     """Open a time series of GeoTIFFs, one file per date, as a lazy :class:`Stack`.
 
@@ -405,6 +412,9 @@ def open_stack(
             ``geochange synth``). Files, folders, globs or a list, like ``inputs``.
         mask_values: mask values that mean "masked", e.g. ``"3,8,9,10"`` for the cloud and
             shadow classes of a Sentinel-2 SCL raster; None = every non-zero value.
+        wavelengths: band centres in nm, one per band (``"490,560,665,842"``; empty or None =
+            unknown). Default: the first file's ``WAVELENGTHS_NM`` tag, else its band
+            descriptions (``B04``, ``665 nm``, ``red``), else unknown (see :mod:`geochange.bands`).
 
     Returns:
         The stack, dates sorted ascending.
@@ -474,6 +484,9 @@ def open_stack(
         align=bool(align),
         masks=date_masks,
         mask_values=_parse_mask_values(mask_values),
+        wavelengths=ref.wavelengths
+        if wavelengths is None
+        else parse_wavelengths(wavelengths, ref.count),
     )
 
 
@@ -625,6 +638,7 @@ def _inspect(path: str) -> _FileInfo:
                 dtype=src.dtypes[0],
                 nodata=src.nodata,
                 band_names=tuple(d or None for d in src.descriptions),
+                wavelengths=band_wavelengths(tags, src.descriptions, path),
                 tag_date=_tag_date(tags),
                 tiff_date=_parse_value_date(tags.get("TIFFTAG_DATETIME")),
             )

@@ -49,7 +49,11 @@ def test_info_json_with_dates(tmp_path: Path) -> None:
     ]
     assert info["grid"]["width"] == 80 and info["grid"]["height"] == 64
     assert info["grid"]["crs"] == "EPSG:32633" and info["grid"]["res"] == [10.0, 10.0]
-    assert info["bands"] == {"count": 3, "names": ["B02", "B03", "B04"]}
+    assert info["bands"] == {
+        "count": 3,
+        "names": ["B02", "B03", "B04"],
+        "wavelengths_nm": [490.0, 560.0, 665.0],  # Sentinel-2 band names
+    }
     assert info["dtype"] == "uint16" and info["nodata"] is None
     assert info["mpx_dates"] == 64 * 80 * 3 / 1e6
 

@@ -66,7 +66,8 @@ def test_sample_batch_shapes_balance_and_determinism() -> None:
     assert b1["change"].shape == (6, 24, 24) and b1["change"].dtype == torch.uint8
     assert b1["date_index"].dtype == torch.int64
     for k in b1:
-        torch.testing.assert_close(b1[k], b2[k], rtol=0, atol=0)
+        torch.testing.assert_close(b1[k], b2[k], rtol=0, atol=0, equal_nan=True)
+    assert b1["wavelengths"].shape == (6, 3) and b1["wavelengths"].isnan().all()  # not given
     # Every chip centred near change holds change pixels (class-balanced sampling).
     assert all((b1["change"][i] == 1).any() for i in range(6))
 
@@ -92,6 +93,26 @@ def test_sample_batch_subsets_and_cloud_masking() -> None:
         scene, np.random.default_rng(0), batch_size=4, chip=40, mask_clouds=1.0, augment=False
     )
     assert not full["valid"][:, 2, :20].any() and full["valid"][:, 2, 20:].all()
+
+
+def test_band_subsets_keep_their_wavelengths_and_some_batches_withhold_them() -> None:
+    raw, change, date_index = _toy(3, t=3, c=5)
+    wl = (490.0, 560.0, 665.0, 842.0, 1610.0)
+    scene = scene_from_arrays(raw, change, date_index, nodata=0, wavelengths=wl)
+    rng = np.random.default_rng(0)
+    withheld = 0
+    for _ in range(40):
+        b = sample_batch(
+            scene, rng, batch_size=2, chip=16, subset_bands=True, unknown_wavelengths=0.3
+        )
+        got = b["wavelengths"].numpy()
+        assert got.shape == (2, b["x"].shape[2]) and (got[0] == got[1]).all() | np.isnan(got).all()
+        if np.isnan(got).all():
+            withheld += 1
+            continue
+        # The wavelengths of the kept bands, in band order (subsets keep the order).
+        assert set(got[0]) <= set(wl) and (np.diff(got[0]) > 0).all()
+    assert 4 <= withheld <= 24  # about 30 % of 40 batches
 
 
 def test_object_balanced_sampling_sees_small_objects() -> None:

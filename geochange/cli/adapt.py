@@ -44,6 +44,7 @@ from geochange.cli import options
 @options.align_option
 @options.masks_option
 @options.mask_values_option
+@options.wavelengths_option
 @options.overwrite_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 def command(
@@ -58,6 +59,7 @@ def command(
     align,
     masks,
     mask_values,
+    wavelengths,
     overwrite,
     progress,
 ):
@@ -94,6 +96,7 @@ def command(
         align=align,
         masks=list(masks) or None,
         mask_values=mask_values,
+        wavelengths=wavelengths,
         overwrite=overwrite,
         progress=progress,
         start_time=start,

@@ -56,6 +56,7 @@ from geochange.cli import options
 @options.align_option
 @options.masks_option
 @options.mask_values_option
+@options.wavelengths_option
 @options.device_option()
 @options.overwrite_option
 @click.option(
@@ -127,6 +128,7 @@ def command(
     align,
     masks,
     mask_values,
+    wavelengths,
     device,
     overwrite,
     quicklook,
@@ -153,6 +155,7 @@ def command(
       geochange detect stack/ -o changes.gpkg --model my_model.ckpt --align --overwrite
       geochange detect stack/ -o changes.gpkg --masks truth/clouds.tif
       geochange detect 'S2_*_B.tif' -o c.gpkg --masks 'S2_*_SCL.tif' --mask-values 3,8,9,10 --align
+      geochange detect landsat/ -o c.gpkg --wavelengths 485,560,660,830,1650,2215
       geochange detect stack/ -o changes.gpkg --workers 2 --threads-per-worker 1
       geochange detect /shared/stack -o /shared/out/changes.gpkg --scheduler tcp://10.0.0.5:8786
       geochange detect stack/ -o changes.gpkg --device cuda --batch-size 16 --amp
@@ -173,6 +176,7 @@ def command(
         align=align,
         masks=list(masks) or None,
         mask_values=mask_values,
+        wavelengths=wavelengths,
         device=device,
         overwrite=overwrite,
         progress=progress,

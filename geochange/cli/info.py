@@ -30,13 +30,23 @@ def describe(stack: Stack) -> dict[str, Any]:
             "bounds": list(grid.bounds),
             "transform": list(grid.transform)[:6],
         },
-        "bands": {"count": stack.band_count, "names": list(stack.band_names)},
+        "bands": {
+            "count": stack.band_count,
+            "names": list(stack.band_names),
+            "wavelengths_nm": list(stack.wavelengths),
+        },
         "dtype": stack.dtype,
         "nodata": nodata,
         "align": stack.align,
         "mpx": mpx,
         "mpx_dates": grid.height * grid.width * stack.T / 1e6,
     }
+
+
+def _centres(wavelengths: list[float | None]) -> str:
+    if not any(w is not None for w in wavelengths):
+        return "unknown (set them with --wavelengths on detect)"
+    return ", ".join("?" if w is None else f"{w:g}" for w in wavelengths) + " nm"
 
 
 def _text(info: dict[str, Any]) -> str:
@@ -52,6 +62,7 @@ def _text(info: dict[str, Any]) -> str:
         + (" (dates warped onto this grid)" if info["align"] else ""),
         f"bounds:  ({bounds}) (left, bottom, right, top)",
         f"bands:   {info['bands']['count']} ({named})",
+        f"centres: {_centres(info['bands']['wavelengths_nm'])}",
         f"dtype:   {info['dtype']}",
         f"nodata:  {info['nodata']}",
         f"size:    {info['mpx']:.4g} Mpx x {len(info['dates'])} dates = "

@@ -47,6 +47,15 @@ mask_values_option = click.option(
     "classes (default: any non-zero value).",
 )
 
+wavelengths_option = click.option(
+    "--wavelengths",
+    default=None,
+    metavar="NM,NM,...",
+    help="Band centre wavelengths in nm, one per band, e.g. 490,560,665,842 (leave an item "
+    "empty if unknown). Default: the files' WAVELENGTHS_NM tag or band descriptions (B04, "
+    "665 nm, red). The default model uses them to tell which band moved which way.",
+)
+
 align_option = click.option(
     "--align",
     is_flag=True,

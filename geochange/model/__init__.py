@@ -36,6 +36,7 @@ NET_KEYS = (
     "head_hidden",
     "context_dilations",
     "shift_radius",
+    "wavelengths",
 )
 
 

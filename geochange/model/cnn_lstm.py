@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from geochange.errors import ModelError
 
-__all__ = ["CNNLSTM", "MASKED_LOGIT", "shift_min_distance"]
+__all__ = ["CNNLSTM", "MASKED_LOGIT", "encode_wavelengths", "shift_min_distance"]
 
 #: Logit given to intervals that cannot hold a change (their "after" date is invalid, or no
 #: valid date precedes it).
@@ -81,22 +81,57 @@ def _conv(cin: int, cout: int, k: int, bias: bool = True, dilation: int = 1) -> 
     )
 
 
+# Radial basis over log-wavelength that tells the band-agnostic stem where a band sits in the
+# spectrum: centres from the blue to the SWIR-2, one basis width apart.
+_WL_CENTRES_NM = (443.0, 490.0, 560.0, 665.0, 705.0, 783.0, 865.0, 1000.0, 1240.0, 1610.0, 2190.0)
+_WL_WIDTH = 0.12  # in ln(nm): neighbouring Sentinel-2 / Landsat bands overlap, far ones do not
+
+
+def encode_wavelengths(wavelengths: Tensor) -> Tensor:
+    """``(n, c)`` band centres in nm (NaN = unknown) → ``(n, c, 1 + K)`` codes.
+
+    Code 0 says whether the band is known; the K others are a radial basis over log-wavelength,
+    all zero for an unknown band, so "unknown" is one fixed code the model learns too.
+    """
+    known = torch.isfinite(wavelengths)
+    log_wl = torch.log(torch.where(known, wavelengths, torch.ones_like(wavelengths)).clamp(min=1.0))
+    centres = torch.log(wavelengths.new_tensor(_WL_CENTRES_NM))
+    rbf = torch.exp(-0.5 * ((log_wl[..., None] - centres) / _WL_WIDTH) ** 2)
+    known_f = known.to(wavelengths.dtype)[..., None]
+    return torch.cat([known_f, rbf * known_f], dim=-1)
+
+
 class _BandAgnosticStem(nn.Module):
     """Shared per-band 3×3 conv on ``[x_b, mean over bands]``, pooled (mean, max) over bands.
 
-    ``(n, c, h, w) -> (n, 2F, h, w)`` for any band count c; invariant to band order.
+    ``(n, c, h, w) -> (n, 2F, h, w)`` for any band count c; invariant to band order. With
+    ``wavelengths``, each band's conv output is scaled and shifted per channel by a code of its
+    centre wavelength (FiLM), so the pooled features know which band moved which way (NIR up and
+    red down is a field greening up, not a clearing); unknown bands get the learned "unknown"
+    code. The modulation starts at zero (identity).
     """
 
-    def __init__(self, features: int) -> None:
+    def __init__(self, features: int, wavelengths: bool = False) -> None:
         super().__init__()
         self.conv = _conv(2, features, 3)
         self.out_channels = 2 * features
+        self.film: nn.Linear | None = None
+        if wavelengths:
+            self.film = nn.Linear(1 + len(_WL_CENTRES_NM), 2 * features)
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, wavelengths: Tensor | None = None) -> Tensor:
         n, c, h, w = x.shape
         mean = x.mean(dim=1, keepdim=True).expand(n, c, h, w)
         pair = torch.stack([x, mean], dim=2).reshape(n * c, 2, h, w)
-        y = torch.relu(self.conv(pair)).reshape(n, c, -1, h, w)
+        y = self.conv(pair).reshape(n, c, -1, h, w)
+        if self.film is not None:
+            if wavelengths is None:
+                wavelengths = x.new_full((n, c), float("nan"))
+            gain, shift = self.film(encode_wavelengths(wavelengths)).chunk(2, dim=-1)
+            y = y * (1.0 + gain[..., None, None]) + shift[..., None, None]
+        y = torch.relu(y)
         return torch.cat([y.mean(dim=1), y.amax(dim=1)], dim=1)
 
 
@@ -108,7 +143,7 @@ class _BandStem(nn.Module):
         self.conv = _conv(in_bands, 2 * features, 3)
         self.out_channels = 2 * features
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, wavelengths: Tensor | None = None) -> Tensor:
         return torch.relu(self.conv(x))
 
 
@@ -152,6 +187,8 @@ class CNNLSTM(nn.Module):
             projection of the features, both ways, so
             objects that appear and objects that vanish both stand out); whole-date shifts of
             up to this many pixels then look like no change. 0 = plain differences only.
+        wavelengths: band-agnostic model only: the stem is told each band's centre wavelength
+            (``forward(..., wavelengths=)``), see :func:`encode_wavelengths`.
 
     Shapes: ``x`` (b, t, c, h, w) float32, normalised (see ``normalize.apply``), no NaN;
     ``valid`` (b, t, h, w) bool. Works for any t >= 2.
@@ -167,6 +204,7 @@ class CNNLSTM(nn.Module):
         head_hidden: int = 16,
         context_dilations: tuple[int, ...] | list[int] = (1,),
         shift_radius: int = 0,
+        wavelengths: bool = False,
     ) -> None:
         super().__init__()
         if in_bands is not None and in_bands < 1:
@@ -185,7 +223,9 @@ class CNNLSTM(nn.Module):
         self.features = features
         self.hidden = hidden
         self.stem: nn.Module = (
-            _BandAgnosticStem(features) if in_bands is None else _BandStem(in_bands, features)
+            _BandAgnosticStem(features, bool(wavelengths))
+            if in_bands is None
+            else _BandStem(in_bands, features)
         )
         layers: list[nn.Module] = []
         cin = 2 * features
@@ -223,7 +263,13 @@ class CNNLSTM(nn.Module):
             "head_hidden": self.decoder[0].out_channels,
             "context_dilations": list(self.context_dilations),
             "shift_radius": self.shift_radius,
+            "wavelengths": self.uses_wavelengths,
         }
+
+    @property
+    def uses_wavelengths(self) -> bool:
+        """Whether the stem is told the bands' centre wavelengths."""
+        return getattr(self.stem, "film", None) is not None
 
     def halo(self, t: int) -> int:
         """Receptive radius in pixels of both outputs for ``t`` dates.
@@ -239,7 +285,7 @@ class CNNLSTM(nn.Module):
         head = max(_radius(self.interval_head), _radius(self.decoder))
         return enc + (t - 1) * rec + head
 
-    def _check(self, x: Tensor, valid: Tensor) -> None:
+    def _check(self, x: Tensor, valid: Tensor, wavelengths: Tensor | None) -> None:
         if x.ndim != 5:
             raise ModelError(f"x: got shape {tuple(x.shape)}, expected (b, t, c, h, w)")
         b, t, c, h, w = x.shape
@@ -254,20 +300,28 @@ class CNNLSTM(nn.Module):
             raise ModelError(
                 f"valid: got shape {tuple(valid.shape)}, expected {(b, t, h, w)} for x"
             )
+        if wavelengths is not None and tuple(wavelengths.shape) != (b, c):
+            raise ModelError(
+                f"wavelengths: got shape {tuple(wavelengths.shape)}, expected {(b, c)} for x"
+            )
 
-    def forward(self, x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, valid: Tensor, wavelengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Change and interval logits.
 
         Args:
             x: (b, t, c, h, w) float32 normalised bands, NaN-free.
             valid: (b, t, h, w) bool, False where the date is nodata / masked.
+            wavelengths: (b, c) band centres in nm, NaN = unknown; None = all unknown. Used
+                only by a model built with ``wavelengths=True``.
 
         Returns:
             ``change_logit`` (b, h, w) and ``interval_logits`` (b, t-1, h, w); interval k is
             the change first seen on date k+1. Intervals that cannot hold a change get
             :data:`MASKED_LOGIT`.
         """
-        self._check(x, valid)
+        self._check(x, valid, wavelengths)
         b, t, c, h, w = x.shape
         hid = self.hidden
         valid = valid.to(torch.bool)
@@ -275,11 +329,14 @@ class CNNLSTM(nn.Module):
         # Stored per date: features (F) and forward states (H); everything else is recomputed,
         # which bounds memory for long series.
         vmask = [valid[:, i, None] for i in range(t)]
-        feats = [self.encoder(self.stem(x[:, 0]))]
+        wl = None
+        if self.uses_wavelengths and wavelengths is not None:
+            wl = wavelengths.to(device=x.device, dtype=x.dtype)
+        feats = [self.encoder(self.stem(x[:, 0], wl))]
         for i in range(1, t):
             # An invalid date carries the last valid date's features: its difference is zero
             # and the next valid date is compared with the last valid one.
-            feats.append(torch.where(vmask[i], self.encoder(self.stem(x[:, i])), feats[-1]))
+            feats.append(torch.where(vmask[i], self.encoder(self.stem(x[:, i], wl)), feats[-1]))
 
         # Misregistration-tolerant distances to the previous date (2 channels, kept: cheap).
         dists: list[Tensor] = []

@@ -67,7 +67,7 @@ class ChangeTask(pl.LightningModule):
 
     Args:
         in_bands, features, hidden, encoder_layers, recurrent_kernel, head_hidden,
-            context_dilations, shift_radius: the network
+            context_dilations, shift_radius, wavelengths: the network
             (see :class:`CNNLSTM`).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
@@ -91,6 +91,7 @@ class ChangeTask(pl.LightningModule):
         head_hidden: int = 16,
         context_dilations: tuple[int, ...] | list[int] = (1,),
         shift_radius: int = 0,
+        wavelengths: bool = False,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         scheduler: Literal["onecycle", "cosine", "none"] = "onecycle",
@@ -114,18 +115,23 @@ class ChangeTask(pl.LightningModule):
             head_hidden=head_hidden,
             context_dilations=context_dilations,
             shift_radius=shift_radius,
+            wavelengths=wavelengths,
         )
         self.val_f1 = BinaryF1Score(ignore_index=IGNORE)
         self.val_iou = BinaryJaccardIndex(ignore_index=IGNORE)
         self.test_f1 = BinaryF1Score(ignore_index=IGNORE)
         self.test_iou = BinaryJaccardIndex(ignore_index=IGNORE)
 
-    def forward(self, x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        return self.net(x, valid)
+    def forward(
+        self, x: Tensor, valid: Tensor, wavelengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return self.net(x, valid, wavelengths)
 
     def losses(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
         """Weighted total loss, its parts, and the network's (change, interval) logits."""
-        change_logit, interval_logits = self.net(batch["x"], batch["valid"])
+        change_logit, interval_logits = self.net(
+            batch["x"], batch["valid"], batch.get("wavelengths")
+        )
         change = batch["change"]
         hp = self.hparams
         parts = {
@@ -184,7 +190,9 @@ class ChangeTask(pl.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Probabilities: ``change`` (b, h, w) and ``interval`` (b, t-1, h, w) (softmax)."""
-        change_logit, interval_logits = self.net(batch["x"], batch["valid"])
+        change_logit, interval_logits = self.net(
+            batch["x"], batch["valid"], batch.get("wavelengths")
+        )
         return {
             "change": torch.sigmoid(change_logit),
             "interval": torch.softmax(interval_logits, dim=1),
