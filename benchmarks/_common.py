@@ -265,7 +265,9 @@ def run_method(
     masks = case.masks if use_masks else None
     stack = open_stack(case.paths, dates=case.dates, chunk_size=chunk_size, masks=masks)
     sample = read_sample(stack)
-    kwargs: dict[str, Any] = {"model": model, "device": "cpu"} if method == "cnn-lstm" else {}
+    kwargs: dict[str, Any] = {}
+    if method == "cnn-lstm":
+        kwargs = {"model": model, "device": "cpu", "wavelengths": stack.wavelengths}
     detector = make_detector(method, sample, **kwargs)  # type: ignore[arg-type]
     halo = int(detector.halo)
     ych, xch = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)

@@ -88,7 +88,12 @@ def main() -> None:
         x = scene.images.astype(np.float32)
         if a.masks:
             x[np.broadcast_to(scene.clouds[:, None], x.shape)] = np.nan
-        det = model_detector(x.reshape(a.dates, a.bands, -1), model_path=a.model, device="cpu")
+        det = model_detector(
+            x.reshape(a.dates, a.bands, -1),
+            model_path=a.model,
+            device="cpu",
+            wavelengths=scene.band_wavelengths,
+        )
         counts = breakdown(scene, det(x)[0], seed)
         fa = sum(v for k, v in counts.items() if k in CLASSES)
         print(f"seed {seed}: {fa} false-alarm px ({100 * fa / counts['unchanged pixels']:.1f} %)")

@@ -88,7 +88,12 @@ def model_floor(stack_dir: Path, chunk: int, batch_size: int, amp: bool) -> dict
 
     stack = open_stack(stack_dir, chunk_size=chunk)
     det = make_detector(
-        "cnn-lstm", read_sample(stack), device="cuda", batch_size=batch_size, amp=amp
+        "cnn-lstm",
+        read_sample(stack),
+        device="cuda",
+        batch_size=batch_size,
+        amp=amp,
+        wavelengths=stack.wavelengths,
     )
     det.tile_size = chunk
     h, w = stack.grid.shape

@@ -178,7 +178,9 @@ _FLOORS = textwrap.dedent(
 
     stack_dir, model, chunk, sample_chunks = sys.argv[1], sys.argv[2] or None, int(sys.argv[3]), int(sys.argv[4])
     stack = open_stack(stack_dir, chunk_size=chunk)
-    det = make_detector("cnn-lstm", read_sample(stack), model=model, device="cpu")
+    det = make_detector(
+        "cnn-lstm", read_sample(stack), model=model, device="cpu", wavelengths=stack.wavelengths
+    )
     halo = det.halo
     yc, xc = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk, halo)
     n = len(yc) * len(xc)

@@ -107,7 +107,7 @@ def _scene_logits(net: CNNLSTM, seed: int, size: int, cfg: dict) -> tuple[np.nda
     from geochange.predict import ModelDetector
 
     scene = synthetic_scene(seed, size, cfg["dates"], cfg["bands"], cfg["nuisance"])
-    det = ModelDetector(net, scene.stats, device="cpu", meta={})  # no calibration: raw
+    det = ModelDetector(net, scene.stats, device="cpu", meta={}, wavelengths=scene.wavelengths)
     prob = det(scene.raw)[0].astype(np.float64)
     ok = ~np.isnan(prob) & (scene.change != 255)
     p = np.clip(prob[ok], _EPS, 1 - _EPS)
