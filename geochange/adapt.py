@@ -18,7 +18,8 @@ loads like any other. Two kinds of examples teach the scene:
   and blobs, 2 to ~32 pixels across, some blended at low contrast; labelled change with the first
   date on which they are seen (:func:`paste_changes`). With T > 2 dates the date is random, so
   the change-date head learns the scene's own series. Nodata dates stay nodata (``valid`` False),
-  never learned as change.
+  never learned as change. When the stack's red and NIR wavelengths are known, no piece that
+  turns its footprint greener is pasted: a field greening up is phenology, not change.
 
 Chips are normalised exactly as at inference (``normalize.scene_stats`` of ``read_sample``, then
 ``normalize.apply``), and cut from windowed reads: a small scene is read once, a large one
@@ -68,6 +69,7 @@ __all__ = [
     "ignore_threshold",
     "interpolate",
     "paste_changes",
+    "red_nir_bands",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,11 @@ logger = logging.getLogger(__name__)
 FOOTPRINTS = ("rectangle", "L", "road", "blob")
 #: A scene at most this large (bytes as float32, all dates and bands) is read once in full.
 WHOLE_SCENE_BYTES = 256 * 2**20
+#: A pasted piece that raises the NDVI of the pixels it covers by more than this (median) is a
+#: field greening up, not a change the default model reports: drawn again (see paste_changes).
+GREENING_NDVI = 0.15
+#: Band centre ranges (nm) taken as red and near infrared for the NDVI.
+_RED_NM, _NIR_NM = (620.0, 700.0), (760.0, 900.0)
 #: Seconds kept from the budget for writing the checkpoint (at most 5 % of the budget).
 _SAVE_RESERVE_S = 3.0
 
@@ -85,7 +92,16 @@ _SAVE_RESERVE_S = 3.0
 
 
 def change_magnitude(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """CVA-like magnitude: largest RMS over bands of consecutive differences of valid dates.
+    """CVA-like magnitude of *lasting* change: largest RMS over bands of the differences of
+    consecutive valid dates, each capped by how much of it is still there one date later.
+
+    Interval k (date k-1 to date k) counts ``min(|x_k - x_{k-1}|, |x_{k+1} - x_{k-1}|)`` (RMS over
+    bands); the last interval, which has no later date to confirm it, counts in full. A cloud,
+    its shadow or a haze patch on one date comes and goes, so it scores low and its pixels stay
+    "no change" in :func:`adapt_network`'s real chips — the model is reminded that a passing
+    cloud is not change — while a lasting change scores high and is left unknown. Measured on
+    data_samples (6 dates, no cloud masks given): without the cap, adaptation taught clouds as
+    change (F1 0.78 after adaptation vs 0.84 before).
 
     Args:
         x: (t, c, ...) normalised, nodata filled along time (``normalize.apply``).
@@ -93,9 +109,13 @@ def change_magnitude(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
     Returns:
         (...) float32, 0 where fewer than two dates are valid. An interval counts where its later
-        date is valid and some earlier date is (filled values make it the last valid one).
+        date is valid and some earlier date is (filled values make it the last valid one, and a
+        nodata date k+1 repeats date k, so it confirms the change).
     """
     d = np.sqrt(np.mean((x[1:] - x[:-1]) ** 2, axis=1))  # (t-1, ...)
+    if len(d) > 1:
+        later = np.sqrt(np.mean((x[2:] - x[:-2]) ** 2, axis=1))  # date k-1 to date k+1
+        d = np.concatenate([np.minimum(d[:-1], later), d[-1:]], axis=0)
     seen = np.cumsum(valid, axis=0) > 0
     observed = valid[1:] & seen[:-1]
     return np.where(observed, d, 0.0).max(axis=0).astype(np.float32)
@@ -202,6 +222,7 @@ def paste_changes(
     low_contrast: float = 0.25,
     scale: np.ndarray | None = None,
     min_contrast: float = 0.0,
+    red_nir: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Paste ``n`` pieces of ``source`` into ``raw`` from a random date on, with their labels.
 
@@ -222,6 +243,12 @@ def paste_changes(
         min_contrast: a piece whose median contrast at its date (RMS over bands of the scaled
             difference it makes, blending included) is below this is drawn again (up to 4
             times, then left out): an invisible piece labelled change would teach false alarms.
+        red_nir: indices of the red and NIR bands when known (:func:`red_nir_bands`): a piece
+            that turns its footprint greener (median NDVI gain above :data:`GREENING_NDVI` at
+            its date) is drawn again too. Pasting a crop field over bare soil would teach that
+            a field greening up is change — the largest false alarm the default model has
+            learnt to avoid (measured on data_samples: F1 0.84 before adaptation, 0.75 after,
+            without this rule).
 
     Returns:
         ``out`` (t, c, h, w) float32 (differs from ``raw`` only inside the change mask, on dates
@@ -242,7 +269,10 @@ def paste_changes(
             mask = footprint(rng, (h, w))
             j = int(cands[int(rng.integers(len(cands)))])
             a = float(rng.uniform(0.35, 0.8)) if rng.random() < low_contrast else 1.0
-            if min_contrast <= 0 or _contrast(out[j], source[j], mask, sc[j], a) >= min_contrast:
+            visible = (
+                min_contrast <= 0 or _contrast(out[j], source[j], mask, sc[j], a) >= min_contrast
+            )
+            if visible and (red_nir is None or not _greening(out[j], source[j], mask, a, red_nir)):
                 break
         else:
             continue
@@ -267,6 +297,32 @@ def paste_changes(
     change[unseen] = IGNORE
     date_index[unseen] = IGNORE
     return out, change, date_index
+
+
+def red_nir_bands(wavelengths: Sequence[float | None]) -> tuple[int, int] | None:
+    """Indices of a red (620-700 nm) and a NIR (760-900 nm) band, or None if either is unknown."""
+
+    def first(lo: float, hi: float) -> int | None:
+        return next((i for i, w in enumerate(wavelengths) if w is not None and lo <= w <= hi), None)
+
+    red, nir = first(*_RED_NM), first(*_NIR_NM)
+    return None if red is None or nir is None else (red, nir)
+
+
+def _greening(
+    before: np.ndarray, piece: np.ndarray, mask: np.ndarray, a: float, red_nir: tuple[int, int]
+) -> bool:
+    """Whether pasting ``piece`` (blend ``a``) raises the median NDVI over ``mask`` by more than
+    :data:`GREENING_NDVI`."""
+    r, n = red_nir
+
+    def ndvi(img: np.ndarray) -> np.ndarray:
+        red, nir = img[r][mask], img[n][mask]
+        return (nir - red) / np.maximum(nir + red, 1e-6)
+
+    gain = a * (ndvi(piece) - ndvi(before))
+    gain = gain[np.isfinite(gain)]
+    return bool(gain.size) and float(np.median(gain)) > GREENING_NDVI
 
 
 def _contrast(
@@ -332,6 +388,7 @@ class _Setup:
     threshold: float  # ignore threshold of the change magnitude
     chip: tuple[int, int]
     max_dates: int
+    red_nir: tuple[int, int] | None = None  # band indices for the greening rule
 
 
 def _batch(
@@ -349,7 +406,7 @@ def _batch(
     if t > setup.max_dates:
         keep = np.sort(rng.choice(t, size=setup.max_dates, replace=False))
     stats = setup.stats[keep]
-    xs, vs, cs, ds = [], [], [], []
+    xs, vs, cs, ds, us = [], [], [], [], []
     for _ in range(batch_size):
         raw = pool.chip(rng, setup.chip)[keep]
         x0, v0 = apply(raw, stats)
@@ -369,24 +426,34 @@ def _batch(
                     n=n,
                     scale=setup.stats[keep, :, 1],
                     min_contrast=min_contrast * setup.threshold,
+                    red_nir=setup.red_nir,
                 )
-                hit = pc != 0
+                # A piece pasted over a pixel that may have changed already (or holds a
+                # cloud) is left unknown: labelled change there, it taught the model that a
+                # cloud on the first date is change (data_samples, F1 0.84 -> 0.78).
+                hit = (pc != 0) & ~ignore
                 change[hit] = pc[hit]
-                # A pasted piece over a pixel that may have changed already: date unknown.
-                date_index[hit] = np.where(ignore[hit], IGNORE, pd[hit])
+                date_index[hit] = pd[hit]
+                change[(pc != 0) & ignore] = IGNORE
         x, valid = apply(raw, stats)
         change[valid.sum(axis=0) < 2] = IGNORE
+        # Real pixels left unknown for their high magnitude alone (not pasted over).
+        unsure = ignore & (date_index == 0) & (change == IGNORE) & (valid.sum(axis=0) >= 2)
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
-        x, valid, change, date_index = (_aug(a, k, flip) for a in (x, valid, change, date_index))
+        x, valid, change, date_index, unsure = (
+            _aug(a, k, flip) for a in (x, valid, change, date_index, unsure)
+        )
         xs.append(x)
         vs.append(valid)
         cs.append(change)
         ds.append(date_index)
+        us.append(unsure)
     return {
         "x": np.ascontiguousarray(np.stack(xs)),
         "valid": np.ascontiguousarray(np.stack(vs)),
         "change": np.ascontiguousarray(np.stack(cs)),
         "date_index": np.ascontiguousarray(np.stack(ds)),
+        "unsure": np.ascontiguousarray(np.stack(us)),
     }
 
 
@@ -462,8 +529,10 @@ def adapt_network(
     ignore_top: float = 0.08,
     ignore_dilate: int = 2,
     keep_confident: float | None = 0.8,
+    keep_rejected: float | None = 0.05,
     min_contrast: float = 0.5,
     date_weight: float = 0.5,
+    avoid_greening: bool = True,
     start_time: float | None = None,
 ) -> AdaptResult:
     """Fine-tune a model on self-labelled chips of ``stack`` (see the module docstring).
@@ -484,11 +553,17 @@ def adapt_network(
         paste_prob: share of chips that get pasted changes.
         ignore_top: share of real pixels with the highest change magnitude always ignored.
         ignore_dilate: dilation (pixels) of the ignored area.
+        keep_rejected: real pixels left unknown for their high magnitude that the starting
+            model calls change with at most this probability are taught as no change after all
+            (None = off): what it already rejects — a cloud on the first date, a field greening
+            up — it keeps rejecting instead of drifting towards calling it change.
         keep_confident: also ignore real pixels the starting model calls change with at least
             this probability (None = off).
         min_contrast: pasted pieces make at least this contrast, as a share of the ignore
             threshold of the change magnitude (see :func:`paste_changes`).
         date_weight: weight of the change-date loss.
+        avoid_greening: with red and NIR wavelengths known, paste no piece that turns its
+            footprint greener (see :func:`paste_changes`).
         start_time: ``time.monotonic()`` at which the budget started (default: now).
 
     Raises:
@@ -519,7 +594,8 @@ def adapt_network(
     thr = ignore_threshold(change_magnitude(sx, sv)[0], ignore_top)
     h, w = stack.grid.shape
     side = min(chip, h, w)  # square chips: rotations keep the shape
-    setup = _Setup(stats, thr, (side, side), max(2, int(max_dates)))
+    red_nir = red_nir_bands(stack.wavelengths) if avoid_greening else None
+    setup = _Setup(stats, thr, (side, side), max(2, int(max_dates)), red_nir)
     pool = _ScenePool(stack, rng, window=4 * chip, n_windows=16)
     wl_scene = [np.nan if v is None else v for v in stack.wavelengths] or [
         np.nan
@@ -528,7 +604,8 @@ def adapt_network(
 
     net = copy.deepcopy(base).to(dev).train()
     _freeze_norm(net)
-    ref = base.to(dev).eval() if keep_confident is not None else None
+    use_ref = keep_confident is not None or keep_rejected is not None
+    ref = base.to(dev).eval() if use_ref else None
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     planned = int(max_steps) if max_steps else 10**9
     reserve = min(_SAVE_RESERVE_S, 0.05 * budget)
@@ -558,10 +635,16 @@ def adapt_network(
             if ref is not None:
                 with torch.no_grad():
                     p_ref = torch.sigmoid(ref(x, valid, wl)[0])
-                # Real pixels the start model is sure about: do not teach "no change" there.
-                change = torch.where(
-                    (change == 0) & (p_ref >= keep_confident), change.new_tensor(IGNORE), change
-                )
+                if keep_confident is not None:
+                    # Real pixels the start model is sure about: do not teach "no change" there.
+                    change = torch.where(
+                        (change == 0) & (p_ref >= keep_confident), change.new_tensor(IGNORE), change
+                    )
+                if keep_rejected is not None:
+                    unsure = torch.from_numpy(b["unsure"]).to(dev)
+                    change = torch.where(
+                        unsure & (p_ref <= keep_rejected), change.new_tensor(0), change
+                    )
             change_logit, interval_logits = net(x, valid, wl)
             loss = adapt_loss(change_logit, interval_logits, change, date_index, date_weight)
             opt.zero_grad(set_to_none=True)
@@ -591,7 +674,9 @@ def adapt_network(
         "ignore_threshold": round(float(thr), 4),
         "ignore_top": float(ignore_top),
         "keep_confident": keep_confident,
+        "keep_rejected": keep_rejected,
         "min_contrast": float(min_contrast),
+        "greening_rule": None if red_nir is None else list(red_nir),
         "loss_first": round(float(np.mean(losses[:20])), 4) if losses else None,
         "loss_last": round(float(np.mean(losses[-20:])), 4) if losses else None,
         "device": dev,

@@ -21,6 +21,7 @@ from geochange.adapt import (
     ignore_threshold,
     interpolate,
     paste_changes,
+    red_nir_bands,
 )
 from geochange.cli import cli
 from geochange.errors import InputError, OutputExistsError
@@ -80,6 +81,27 @@ def test_pasted_changes_are_exactly_where_the_labels_say():
             assert not same[j][:, at].any()
         # Pixels of a piece are labelled with a date (no unseen piece here: date 4 is valid).
         assert set(np.unique(date_index[change == 1])) <= set(range(1, t))
+
+
+def test_no_greening_piece_is_pasted_when_red_and_nir_are_known():
+    assert red_nir_bands((490.0, 560.0, 665.0, 842.0)) == (2, 3)
+    assert red_nir_bands((665.0, 560.0, 490.0)) is None  # RGB: no NIR
+    assert red_nir_bands((None, None, None, None)) is None
+    t, c, h, w = 3, 4, 32, 32
+    soil = np.empty((t, c, h, w), np.float32)
+    soil[:] = np.array([800, 1200, 1700, 2400], np.float32)[None, :, None, None]  # NDVI 0.17
+    crop = np.empty_like(soil)
+    crop[:] = np.array([400, 900, 400, 4500], np.float32)[None, :, None, None]  # NDVI 0.84
+    pasted = {}
+    for name, raw, src in (("greening", soil, crop), ("clearing", crop, soil)):
+        n = 0
+        for seed in range(10):
+            rng = np.random.default_rng(seed)
+            n += int((paste_changes(raw, src, rng, n=2, red_nir=(2, 3))[1] == 1).any())
+        pasted[name] = n
+    assert pasted == {"greening": 0, "clearing": 10}
+    # Without the band roles the same greening pieces are pasted.
+    assert (paste_changes(soil, crop, np.random.default_rng(0), n=2)[1] == 1).any()
 
 
 def test_pasted_change_on_a_nodata_date_is_dated_when_first_seen():
