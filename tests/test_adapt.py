@@ -158,9 +158,14 @@ def test_batch_ignores_the_real_change_and_labels_pasted_ones(stack_dir):
     # The chip holds the whole real change: it is the only ignored area.
     assert (change == IGNORE).sum() == 10 * 12
     assert set(np.unique(change)) == {0, IGNORE}
+    # The same pixels are "unsure" (keep_rejected may teach them as no change), no others.
+    assert np.array_equal(b["unsure"][0], change == IGNORE)
     b = _batch(pool, setup, np.random.default_rng(5), batch_size=4, paste_prob=1.0, ignore_dilate=0)
     assert (b["change"] == 1).any()
     assert set(np.unique(b["date_index"][b["change"] == 1])) <= {1, 2, IGNORE}
+    # Pasted pieces are never "unsure"; unsure pixels are unknown until the start model rules.
+    assert not (b["unsure"] & (b["change"] == 1)).any()
+    assert (b["change"][b["unsure"]] == IGNORE).all() and b["unsure"].any()
 
 
 def test_a_large_scene_is_sampled_through_windows(stack_dir, tiny_model, monkeypatch):
