@@ -5,13 +5,17 @@ on chips cut from the stack itself, then writes a checkpoint that ``geochange de
 loads like any other. Two kinds of examples teach the scene:
 
 - **no change, with the scene's real nuisance**: real chips of the stack. Pixels whose CVA-like
-  change magnitude (RMS over bands of the difference of consecutive valid dates, scene-normalised)
-  is high are *unknown* (label 255, ignored by the loss): above the scene's ``1 - ignore_top``
+  change magnitude (RMS over bands of the difference of consecutive valid dates, scene-normalised,
+  counting only what lasts one date longer: :func:`change_magnitude`) is high are *unknown*
+  (label 255, ignored by the loss): above the scene's ``1 - ignore_top``
   quantile **or** above its Otsu split, whichever is lower, dilated by ``ignore_dilate`` pixels.
   Taking the lower of the two guards the scene with a lot of real change: with a bimodal
   magnitude the Otsu split ignores the whole changed mode, not just the top few percent. Pixels
   the starting model already calls change with probability ``>= keep_confident`` are ignored too,
-  so the model is not taught to unlearn its confident detections; everything else is no change.
+  so the model is not taught to unlearn its confident detections; unknown pixels it rejects with
+  probability ``<= keep_rejected`` are no change after all (it keeps rejecting a cloud on the
+  first date or a field greening up instead of drifting towards them); everything else is no
+  change. A piece pasted over an unknown pixel is unknown too.
 - **change, pasted**: into a real chip, pieces of the same scene taken from elsewhere (real roofs,
   fields, water, soil of this scene, with their own appearance on every date) are pasted from a
   random date on, with footprints like buildings (rectangles), L-shapes, roads (thin polylines)
