@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from geochange.bands import wavelength_array
 from geochange.errors import InputError, ModelError, OutputExistsError
 from geochange.model import load_model, save_model
 from geochange.model.cnn_lstm import CNNLSTM
@@ -601,10 +602,7 @@ def adapt_network(
     red_nir = red_nir_bands(stack.wavelengths) if avoid_greening else None
     setup = _Setup(stats, thr, (side, side), max(2, int(max_dates)), red_nir)
     pool = _ScenePool(stack, rng, window=4 * chip, n_windows=16)
-    wl_scene = [np.nan if v is None else v for v in stack.wavelengths] or [
-        np.nan
-    ] * stack.band_count
-    wavelengths = torch.tensor(wl_scene, dtype=torch.float32, device=dev)
+    wavelengths = torch.from_numpy(wavelength_array(stack.wavelengths, stack.band_count)).to(dev)
 
     net = copy.deepcopy(base).to(dev).train()
     _freeze_norm(net)

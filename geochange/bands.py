@@ -20,9 +20,17 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from geochange.errors import InputError
 
-__all__ = ["WAVELENGTH_TAG", "band_wavelengths", "parse_wavelengths", "wavelength_from_name"]
+__all__ = [
+    "WAVELENGTH_TAG",
+    "band_wavelengths",
+    "parse_wavelengths",
+    "wavelength_array",
+    "wavelength_from_name",
+]
 
 #: GeoTIFF tag listing the band centres in nm, comma-separated ("" or "nan" = unknown).
 WAVELENGTH_TAG = "WAVELENGTHS_NM"
@@ -99,6 +107,15 @@ def parse_wavelengths(
             ) from None
         out.append(None if math.isnan(number) else _check(number, where))
     return tuple(out)
+
+
+def wavelength_array(wavelengths: Sequence[float | None] | None, count: int) -> np.ndarray:
+    """``(count,)`` float32 band centres in nm, NaN where unknown (None, or no wavelengths at all):
+    the form the model takes (``CNNLSTM.forward(..., wavelengths=)``)."""
+    out = np.full(count, np.nan, np.float32)
+    if wavelengths:
+        out[:] = [np.nan if v is None else float(v) for v in wavelengths]
+    return out
 
 
 def band_wavelengths(

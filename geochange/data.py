@@ -39,6 +39,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
+from geochange.bands import wavelength_array
 from geochange.errors import InputError
 from geochange.model.losses import IGNORE
 from geochange.model.normalize import apply, scene_stats
@@ -159,15 +160,8 @@ def scene_from_arrays(
         date_index=np.asarray(date_index, dtype=np.uint8),
         clouds=None if clouds is None else np.asarray(clouds, dtype=bool),
         name=name,
-        wavelengths=_wavelength_array(wavelengths, arr.shape[1]),
+        wavelengths=wavelength_array(wavelengths, arr.shape[1]),
     )
-
-
-def _wavelength_array(wavelengths: Sequence[float | None] | None, c: int) -> np.ndarray:
-    out = np.full(c, np.nan, np.float32)
-    if wavelengths:
-        out[:] = [np.nan if v is None else float(v) for v in wavelengths]
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,7 +313,7 @@ def load_labelled_stack(
         change=change,
         date_index=date_index,
         name=f"stack {inputs} labels {labels}",
-        wavelengths=_wavelength_array(st.wavelengths, st.band_count),
+        wavelengths=wavelength_array(st.wavelengths, st.band_count),
     )
 
 

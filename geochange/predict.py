@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from geochange.bands import wavelength_array
 from geochange.errors import ModelError
 from geochange.model import DEFAULT_MODEL_PATH, load_model
 from geochange.model.calibrate import calibration_of
@@ -141,11 +142,9 @@ class ModelDetector:
         if self.net.in_bands is not None and self.net.in_bands != c:
             raise ModelError(_band_message(self.net.in_bands, c))
         self.halo = int(self.net.halo(t))
-        self.wavelengths = np.full(c, np.nan, np.float32)
-        if wavelengths is not None:
-            if len(wavelengths) != c:
-                raise ModelError(f"wavelengths: got {len(wavelengths)} values for {c} bands")
-            self.wavelengths[:] = [np.nan if v is None else float(v) for v in wavelengths]
+        if wavelengths is not None and len(wavelengths) != c:
+            raise ModelError(f"wavelengths: got {len(wavelengths)} values for {c} bands")
+        self.wavelengths = wavelength_array(wavelengths, c)
 
     # -- pickling: path (or weights) + statistics, never a live module on a device -------------
     def __getstate__(self) -> dict:
