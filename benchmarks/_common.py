@@ -4,10 +4,10 @@ A *case* is one scene to score: dated GeoTIFFs written to a temporary folder (so
 reading path, ``stack.open_stack``, is exercised) plus its reference change mask, the labelled
 pixels and, where known, the reference change date index (label encoding of docs/DESIGN.md).
 
-Every method runs the way ``geochange detect`` runs it, in memory: ``read_sample`` →
-``make_detector`` (scene statistics fitted once) → ``tiling.overlap_map`` chunk by chunk with the
-detector's halo, computed with dask's synchronous scheduler and a fixed number of torch threads so
-a re-run gives the same numbers.
+Every method runs the way ``geochange detect`` runs it, in memory: ``stack_detector`` (scene
+statistics fitted once on ``read_sample``, band wavelengths) → ``tiling.overlap_map`` chunk by
+chunk with the detector's halo, computed with dask's synchronous scheduler and a fixed number of
+torch threads so a re-run gives the same numbers.
 
 Run the scripts from the repository root; they are not part of the package.
 """
@@ -35,8 +35,8 @@ from rasterio.crs import CRS
 from geochange import tiling
 from geochange.evaluate import evaluate_arrays
 from geochange.grid import GridSpec
-from geochange.pipeline import make_detector
-from geochange.stack import open_stack, read_sample
+from geochange.pipeline import stack_detector
+from geochange.stack import open_stack
 from geochange.synth import load_pair, make_scene, semi_synthetic, write_scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,11 +264,8 @@ def run_method(
         raise ValueError(f"{case.name}: no cloud masks known for this case")
     masks = case.masks if use_masks else None
     stack = open_stack(case.paths, dates=case.dates, chunk_size=chunk_size, masks=masks)
-    sample = read_sample(stack)
-    kwargs: dict[str, Any] = {}
-    if method == "cnn-lstm":
-        kwargs = {"model": model, "device": "cpu", "wavelengths": stack.wavelengths}
-    detector = make_detector(method, sample, **kwargs)  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {"model": model, "device": "cpu"} if method == "cnn-lstm" else {}
+    detector = stack_detector(stack, method, **kwargs)  # type: ignore[arg-type]
     halo = int(detector.halo)
     ych, xch = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
     data = stack.data.rechunk({0: -1, 1: -1, 2: ych, 3: xch})

@@ -83,18 +83,11 @@ def bench_detect(stack_dir: Path, size: int, runs: list[dict]) -> list[dict]:
 
 def model_floor(stack_dir: Path, chunk: int, batch_size: int, amp: bool) -> dict:
     """The CUDA detector alone on in-memory tiles (chunk + halo), one thread, synchronised."""
-    from geochange.pipeline import make_detector
-    from geochange.stack import open_stack, read_sample
+    from geochange.pipeline import stack_detector
+    from geochange.stack import open_stack
 
     stack = open_stack(stack_dir, chunk_size=chunk)
-    det = make_detector(
-        "cnn-lstm",
-        read_sample(stack),
-        device="cuda",
-        batch_size=batch_size,
-        amp=amp,
-        wavelengths=stack.wavelengths,
-    )
+    det = stack_detector(stack, device="cuda", batch_size=batch_size, amp=amp)
     det.tile_size = chunk
     h, w = stack.grid.shape
     read = stack.reader()

@@ -173,14 +173,12 @@ _FLOORS = textwrap.dedent(
     import dask, dask.array as da, numpy as np
     from geochange import tiling
     from geochange.cluster import threads_layout
-    from geochange.pipeline import make_detector
-    from geochange.stack import open_stack, read_sample
+    from geochange.pipeline import stack_detector
+    from geochange.stack import open_stack
 
     stack_dir, model, chunk, sample_chunks = sys.argv[1], sys.argv[2] or None, int(sys.argv[3]), int(sys.argv[4])
     stack = open_stack(stack_dir, chunk_size=chunk)
-    det = make_detector(
-        "cnn-lstm", read_sample(stack), model=model, device="cpu", wavelengths=stack.wavelengths
-    )
+    det = stack_detector(stack, model=model, device="cpu")
     halo = det.halo
     yc, xc = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk, halo)
     n = len(yc) * len(xc)

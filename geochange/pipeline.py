@@ -27,7 +27,7 @@ from geochange import __version__
 from geochange.errors import InputError
 from geochange.stack import Stack, open_stack, read_sample
 
-__all__ = ["DetectResult", "Method", "detect", "make_detector", "output_paths"]
+__all__ = ["DetectResult", "Method", "detect", "make_detector", "output_paths", "stack_detector"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,12 @@ def output_paths(output: str | os.PathLike, *, quicklook: bool = False) -> dict[
     if quicklook:
         paths["quicklook"] = stem.parent / f"{stem.name}_quicklook.png"
     return paths
+
+
+def stack_detector(stack: Stack, method: Method = "cnn-lstm", **kwargs: Any):
+    """:func:`make_detector` fitted on a whole stack: its decimated scene sample and its band
+    wavelengths (told to the deep model). ``kwargs`` as :func:`make_detector`."""
+    return make_detector(method, read_sample(stack), wavelengths=stack.wavelengths, **kwargs)
 
 
 def make_detector(
@@ -257,15 +263,8 @@ def detect(
                 rgb_bands=rgb_bands, scheduler=scheduler, workers=workers,
                 threads_per_worker=threads_per_worker, batch_size=batch_size, amp=amp,
             )  # fmt: skip
-    sample = read_sample(stack)
-    detector = make_detector(
-        method,
-        sample,
-        model=model,
-        device=device,
-        batch_size=batch_size,
-        amp=amp,
-        wavelengths=stack.wavelengths,
+    detector = stack_detector(
+        stack, method, model=model, device=device, batch_size=batch_size, amp=amp
     )
     halo = int(detector.halo)
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
