@@ -420,6 +420,7 @@ def _batch(
             ignore = ndimage.binary_dilation(ignore, iterations=ignore_dilate)
         change = np.where(ignore, IGNORE, 0).astype(np.uint8)
         date_index = np.zeros_like(change)
+        unsure = ignore.copy()  # real pixels unknown for their high magnitude alone
         if rng.random() < paste_prob:
             src = pool.chip(rng, raw.shape[2:])[keep]
             if src.shape == raw.shape:
@@ -434,16 +435,15 @@ def _batch(
                     red_nir=setup.red_nir,
                 )
                 # A piece pasted over a pixel that may have changed already (or holds a
-                # cloud) is left unknown: labelled change there, it taught the model that a
-                # cloud on the first date is change (data_samples, F1 0.84 -> 0.78).
+                # cloud) is left unknown, never taught either way.
                 hit = (pc != 0) & ~ignore
                 change[hit] = pc[hit]
                 date_index[hit] = pd[hit]
                 change[(pc != 0) & ignore] = IGNORE
+                unsure &= pc == 0
         x, valid = apply(raw, stats)
         change[valid.sum(axis=0) < 2] = IGNORE
-        # Real pixels left unknown for their high magnitude alone (not pasted over).
-        unsure = ignore & (date_index == 0) & (change == IGNORE) & (valid.sum(axis=0) >= 2)
+        unsure &= valid.sum(axis=0) >= 2
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
         x, valid, change, date_index, unsure = (
             _aug(a, k, flip) for a in (x, valid, change, date_index, unsure)
