@@ -113,7 +113,7 @@ def wavelength_array(wavelengths: Sequence[float | None] | None, count: int) -> 
     """``(count,)`` float32 band centres in nm, NaN where unknown (None, or no wavelengths at all):
     the form the model takes (``CNNLSTM.forward(..., wavelengths=)``)."""
     out = np.full(count, np.nan, np.float32)
-    if wavelengths:
+    if wavelengths is not None and len(wavelengths):
         out[:] = [np.nan if v is None else float(v) for v in wavelengths]
     return out
 
