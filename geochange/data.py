@@ -43,6 +43,7 @@ from geochange.bands import wavelength_array
 from geochange.errors import InputError
 from geochange.model.losses import IGNORE
 from geochange.model.normalize import apply, scene_stats
+from geochange.synth.changes import MICRO_MAX_PX
 
 __all__ = [
     "ChangeDataModule",
@@ -352,6 +353,7 @@ def sample_batch(
     object_balanced: bool = False,
     hard_fraction: float = 0.0,
     unknown_wavelengths: float = 0.0,
+    micro_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Sample one batch of chips from a scene.
 
@@ -373,9 +375,13 @@ def sample_batch(
             chips; the rest are placed at random.
         unknown_wavelengths: probability that the batch's band wavelengths are withheld (all
             NaN), so a wavelength-aware model also learns to work without them.
+        micro_weight: focal-loss weight of the pixels of change objects of at most
+            ``MICRO_MAX_PX`` pixels (8-connected), so that 2-9 px changes count.
 
     The batch holds ``x`` (b, t, c, h, w), ``valid`` (b, t, h, w), ``change`` and ``date_index``
-    (b, h, w) and ``wavelengths`` (b, c) in nm, NaN = unknown.
+    (b, h, w), ``wavelengths`` (b, c) in nm (NaN = unknown), ``clouds`` (b, t, h, w) uint8 (1
+    cloud or shadow, 0 clear, 255 unknown: the scene has no cloud masks) and ``weight`` (b, h, w)
+    float32.
     """
     t, c, h, w = scene.raw.shape
     keep_t = np.arange(t)
@@ -401,10 +407,16 @@ def sample_batch(
     pos = np.flatnonzero(change.ravel() == 1)
     hard = scene.hard if hard_fraction > 0 else pos[:0]
     n_objects = 0
-    if object_balanced and pos.size:
+    weight = np.ones((h, w), np.float32)
+    if (object_balanced or micro_weight != 1.0) and pos.size:
         ids, n_objects = ndimage.label(change == 1, structure=np.ones((3, 3), bool))
         pos_ids = ids.ravel()[pos]  # object id (1..n) of each change pixel
-    xs, vs, cs, ds = [], [], [], []
+        size = np.bincount(ids.ravel(), minlength=n_objects + 1)
+        small = (size <= MICRO_MAX_PX) & (np.arange(n_objects + 1) > 0)
+        weight[small[ids]] = micro_weight
+        if not object_balanced:
+            n_objects = 0
+    xs, vs, cs, ds, cl, ws = [], [], [], [], [], []
     for _ in range(batch_size):
         pool = None  # pixels to centre the chip on (then jittered by up to a quarter chip)
         if pos.size and rng.random() < change_fraction:
@@ -425,20 +437,31 @@ def sample_batch(
         lab_c = change[win].copy()
         lab_d = date_index[win].astype(np.int64)
         lab_c[valid.sum(axis=0) < 2] = IGNORE
+        if scene.clouds is not None:
+            lab_k = scene.clouds[keep_t][:, win[0], win[1]].astype(np.uint8)
+        else:
+            lab_k = np.full((len(keep_t), ch, cw), IGNORE, np.uint8)
+        wt = weight[win]
         if augment:
             k = int(rng.integers(4))
             flip = bool(rng.integers(2))
-            x, valid, lab_c, lab_d = (_aug(a, k, flip) for a in (x, valid, lab_c, lab_d))
+            x, valid, lab_c, lab_d, lab_k, wt = (
+                _aug(a, k, flip) for a in (x, valid, lab_c, lab_d, lab_k, wt)
+            )
         xs.append(x)
         vs.append(valid)
         cs.append(lab_c)
         ds.append(lab_d)
+        cl.append(lab_k)
+        ws.append(wt)
     return {
         "x": torch.from_numpy(np.ascontiguousarray(np.stack(xs))),
         "valid": torch.from_numpy(np.ascontiguousarray(np.stack(vs))),
         "change": torch.from_numpy(np.ascontiguousarray(np.stack(cs))),
         "date_index": torch.from_numpy(np.ascontiguousarray(np.stack(ds))),
         "wavelengths": torch.from_numpy(np.ascontiguousarray(np.tile(wl, (batch_size, 1)))),
+        "clouds": torch.from_numpy(np.ascontiguousarray(np.stack(cl))),
+        "weight": torch.from_numpy(np.ascontiguousarray(np.stack(ws))),
     }
 
 
@@ -559,6 +582,7 @@ class ChangeDataModule(pl.LightningDataModule):
         hard_fraction: share of chips centred on hard negatives (unchanged pixels that look
             changed: phenology, clouds); must be <= 1 - change_fraction.
         unknown_wavelengths: probability per batch that the band wavelengths are withheld.
+        micro_weight: focal-loss weight of pixels of change objects <= 9 px.
         seed: base seed.
         num_workers: DataLoader workers (0 = in the training process).
     """
@@ -580,6 +604,7 @@ class ChangeDataModule(pl.LightningDataModule):
         object_balanced: bool = False,
         hard_fraction: float = 0.0,
         unknown_wavelengths: float = 0.0,
+        micro_weight: float = 1.0,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
@@ -607,6 +632,7 @@ class ChangeDataModule(pl.LightningDataModule):
             "object_balanced": object_balanced,
             "hard_fraction": hard_fraction,
             "unknown_wavelengths": unknown_wavelengths,
+            "micro_weight": micro_weight,
         }
         self.seed = seed
         self.num_workers = num_workers

@@ -9,12 +9,14 @@ import torch
 from geochange.errors import ModelError
 from geochange.model import CNNLSTM, DEFAULT_MODEL_PATH, load_model, normalize, save_model
 from geochange.model.cnn_lstm import MASKED_LOGIT, shift_min_distance
-from geochange.model.losses import dice_loss, focal_loss, interval_loss
+from geochange.model.losses import cloud_loss, dice_loss, focal_loss, interval_loss
 
 torch.set_num_threads(1)
 
 
-def _net(in_bands: int | None = None, seed: int = 0, dilations=(1,), shift: int = 0) -> CNNLSTM:
+def _net(
+    in_bands: int | None = None, seed: int = 0, dilations=(1,), shift: int = 0, clouds=False
+) -> CNNLSTM:
     torch.manual_seed(seed)
     return CNNLSTM(
         in_bands=in_bands,
@@ -23,6 +25,7 @@ def _net(in_bands: int | None = None, seed: int = 0, dilations=(1,), shift: int 
         head_hidden=6,
         context_dilations=dilations,
         shift_radius=shift,
+        clouds=clouds,
     ).eval()
 
 
@@ -71,6 +74,10 @@ def test_band_agnostic_is_invariant_to_band_order() -> None:
 def test_halo_bounds_receptive_field(t: int, dilations: tuple[int, ...], shift: int) -> None:
     """d output[centre] / d input is zero beyond halo(t) and non-zero at exactly halo(t)."""
     net = _net(seed=t, dilations=dilations, shift=shift)
+    _check_reach(net, t)
+
+
+def _check_reach(net: CNNLSTM, t: int) -> None:
     size = 2 * (net.halo(t) + 3) + 1
     centre = size // 2
     x = torch.randn(1, t, 2, size, size, requires_grad=True)
@@ -81,6 +88,59 @@ def test_halo_bounds_receptive_field(t: int, dilations: tuple[int, ...], shift: 
     ys, xs = torch.nonzero(g > 0, as_tuple=True)
     reach = int(torch.maximum((ys - centre).abs(), (xs - centre).abs()).max())
     assert reach == net.halo(t)
+
+
+def test_cloud_gate_widens_the_halo_by_its_head_and_tiles_exactly() -> None:
+    """The gate of a date depends on the cloud head's neighbourhood: the halo counts it, and a
+    chunk cut with that halo gives the whole-scene output where the gate masks some pixels."""
+    net = _net(seed=3, shift=1, clouds=True)
+    assert net.halo(4) == _net(shift=1).halo(4) + 2  # one 3x3 conv, dilation 2
+    t, size = 4, 48
+    torch.manual_seed(1)
+    x = torch.randn(1, t, 3, size, size)
+    x[0, 2, :, 10:30, 5:25] += 4.0  # a bright passing blob on date 2
+    valid = torch.ones(1, t, size, size, dtype=torch.bool)
+    with torch.no_grad():
+        net.cloud[-1].bias.fill_(0.0)  # untrained head: gate some pixels, not all
+        gated = (
+            torch.sigmoid(
+                net._cloud_logits([net.encoder(net.stem(x[:, i])) for i in range(t)], valid)
+            )
+            >= 0.5
+        )
+        assert 0.05 < gated.float().mean() < 0.95
+        whole = net(x, valid)[0]
+        h = net.halo(t)
+        y0, y1, x0, x1 = 16, 32, 14, 30  # a core chunk, cut with its halo
+        part = net(
+            x[..., y0 - h : y1 + h, x0 - h : x1 + h], valid[..., y0 - h : y1 + h, x0 - h : x1 + h]
+        )[0]
+    torch.testing.assert_close(part[0, h:-h, h:-h], whole[0, y0:y1, x0:x1], rtol=1e-4, atol=1e-4)
+
+
+def test_cloud_gate_acts_as_a_cloud_mask() -> None:
+    """A pixel the cloud head flags on a date gives what the same network gives when that date
+    is masked there; a head that flags nothing changes nothing."""
+    net = _net(seed=2, clouds=True)
+    plain = _net(seed=5)
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("cloud.")})
+    t = 4
+    x = torch.randn(1, t, 3, 12, 12)
+    valid = torch.ones(1, t, 12, 12, dtype=torch.bool)
+    with torch.no_grad():
+        net.cloud[-1].bias.fill_(-50.0)  # flags nothing
+        for a, b in zip(net(x, valid), plain(x, valid)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        flags = torch.zeros(1, t, 12, 12, dtype=torch.bool)
+        flags[0, 2, :6] = True
+        flags[0, 3, 4:] = True
+        net._cloud_logits = lambda feats, v: torch.where(flags, 50.0, -50.0)  # noqa: ARG005
+        change, interval, logits = net(x, valid, return_clouds=True)
+        ref_change, ref_interval = plain(x, valid & ~flags)
+    assert logits.shape == (1, t, 12, 12)
+    torch.testing.assert_close(change, ref_change, rtol=0, atol=0)
+    torch.testing.assert_close(interval, ref_interval, rtol=0, atol=0)
+    assert (interval[0, 1, :6] == MASKED_LOGIT).all()
 
 
 def test_halo_grows_with_dates() -> None:
@@ -254,3 +314,20 @@ def test_losses_ignore_and_interval_target() -> None:
     # A labelled date that is masked is dropped, not a 1e4 loss.
     assert interval_loss(intervals, change, torch.tensor([[[3]]])) == 0
     assert interval_loss(intervals, change * 0, torch.tensor([[[1]]])) == 0
+
+
+def test_focal_weights_and_cloud_loss_honour_ignore_and_validity() -> None:
+    logit = torch.zeros(1, 2, 2)
+    target = torch.tensor([[[0, 1], [1, 255]]], dtype=torch.uint8)
+    weight = torch.tensor([[[1.0, 1.0], [3.0, 100.0]]])
+    # Pixel (1, 0) counts three times, the ignored pixel not at all: (1 + 1 + 3) / 3 of a pixel.
+    torch.testing.assert_close(
+        focal_loss(logit, target, weight=weight), focal_loss(logit, target) * 5 / 3
+    )
+    logits = torch.tensor([[[[4.0, -4.0]], [[4.0, 4.0]]]])  # (1, t=2, 1, 2)
+    clouds = torch.tensor([[[[1, 0]], [[0, 255]]]], dtype=torch.uint8)
+    valid = torch.tensor([[[[True, True]], [[False, True]]]])
+    # Only date 0 is judged: (1, 1) labelled and valid, both right: a small loss.
+    assert cloud_loss(logits, clouds, valid) < 0.02
+    assert cloud_loss(logits, clouds, torch.ones_like(valid)) > 1.0  # date 1, pixel 0 wrong
+    assert cloud_loss(logits, torch.full_like(clouds, 255), valid) == 0

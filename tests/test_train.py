@@ -93,6 +93,32 @@ def test_sample_batch_subsets_and_cloud_masking() -> None:
         scene, np.random.default_rng(0), batch_size=4, chip=40, mask_clouds=1.0, augment=False
     )
     assert not full["valid"][:, 2, :20].any() and full["valid"][:, 2, 20:].all()
+    # Cloud labels for a cloud head follow the chips (rotations included); none known: 255.
+    for aug in (False, True):
+        b = sample_batch(scene, np.random.default_rng(4), batch_size=4, chip=40, augment=aug)
+        assert b["clouds"].dtype == torch.uint8 and b["clouds"].shape == (4, 6, 40, 40)
+        cloudy = b["clouds"][:, 2].bool()
+        assert int(cloudy.sum()) == 4 * 20 * 40 and not b["clouds"][:, [0, 1, 3, 4, 5]].any()
+    bare = sample_batch(_toy_scene(0), np.random.default_rng(0), batch_size=2, chip=16)
+    assert (bare["clouds"] == 255).all()
+
+
+def test_micro_weight_marks_small_objects_only() -> None:
+    change = np.zeros((64, 64), np.uint8)
+    change[5:25, 5:25] = 1  # 400 px
+    change[40:42, 50:53] = 1  # 6 px
+    change[60, 10] = 1  # 1 px
+    scene = scene_from_arrays(
+        np.full((2, 1, 64, 64), 500, np.uint16), change, change.copy(), nodata=0
+    )
+    b = sample_batch(
+        scene, np.random.default_rng(0), batch_size=1, chip=64, augment=False, micro_weight=4.0
+    )
+    w = b["weight"][0].numpy()
+    assert (w[40:42, 50:53] == 4).all() and w[60, 10] == 4
+    assert (w[5:25, 5:25] == 1).all() and w.sum() == 64 * 64 + 3 * 7
+    plain = sample_batch(scene, np.random.default_rng(0), batch_size=1, chip=64, augment=False)
+    assert (plain["weight"] == 1).all()
 
 
 def test_band_subsets_keep_their_wavelengths_and_some_batches_withhold_them() -> None:
@@ -231,6 +257,50 @@ def test_training_steps_reduce_loss() -> None:
     assert trainer.global_step == 30
     after = loss()
     assert after < 0.8 * before, (before, after)
+
+
+def test_cloud_head_learns_the_cloud_masks() -> None:
+    """Training steps with a cloud head: its loss falls, and it then flags the clouds (bright,
+    on one date) and leaves the clear dates alone."""
+    pl.seed_everything(0)
+    scenes = {}
+    for i in range(3):
+        raw, change, date_index = _toy(10 + i, t=4, c=3)
+        clouds = np.zeros((4, 40, 40), bool)
+        clouds[1 + i % 3, 8 + 4 * i : 24 + 4 * i, 10:30] = True
+        raw = raw.astype(np.float32)
+        raw[clouds[:, None].repeat(3, axis=1)] = 3000.0  # bright, flat: a thick cloud
+        scenes[i] = scene_from_arrays(
+            raw.astype(np.uint16), change, date_index, clouds=clouds, nodata=0
+        )
+    ds = ChipBatches(list(scenes), scenes.__getitem__, length=40, seed=0, batches_per_scene=1,
+                     batch_size=4, chip=24, change_fraction=0.5)  # fmt: skip
+    fixed = [ds[i] for i in range(3)]
+    task = ChangeTask(features=8, hidden=8, head_hidden=8, lr=1e-2, scheduler="none", clouds=True)
+
+    def cloud_parts() -> tuple[float, float]:
+        task.eval()
+        with torch.no_grad():
+            parts = [task.losses(b)[1]["cloud"].item() for b in fixed]
+            flags = [(task.net(b["x"], b["valid"], return_clouds=True)[2] > 0) for b in fixed]
+            truth = [b["clouds"].bool() for b in fixed]
+            found = sum(int((f & t).sum()) for f, t in zip(flags, truth)) / sum(
+                int(t.sum()) for t in truth
+            )
+            false = sum(int((f & ~t).sum()) for f, t in zip(flags, truth)) / sum(
+                int((~t).sum()) for t in truth
+            )
+        return float(np.mean(parts)), found, false
+
+    before, found, _ = cloud_parts()
+    assert found == 0  # an untrained head masks nothing
+    task.train()
+    trainer = pl.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(task, DataLoader(ds, batch_size=None), DataLoader(fixed, batch_size=None))
+    after, found, false = cloud_parts()
+    assert after < 0.5 * before, (before, after)
+    assert found > 0.9 and false < 0.05, (found, false)  # false flags: the head reaches 5 px
 
 
 @pytest.mark.gpu

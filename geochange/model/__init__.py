@@ -37,6 +37,7 @@ NET_KEYS = (
     "context_dilations",
     "shift_radius",
     "wavelengths",
+    "clouds",
 )
 
 

@@ -13,6 +13,12 @@ Design choices that keep chunked inference exact (see FIELD_NOTES "Tiling and se
 - an invalid (nodata / masked) date carries the previous date's features and the recurrent state
   is not updated there, so such a date leaves the state untouched and cannot create change.
 
+With ``clouds=True`` a small per-date head flags clouds and shadows from each date's features and
+how they differ from the pixel's mean over the dates (a cloud is bright and passing, a new roof
+stays); flagged pixels are treated as invalid for that date, exactly as a user's cloud mask is, so
+a stack without masks is masked by the model itself. The head is trained on the synthetic cloud
+masks; the gate is a hard threshold (no gradient through it).
+
 The change probability and the interval distribution form one model: with per-interval logits
 ``l_k`` and a context term ``d`` from a small 3×3 decoder over the final states,
 ``change_logit = logsumexp_k(l_k) + d`` (a softmax over "no change" and the T-1 intervals whose
@@ -26,7 +32,7 @@ from torch import Tensor, nn
 
 from geochange.errors import ModelError
 
-__all__ = ["CNNLSTM", "MASKED_LOGIT", "encode_wavelengths", "shift_min_distance"]
+__all__ = ["CLOUD_GATE", "CNNLSTM", "MASKED_LOGIT", "encode_wavelengths", "shift_min_distance"]
 
 #: Logit given to intervals that cannot hold a change (their "after" date is invalid, or no
 #: valid date precedes it).
@@ -34,6 +40,11 @@ MASKED_LOGIT = -1e4
 
 #: Channels of the 1×1 projection compared under shifts (``shift_radius`` > 0).
 MATCH_CHANNELS = 4
+
+#: Cloud probability from which the cloud head (``clouds=True``) masks a pixel's date.
+CLOUD_GATE = 0.5
+#: Initial bias of the cloud head: sigmoid(-3) = 0.05, so an untrained head masks nothing.
+_CLOUD_BIAS = -3.0
 
 
 def _radius(module: nn.Module) -> int:
@@ -189,6 +200,8 @@ class CNNLSTM(nn.Module):
             up to this many pixels then look like no change. 0 = plain differences only.
         wavelengths: band-agnostic model only: the stem is told each band's centre wavelength
             (``forward(..., wavelengths=)``), see :func:`encode_wavelengths`.
+        clouds: a per-date cloud/shadow head whose flags (probability >= :data:`CLOUD_GATE`)
+            mask that date at that pixel, as a user's cloud mask does (see the module notes).
 
     Shapes: ``x`` (b, t, c, h, w) float32, normalised (see ``normalize.apply``), no NaN;
     ``valid`` (b, t, h, w) bool. Works for any t >= 2.
@@ -205,6 +218,7 @@ class CNNLSTM(nn.Module):
         context_dilations: tuple[int, ...] | list[int] = (1,),
         shift_radius: int = 0,
         wavelengths: bool = False,
+        clouds: bool = False,
     ) -> None:
         super().__init__()
         if in_bands is not None and in_bands < 1:
@@ -236,6 +250,15 @@ class CNNLSTM(nn.Module):
         # Matching features for the shift-tolerant distances: a 1×1 projection keeps the
         # (2r+1)² comparisons cheap.
         self.match = _conv(features, MATCH_CHANNELS, 1) if self.shift_radius else None
+        # Cloud head on [f_t, f_t - mean over valid dates]: sees 5 px around (clouds are wide,
+        # soft-edged; roofs sharp) and whether the pixel looks unlike its other dates.
+        self.cloud: nn.Sequential | None = None
+        if clouds:
+            self.cloud = nn.Sequential(
+                _conv(2 * features, head_hidden, 3, dilation=2), nn.ReLU(), _conv(head_hidden, 1, 1)
+            )
+            with torch.no_grad():
+                self.cloud[-1].bias.fill_(_CLOUD_BIAS)
         n_diff = features + (2 if self.shift_radius else 0)
         self.fwd = _ConvLSTMDirection(features + n_diff, hidden, recurrent_kernel)
         self.bwd = _ConvLSTMDirection(features + n_diff, hidden, recurrent_kernel)
@@ -264,6 +287,7 @@ class CNNLSTM(nn.Module):
             "context_dilations": list(self.context_dilations),
             "shift_radius": self.shift_radius,
             "wavelengths": self.uses_wavelengths,
+            "clouds": self.cloud is not None,
         }
 
     @property
@@ -281,6 +305,8 @@ class CNNLSTM(nn.Module):
         if t < 1:
             raise ModelError(f"t: got {t} dates, expected >= 1")
         enc = _radius(self.stem) + _radius(self.encoder) + self.shift_radius
+        if self.cloud is not None:  # the gate of a date depends on features this far around
+            enc += _radius(self.cloud)
         rec = _radius(self.fwd)
         head = max(_radius(self.interval_head), _radius(self.decoder))
         return enc + (t - 1) * rec + head
@@ -306,8 +332,12 @@ class CNNLSTM(nn.Module):
             )
 
     def forward(
-        self, x: Tensor, valid: Tensor, wavelengths: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+        self,
+        x: Tensor,
+        valid: Tensor,
+        wavelengths: Tensor | None = None,
+        return_clouds: bool = False,
+    ) -> tuple[Tensor, ...]:
         """Change and interval logits.
 
         Args:
@@ -315,11 +345,13 @@ class CNNLSTM(nn.Module):
             valid: (b, t, h, w) bool, False where the date is nodata / masked.
             wavelengths: (b, c) band centres in nm, NaN = unknown; None = all unknown. Used
                 only by a model built with ``wavelengths=True``.
+            return_clouds: also return the cloud head's logits (training).
 
         Returns:
             ``change_logit`` (b, h, w) and ``interval_logits`` (b, t-1, h, w); interval k is
             the change first seen on date k+1. Intervals that cannot hold a change get
-            :data:`MASKED_LOGIT`.
+            :data:`MASKED_LOGIT`. With ``return_clouds``, third: ``cloud_logits`` (b, t, h, w),
+            or None for a model without a cloud head.
         """
         self._check(x, valid, wavelengths)
         b, t, c, h, w = x.shape
@@ -328,15 +360,20 @@ class CNNLSTM(nn.Module):
         # Encoder per date (keeps the band-agnostic stem's (c × F) activations to one date).
         # Stored per date: features (F) and forward states (H); everything else is recomputed,
         # which bounds memory for long series.
-        vmask = [valid[:, i, None] for i in range(t)]
         wl = None
         if self.uses_wavelengths and wavelengths is not None:
             wl = wavelengths.to(device=x.device, dtype=x.dtype)
-        feats = [self.encoder(self.stem(x[:, 0], wl))]
+        feats = [self.encoder(self.stem(x[:, i], wl)) for i in range(t)]
+        cloud_logits = None
+        if self.cloud is not None:
+            cloud_logits = self._cloud_logits(feats, valid)
+            with torch.no_grad():
+                valid = valid & (torch.sigmoid(cloud_logits) < CLOUD_GATE)
+        vmask = [valid[:, i, None] for i in range(t)]
         for i in range(1, t):
             # An invalid date carries the last valid date's features: its difference is zero
             # and the next valid date is compared with the last valid one.
-            feats.append(torch.where(vmask[i], self.encoder(self.stem(x[:, i], wl)), feats[-1]))
+            feats[i] = torch.where(vmask[i], feats[i], feats[i - 1])
 
         # Misregistration-tolerant distances to the previous date (2 channels, kept: cheap).
         dists: list[Tensor] = []
@@ -378,4 +415,21 @@ class CNNLSTM(nn.Module):
         interval = torch.where(possible, interval, interval.new_tensor(MASKED_LOGIT))
         context = self.decoder(torch.cat([h_fwd[-1], hb], dim=1))[:, 0]
         change = torch.logsumexp(interval, dim=1) + context
+        if return_clouds:
+            return change, interval, cloud_logits
         return change, interval
+
+    def _cloud_logits(self, feats: list[Tensor], valid: Tensor) -> Tensor:
+        """(b, t, h, w) cloud/shadow logits of each date from its features and their difference
+        to the pixel's mean over its valid dates."""
+        assert self.cloud is not None
+        v = valid.to(feats[0].dtype)[:, :, None]  # (b, t, 1, h, w)
+        f = torch.stack(feats, dim=1)
+        mean = (f * v).sum(dim=1) / v.sum(dim=1).clamp(min=1.0)
+        return torch.stack(
+            [
+                self.cloud(torch.cat([feats[i], feats[i] - mean], dim=1))[:, 0]
+                for i in range(len(feats))
+            ],
+            dim=1,
+        )

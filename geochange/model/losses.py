@@ -10,13 +10,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IGNORE", "dice_loss", "focal_loss", "interval_loss"]
+__all__ = ["IGNORE", "cloud_loss", "dice_loss", "focal_loss", "interval_loss"]
 
 #: Ignore value of the change mask and the date index.
 IGNORE = 255
 
 
-def focal_loss(logit: Tensor, target: Tensor, gamma: float = 2.0, alpha: float = 0.5) -> Tensor:
+def focal_loss(
+    logit: Tensor,
+    target: Tensor,
+    gamma: float = 2.0,
+    alpha: float = 0.5,
+    weight: Tensor | None = None,
+) -> Tensor:
     """Binary focal loss (Lin et al. 2017), mean over labelled pixels.
 
     Args:
@@ -24,6 +30,7 @@ def focal_loss(logit: Tensor, target: Tensor, gamma: float = 2.0, alpha: float =
         target: (b, h, w) uint8/long: 0, 1, or :data:`IGNORE`.
         gamma: focusing exponent (0 gives weighted cross-entropy).
         alpha: weight of the change class (1 - alpha for no change).
+        weight: optional (b, h, w) per-pixel weights (e.g. more for micro-objects).
     """
     keep = target != IGNORE
     if not keep.any():
@@ -33,7 +40,23 @@ def focal_loss(logit: Tensor, target: Tensor, gamma: float = 2.0, alpha: float =
     ce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
     p_t = torch.exp(-ce)
     w = alpha * y + (1.0 - alpha) * (1.0 - y)
+    if weight is not None:
+        w = w * weight[keep].to(z.dtype)
     return (w * (1.0 - p_t) ** gamma * ce).mean()
+
+
+def cloud_loss(logits: Tensor, clouds: Tensor, valid: Tensor) -> Tensor:
+    """Binary cross-entropy of the cloud head over valid pixels with a cloud label.
+
+    Args:
+        logits: (b, t, h, w) cloud logits.
+        clouds: (b, t, h, w) uint8: 1 cloud or shadow, 0 clear, :data:`IGNORE` unknown.
+        valid: (b, t, h, w) bool input validity (nodata and masked dates are not judged).
+    """
+    keep = (clouds != IGNORE) & valid.to(torch.bool)
+    if not keep.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[keep], clouds[keep].to(logits.dtype))
 
 
 def dice_loss(logit: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:

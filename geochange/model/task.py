@@ -2,7 +2,9 @@
 
 Batches are dicts from :mod:`geochange.data`: ``x`` (b, t, c, h, w) float32 normalised,
 ``valid`` (b, t, h, w) bool, ``change`` (b, h, w) uint8 (255 = ignore), ``date_index`` (b, h, w)
-long (j in 1..t-1 = change first seen on date j; 0 none; 255 unknown).
+long (j in 1..t-1 = change first seen on date j; 0 none; 255 unknown); optionally ``clouds``
+(b, t, h, w) uint8 (1 cloud or shadow, 0 clear, 255 unknown) for a cloud head and ``weight``
+(b, h, w) float32 per-pixel weights of the focal loss.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import Tensor
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
 from geochange.model.cnn_lstm import CNNLSTM
-from geochange.model.losses import IGNORE, dice_loss, focal_loss, interval_loss
+from geochange.model.losses import IGNORE, cloud_loss, dice_loss, focal_loss, interval_loss
 
 __all__ = ["ChangeTask", "OneCycleByProgress"]
 
@@ -67,7 +69,7 @@ class ChangeTask(pl.LightningModule):
 
     Args:
         in_bands, features, hidden, encoder_layers, recurrent_kernel, head_hidden,
-            context_dilations, shift_radius, wavelengths: the network
+            context_dilations, shift_radius, wavelengths, clouds: the network
             (see :class:`CNNLSTM`).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
@@ -76,6 +78,8 @@ class ChangeTask(pl.LightningModule):
         time_budget_s: wall-clock budget of the run in seconds (the trainer's ``max_time``), so
             the one-cycle schedule ends in time; None = by steps only.
         focal_weight, dice_weight, date_weight: loss weights.
+        cloud_weight: weight of the cloud head's loss (batches with cloud labels, ``clouds``
+            models only).
         focal_gamma, focal_alpha: focal loss parameters.
         name: model name stored in checkpoints.
         trained_on: short description of the training data, stored in checkpoints.
@@ -92,6 +96,7 @@ class ChangeTask(pl.LightningModule):
         context_dilations: tuple[int, ...] | list[int] = (1,),
         shift_radius: int = 0,
         wavelengths: bool = False,
+        clouds: bool = False,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         scheduler: Literal["onecycle", "cosine", "none"] = "onecycle",
@@ -99,6 +104,7 @@ class ChangeTask(pl.LightningModule):
         focal_weight: float = 1.0,
         dice_weight: float = 0.5,
         date_weight: float = 0.5,
+        cloud_weight: float = 0.5,
         focal_gamma: float = 2.0,
         focal_alpha: float = 0.5,
         name: str = "cnn-lstm",
@@ -116,6 +122,7 @@ class ChangeTask(pl.LightningModule):
             context_dilations=context_dilations,
             shift_radius=shift_radius,
             wavelengths=wavelengths,
+            clouds=clouds,
         )
         self.val_f1 = BinaryF1Score(ignore_index=IGNORE)
         self.val_iou = BinaryJaccardIndex(ignore_index=IGNORE)
@@ -129,13 +136,15 @@ class ChangeTask(pl.LightningModule):
 
     def losses(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
         """Weighted total loss, its parts, and the network's (change, interval) logits."""
-        change_logit, interval_logits = self.net(
-            batch["x"], batch["valid"], batch.get("wavelengths")
+        change_logit, interval_logits, cloud_logits = self.net(
+            batch["x"], batch["valid"], batch.get("wavelengths"), return_clouds=True
         )
         change = batch["change"]
         hp = self.hparams
         parts = {
-            "focal": focal_loss(change_logit, change, hp.focal_gamma, hp.focal_alpha),
+            "focal": focal_loss(
+                change_logit, change, hp.focal_gamma, hp.focal_alpha, batch.get("weight")
+            ),
             "dice": dice_loss(change_logit, change),
             "date_ce": interval_loss(interval_logits, change, batch["date_index"]),
         }
@@ -144,6 +153,9 @@ class ChangeTask(pl.LightningModule):
             + hp.dice_weight * parts["dice"]
             + hp.date_weight * parts["date_ce"]
         )
+        if cloud_logits is not None and "clouds" in batch:
+            parts["cloud"] = cloud_loss(cloud_logits, batch["clouds"], batch["valid"])
+            loss = loss + hp.cloud_weight * parts["cloud"]
         return loss, parts, change_logit, interval_logits
 
     def _shared_step(self, batch: dict, stage: Stage) -> Tensor:
