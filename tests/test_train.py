@@ -498,3 +498,16 @@ def test_cli_config_errors(tmp_path) -> None:
     assert "unknown section 'x'" in str(res.exception)
     res = runner.invoke(cli, ["train", config, "-o", str(tmp_path / "m.ckpt"), "--set", "novalue"])
     assert "expected KEY=VALUE" in str(res.exception)
+
+
+def test_change_hidden_by_the_cloud_head_is_not_a_lesson() -> None:
+    """Where the cloud head flags every date, no interval can hold the change: those pixels are
+    left out of the change losses (not a 1e4 loss from the masked logit)."""
+    batch = sample_batch(_toy_scene(1), np.random.default_rng(0), batch_size=2, chip=24)
+    task = ChangeTask(features=8, hidden=8, head_hidden=8, clouds=True)
+    loss, parts, _, _ = task.losses(batch)
+    assert loss < 10
+    with torch.no_grad():
+        task.net.cloud[-1].bias.fill_(50.0)  # flags everything: nothing can be seen
+    loss, parts, _, _ = task.losses(batch)
+    assert parts["focal"] == 0 and parts["date_ce"] == 0 and torch.isfinite(loss)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
-from geochange.model.cnn_lstm import CNNLSTM
+from geochange.model.cnn_lstm import CNNLSTM, MASKED_LOGIT
 from geochange.model.losses import IGNORE, cloud_loss, dice_loss, focal_loss, interval_loss
 
 __all__ = ["ChangeTask", "OneCycleByProgress"]
@@ -140,6 +140,12 @@ class ChangeTask(pl.LightningModule):
             batch["x"], batch["valid"], batch.get("wavelengths"), return_clouds=True
         )
         change = batch["change"]
+        if cloud_logits is not None:
+            # Where the cloud head leaves no interval that can hold a change (all dates after the
+            # first valid one flagged), the change cannot be seen: not a lesson for the change
+            # head (its logit is MASKED_LOGIT there, a loss of ~1e4 per pixel).
+            blind = interval_logits.amax(dim=1) <= 0.5 * MASKED_LOGIT
+            change = torch.where(blind, torch.full_like(change, IGNORE), change)
         hp = self.hparams
         parts = {
             "focal": focal_loss(
