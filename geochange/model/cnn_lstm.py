@@ -14,10 +14,11 @@ Design choices that keep chunked inference exact (see FIELD_NOTES "Tiling and se
   is not updated there, so such a date leaves the state untouched and cannot create change.
 
 With ``clouds=True`` a small per-date head flags clouds and shadows from each date's features and
-how they differ from the pixel's mean over the dates (a cloud is bright and passing, a new roof
-stays); flagged pixels are treated as invalid for that date, exactly as a user's cloud mask is, so
-a stack without masks is masked by the model itself. The head is trained on the synthetic cloud
-masks; the gate is a hard threshold (no gradient through it).
+how they differ from the pixel's *closest* other date (a cloud passes: no other date looks like
+it; a new roof stays: the next date does); with three or more dates, flagged pixels are treated as
+invalid for that date, exactly as a user's cloud mask is, so a stack without masks is masked by
+the model itself. The head is trained on the synthetic cloud masks; the gate is a hard threshold
+(no gradient through it). Two dates are never gated: masking one leaves nothing to compare.
 
 The change probability and the interval distribution form one model: with per-interval logits
 ``l_k`` and a context term ``d`` from a small 3×3 decoder over the final states,
@@ -250,8 +251,8 @@ class CNNLSTM(nn.Module):
         # Matching features for the shift-tolerant distances: a 1×1 projection keeps the
         # (2r+1)² comparisons cheap.
         self.match = _conv(features, MATCH_CHANNELS, 1) if self.shift_radius else None
-        # Cloud head on [f_t, f_t - mean over valid dates]: sees 5 px around (clouds are wide,
-        # soft-edged; roofs sharp) and whether the pixel looks unlike its other dates.
+        # Cloud head on [f_t, f_t - f_closest other date]: sees 5 px around (clouds are wide,
+        # soft-edged; roofs sharp) and whether the pixel looks unlike all its other dates.
         self.cloud: nn.Sequential | None = None
         if clouds:
             self.cloud = nn.Sequential(
@@ -367,8 +368,9 @@ class CNNLSTM(nn.Module):
         cloud_logits = None
         if self.cloud is not None:
             cloud_logits = self._cloud_logits(feats, valid)
-            with torch.no_grad():
-                valid = valid & (torch.sigmoid(cloud_logits) < CLOUD_GATE)
+            if t >= 3:
+                with torch.no_grad():
+                    valid = valid & (torch.sigmoid(cloud_logits) < CLOUD_GATE)
         vmask = [valid[:, i, None] for i in range(t)]
         for i in range(1, t):
             # An invalid date carries the last valid date's features: its difference is zero
@@ -421,15 +423,21 @@ class CNNLSTM(nn.Module):
 
     def _cloud_logits(self, feats: list[Tensor], valid: Tensor) -> Tensor:
         """(b, t, h, w) cloud/shadow logits of each date from its features and their difference
-        to the pixel's mean over its valid dates."""
+        to the pixel's closest other valid date (mean absolute feature difference; zero when
+        no other date is valid)."""
         assert self.cloud is not None
-        v = valid.to(feats[0].dtype)[:, :, None]  # (b, t, 1, h, w)
-        f = torch.stack(feats, dim=1)
-        mean = (f * v).sum(dim=1) / v.sum(dim=1).clamp(min=1.0)
-        return torch.stack(
-            [
-                self.cloud(torch.cat([feats[i], feats[i] - mean], dim=1))[:, 0]
-                for i in range(len(feats))
-            ],
-            dim=1,
-        )
+        t = len(feats)
+        out = []
+        for i in range(t):
+            best = torch.full_like(feats[i][:, :1], float("inf"))
+            diff = torch.zeros_like(feats[i])
+            for j in range(t):
+                if j == i:
+                    continue
+                d_ij = feats[i] - feats[j]
+                dist = d_ij.abs().mean(dim=1, keepdim=True)
+                closer = valid[:, j, None] & (dist < best)
+                best = torch.where(closer, dist, best)
+                diff = torch.where(closer, d_ij, diff)
+            out.append(self.cloud(torch.cat([feats[i], diff], dim=1))[:, 0])
+        return torch.stack(out, dim=1)

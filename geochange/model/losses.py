@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IGNORE", "cloud_loss", "dice_loss", "focal_loss", "interval_loss"]
+__all__ = ["IGNORE", "cloud_loss", "dice_loss", "focal_loss", "interval_loss", "showing_change"]
 
 #: Ignore value of the change mask and the date index.
 IGNORE = 255
@@ -45,18 +45,34 @@ def focal_loss(
     return (w * (1.0 - p_t) ** gamma * ce).mean()
 
 
-def cloud_loss(logits: Tensor, clouds: Tensor, valid: Tensor) -> Tensor:
+def cloud_loss(
+    logits: Tensor, clouds: Tensor, valid: Tensor, weight: Tensor | None = None
+) -> Tensor:
     """Binary cross-entropy of the cloud head over valid pixels with a cloud label.
 
     Args:
         logits: (b, t, h, w) cloud logits.
         clouds: (b, t, h, w) uint8: 1 cloud or shadow, 0 clear, :data:`IGNORE` unknown.
         valid: (b, t, h, w) bool input validity (nodata and masked dates are not judged).
+        weight: optional (b, t, h, w) per-pixel weights.
     """
     keep = (clouds != IGNORE) & valid.to(torch.bool)
     if not keep.any():
         return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[keep], clouds[keep].to(logits.dtype))
+    ce = F.binary_cross_entropy_with_logits(
+        logits[keep], clouds[keep].to(logits.dtype), reduction="none"
+    )
+    if weight is not None:
+        ce = ce * weight[keep].to(ce.dtype)
+    return ce.mean()
+
+
+def showing_change(change: Tensor, date_index: Tensor, t: int) -> Tensor:
+    """(b, t, h, w) bool: the pixel is labelled change and date ``i`` shows it (i >= its date)."""
+    j = date_index.long()
+    known = (change == 1) & (j >= 1) & (j < IGNORE)
+    dates = torch.arange(t, device=change.device).view(1, t, 1, 1)
+    return known[:, None] & (dates >= j[:, None])
 
 
 def dice_loss(logit: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:

@@ -20,11 +20,21 @@ from torch import Tensor
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
 from geochange.model.cnn_lstm import CNNLSTM, MASKED_LOGIT
-from geochange.model.losses import IGNORE, cloud_loss, dice_loss, focal_loss, interval_loss
+from geochange.model.losses import (
+    IGNORE,
+    cloud_loss,
+    dice_loss,
+    focal_loss,
+    interval_loss,
+    showing_change,
+)
 
 __all__ = ["ChangeTask", "OneCycleByProgress"]
 
 Stage = Literal["train", "val", "test"]
+
+#: Weight in the cloud loss of a date that shows a labelled change (see ``ChangeTask.losses``).
+CLOUD_CHANGE_WEIGHT = 4.0
 
 
 class OneCycleByProgress:
@@ -160,7 +170,11 @@ class ChangeTask(pl.LightningModule):
             + hp.date_weight * parts["date_ce"]
         )
         if cloud_logits is not None and "clouds" in batch:
-            parts["cloud"] = cloud_loss(cloud_logits, batch["clouds"], batch["valid"])
+            # Flagging a real change hides it for good; a missed cloud the change head can still
+            # reject: dates that show a change weigh CLOUD_CHANGE_WEIGHT times.
+            shows = showing_change(batch["change"], batch["date_index"], cloud_logits.shape[1])
+            weight = 1.0 + (CLOUD_CHANGE_WEIGHT - 1.0) * shows.to(cloud_logits.dtype)
+            parts["cloud"] = cloud_loss(cloud_logits, batch["clouds"], batch["valid"], weight)
             loss = loss + hp.cloud_weight * parts["cloud"]
         return loss, parts, change_logit, interval_logits
 
