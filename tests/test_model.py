@@ -331,3 +331,18 @@ def test_focal_weights_and_cloud_loss_honour_ignore_and_validity() -> None:
     assert cloud_loss(logits, clouds, valid) < 0.02
     assert cloud_loss(logits, clouds, torch.ones_like(valid)) > 1.0  # date 1, pixel 0 wrong
     assert cloud_loss(logits, torch.full_like(clouds, 255), valid) == 0
+
+
+def test_two_dates_are_never_gated() -> None:
+    """Masking one of two dates leaves nothing to compare: a 2-date stack is judged whole."""
+    net = _net(seed=4, clouds=True)
+    plain = _net(seed=5)
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("cloud.")})
+    x = torch.randn(1, 2, 3, 10, 10)
+    valid = torch.ones(1, 2, 10, 10, dtype=torch.bool)
+    with torch.no_grad():
+        net.cloud[-1].bias.fill_(50.0)  # flags everything
+        for a, b in zip(net(x, valid), plain(x, valid)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        x3, v3 = torch.randn(1, 3, 3, 10, 10), torch.ones(1, 3, 10, 10, dtype=torch.bool)
+        assert (net(x3, v3)[1] == MASKED_LOGIT).all()  # three dates: all gated
