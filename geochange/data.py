@@ -411,16 +411,15 @@ def sample_batch(
     if (object_balanced or micro_weight != 1.0) and pos.size:
         ids, n_objects = ndimage.label(change == 1, structure=np.ones((3, 3), bool))
         pos_ids = ids.ravel()[pos]  # object id (1..n) of each change pixel
-        size = np.bincount(ids.ravel(), minlength=n_objects + 1)
-        small = (size <= MICRO_MAX_PX) & (np.arange(n_objects + 1) > 0)
+        small = np.bincount(ids.ravel(), minlength=n_objects + 1) <= MICRO_MAX_PX
+        small[0] = False  # background
         weight[small[ids]] = micro_weight
-        if not object_balanced:
-            n_objects = 0
     xs, vs, cs, ds, cl, ws = [], [], [], [], [], []
     for _ in range(batch_size):
         pool = None  # pixels to centre the chip on (then jittered by up to a quarter chip)
         if pos.size and rng.random() < change_fraction:
-            pool = pos[pos_ids == 1 + int(rng.integers(n_objects))] if n_objects else pos
+            balanced = object_balanced and n_objects
+            pool = pos[pos_ids == 1 + int(rng.integers(n_objects))] if balanced else pos
         elif hard.size and rng.random() < hard_fraction / max(1e-9, 1.0 - change_fraction):
             pool = hard
         if pool is None:

@@ -366,7 +366,7 @@ class CNNLSTM(nn.Module):
             wl = wavelengths.to(device=x.device, dtype=x.dtype)
         feats = [self.encoder(self.stem(x[:, i], wl)) for i in range(t)]
         cloud_logits = None
-        if self.cloud is not None:
+        if self.cloud is not None and (t >= 3 or return_clouds):  # two dates are never gated
             cloud_logits = self._cloud_logits(feats, valid)
             if t >= 3:
                 with torch.no_grad():
