@@ -723,6 +723,7 @@ def adapt(
     masks: Any = None,
     mask_values: Any = None,
     wavelengths: Any = None,
+    coregister: bool = True,
     **kwargs: Any,
 ) -> Path:
     """Adapt a change model to a stack without labels and write the adapted checkpoint.
@@ -746,6 +747,8 @@ def adapt(
         masks, mask_values: cloud / validity masks read as nodata (see ``open_stack``): masked
             dates are left out of the adaptation, never learnt as change.
         wavelengths: band centres in nm (see ``open_stack``).
+        coregister: undo whole-date shifts first, as ``detect`` does (a ``Stack`` whose
+            ``shifts`` are set is used as it is).
         **kwargs: further options of :func:`adapt_network` (batch_size, lr, max_steps, ...).
 
     Returns:
@@ -771,6 +774,10 @@ def adapt(
             wavelengths=wavelengths,
         )
     )
+    if coregister and not stack.shifts:
+        from geochange.coregister import coregister as _coregister
+
+        stack = _coregister(stack)
     res = adapt_network(
         stack,
         model=model,
@@ -794,6 +801,7 @@ def adapt(
             "shape": list(stack.shape),
             "masks": stack.mask_names,
             "wavelengths_nm": list(stack.wavelengths),
+            "shifts_px": [list(s) for s in stack.shifts],
         },
         "base_model": str(model) if model is not None else "default",
         "base_model_path": bm.get("path"),

@@ -40,6 +40,8 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
 from geochange.bands import wavelength_array
+from geochange.coregister import coregister as coregister_stack
+from geochange.coregister import estimate_shifts, shift_dates
 from geochange.errors import InputError
 from geochange.model.losses import IGNORE
 from geochange.model.normalize import apply, scene_stats
@@ -138,6 +140,7 @@ def scene_from_arrays(
     nodata: float | None = None,
     name: str = "",
     wavelengths: Sequence[float | None] | None = None,
+    coregister: bool = False,
 ) -> LabelledScene:
     """Build a :class:`LabelledScene`; statistics from a decimated sample of the whole scene.
 
@@ -147,12 +150,20 @@ def scene_from_arrays(
         clouds: optional (t, h, w) bool.
         nodata: source nodata value, e.g. 0 for the synthetic uint16 scenes.
         wavelengths: band centres in nm (None items = unknown); None = all unknown.
+        coregister: estimate and undo whole-date shifts (:mod:`geochange.coregister`), as
+            ``detect`` does; cloud masks move with their dates.
     """
     arr = np.asarray(raw).astype(np.float32)
     if nodata is not None:
         arr[np.asarray(raw) == nodata] = np.nan
     # A pixel is nodata on a date when any band is.
     arr[~np.isfinite(arr).all(axis=1, keepdims=True).repeat(arr.shape[1], axis=1)] = np.nan
+    if coregister:
+        shifts = estimate_shifts(arr).shifts
+        arr = shift_dates(arr, shifts)
+        if clouds is not None:
+            moved = shift_dates(np.asarray(clouds, np.float32)[:, None], shifts)[:, 0]
+            clouds = moved > 0.5
     stats = scene_stats(decimated_sample(arr))
     return LabelledScene(
         raw=arr,
@@ -175,6 +186,7 @@ def synthetic_scene(
     dates: Sequence[int] = (2, 10),
     bands: Sequence[int] = (1, 16),
     nuisance: Sequence[str] = ("low", "medium", "high"),
+    coregister: bool = False,
 ) -> LabelledScene:
     """A synthetic scene from :func:`geochange.synth.make_scene`, its (T, C, nuisance) drawn
     from ``seed``.
@@ -185,6 +197,7 @@ def synthetic_scene(
         dates: inclusive range of T.
         bands: inclusive range of the band count.
         nuisance: levels to choose from.
+        coregister: undo the scene's whole-date shifts as ``detect`` does.
     """
     from geochange.synth import make_scene
 
@@ -201,6 +214,7 @@ def synthetic_scene(
         nodata=0,
         name=f"synth seed={seed} T={t} C={c} nuisance={level}",
         wavelengths=scene.band_wavelengths,
+        coregister=coregister,
     )
 
 
@@ -278,6 +292,7 @@ def load_labelled_stack(
     labels: str | os.PathLike,
     dates: Sequence[str] | str | None = None,
     align: bool = False,
+    coregister: bool = False,
 ) -> LabelledScene:
     """Read a user stack and its labels into memory.
 
@@ -287,6 +302,7 @@ def load_labelled_stack(
             ``date_index`` or ``change_date`` column (no column: change with unknown date).
         dates: dates of the files, as ``open_stack``.
         align: warp all dates onto the first date's grid.
+        coregister: estimate and undo whole-date shifts, as ``detect`` does.
 
     Raises:
         InputError: missing labels, labels on another grid, change dates outside the series.
@@ -301,6 +317,8 @@ def load_labelled_stack(
         )
     inputs = [str(s) for s in stack] if isinstance(stack, (list, tuple)) else str(stack)
     st = open_stack(inputs, dates=dates, align=align)
+    if coregister:
+        st = coregister_stack(st)
     h, w = st.grid.shape
     raw = st.window(0, 0, h, w)
     if labels.lower().endswith((".gpkg", ".geojson", ".shp", ".fgb")):
@@ -582,6 +600,8 @@ class ChangeDataModule(pl.LightningDataModule):
             changed: phenology, clouds); must be <= 1 - change_fraction.
         unknown_wavelengths: probability per batch that the band wavelengths are withheld.
         micro_weight: focal-loss weight of pixels of change objects <= 9 px.
+        coregister: undo whole-date shifts of every scene (as ``detect`` does by default);
+            a source may override it with its own ``coregister`` key.
         seed: base seed.
         num_workers: DataLoader workers (0 = in the training process).
     """
@@ -604,6 +624,7 @@ class ChangeDataModule(pl.LightningDataModule):
         hard_fraction: float = 0.0,
         unknown_wavelengths: float = 0.0,
         micro_weight: float = 1.0,
+        coregister: bool = True,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
@@ -613,8 +634,8 @@ class ChangeDataModule(pl.LightningDataModule):
                 f"data config: change_fraction={change_fraction}, hard_fraction={hard_fraction}; "
                 "expected both in [0, 1] with change_fraction + hard_fraction <= 1"
             )
-        self.sources = [dict(s) for s in sources]
-        self.val_sources = [dict(s) for s in val_sources]
+        self.sources = [{"coregister": coregister, **s} for s in sources]
+        self.val_sources = [{"coregister": coregister, **s} for s in val_sources]
         self.batch_size = batch_size
         self.chip = chip
         self.batches_per_scene = batches_per_scene
@@ -671,9 +692,14 @@ class ChangeDataModule(pl.LightningDataModule):
                 dates=_range(cfg.get("dates", [2, 10]), "synthetic.dates"),
                 bands=_range(cfg.get("bands", [1, 16]), "synthetic.bands"),
                 nuisance=tuple(cfg.get("nuisance", ("low", "medium", "high"))),
+                coregister=bool(src.get("coregister")),
             )
         return load_labelled_stack(
-            src["stack"], src["labels"], dates=src.get("dates"), align=bool(src.get("align"))
+            src["stack"],
+            src["labels"],
+            dates=src.get("dates"),
+            align=bool(src.get("align")),
+            coregister=bool(src.get("coregister")),
         )
 
     def train_dataset(self, offset: int = 0) -> ChipBatches:

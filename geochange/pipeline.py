@@ -181,6 +181,7 @@ def detect(
     amp: bool = False,
     adapt: bool = False,
     adapt_minutes: float = 3.0,
+    coregister: bool = True,
 ) -> DetectResult:
     """Detect changes in a multi-date stack.
 
@@ -219,6 +220,9 @@ def detect(
             (:func:`geochange.adapt.adapt`, seed 0) into a temporary checkpoint, then detect
             with it; the ``runs`` record says ``adapted``. Only with ``method="cnn-lstm"``.
         adapt_minutes: wall-clock budget of that adaptation.
+        coregister: estimate each date's whole shift (sub-pixel, up to 4 px) and resample it
+            away on every read (:mod:`geochange.coregister`); the ``runs`` record lists the
+            shifts. A ``Stack`` whose ``shifts`` are set is used as it is.
 
     Returns:
         A ``DetectResult`` with lazy rasters (or rasters re-read from the written files),
@@ -254,6 +258,10 @@ def detect(
             wavelengths=wavelengths,
         )
     )
+    if coregister and not stack.shifts:
+        from geochange.coregister import coregister as _coregister
+
+        stack = _coregister(stack)
     if adapt:
         with _adapted_model(stack, method, model, adapt_minutes, device) as adapted:
             return detect(
@@ -262,6 +270,7 @@ def detect(
                 overwrite=overwrite, progress=progress, quicklook=quicklook,
                 rgb_bands=rgb_bands, scheduler=scheduler, workers=workers,
                 threads_per_worker=threads_per_worker, batch_size=batch_size, amp=amp,
+                coregister=coregister,
             )  # fmt: skip
     detector = stack_detector(
         stack, method, model=model, device=device, batch_size=batch_size, amp=amp
@@ -471,6 +480,7 @@ def _provenance(stack, method, model, threshold, min_area, simplify, chunk_size,
         "masks": stack.mask_names,
         "mask_values": list(stack.mask_values) if stack.mask_values else [],
         "wavelengths_nm": list(stack.wavelengths),
+        "shifts_px": [list(s) for s in stack.shifts],
     }
 
 

@@ -35,6 +35,7 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from geochange import coregister as coreg
 from geochange.bands import band_wavelengths, parse_wavelengths
 from geochange.errors import AlignmentError, DateError, InputError
 from geochange.grid import GridSpec
@@ -97,6 +98,9 @@ class Stack:
         masks: per date None or ``(path, band)`` of its cloud/validity mask (see
             :func:`open_stack`); masked pixels read as NaN, like nodata.
         mask_values: mask values that mean "masked"; None = any non-zero value.
+        shifts: per date (dy, dx) pixels resampled away on every read (bilinear; output pixel
+            (y, x) takes the date's (y - dy, x - dx)), set by
+            :func:`geochange.coregister.coregister`; () = read as stored.
     """
 
     paths: tuple[str, ...]
@@ -110,6 +114,7 @@ class Stack:
     masks: tuple[tuple[str, int] | None, ...] = ()
     mask_values: tuple[float, ...] | None = None
     wavelengths: tuple[float | None, ...] = ()
+    shifts: tuple[tuple[float, float], ...] = ()
 
     @property
     def T(self) -> int:  # noqa: N802 - T is the glossary's name for the number of dates
@@ -181,7 +186,9 @@ class Stack:
         What :func:`geochange.tiling.window_map` ships to the workers: file paths and the grid,
         no data.
         """
-        return _StackReader(self._sources(), self.band_count, self.grid.height, self.grid.width)
+        return _StackReader(
+            self._sources(), self.band_count, self.grid.height, self.grid.width, self.shifts
+        )
 
     def _sources(self) -> tuple[_Source, ...]:
         target = (self.grid.crs, self.grid.transform, self.grid.height, self.grid.width)
@@ -222,6 +229,7 @@ class _StackReader:
     bands: int
     height: int
     width: int
+    shifts: tuple[tuple[float, float], ...] = ()
     dtype = np.dtype("float32")
     ndim = 4
 
@@ -240,7 +248,9 @@ class _StackReader:
         window = Window(x0, y0, x1 - x0, y1 - y0)
         t_index = np.arange(len(self.sources))[t_key]
         dates = np.atleast_1d(t_index)
-        if dates.size and y1 > y0 and x1 > x0:
+        if dates.size and y1 > y0 and x1 > x0 and self.shifts:
+            out = np.stack([self._read_shifted(int(t), y0, y1, x0, x1) for t in dates])
+        elif dates.size and y1 > y0 and x1 > x0:
             out = np.stack([_read_window(self.sources[int(t)], window) for t in dates])
         else:  # nothing to read: do not open the files
             out = np.empty((dates.size, self.bands, y1 - y0, x1 - x0), np.float32)
@@ -249,6 +259,20 @@ class _StackReader:
         out = out[..., y_rest, :]
         out = out[..., x_rest]
         return out[0] if np.ndim(t_index) == 0 else out
+
+
+    def _read_shifted(self, t: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Date ``t`` in rows y0:y1, cols x0:x1 with its shift resampled away: reads a margin
+        (clipped at the grid edge, where edges are replicated), so any window gives the same
+        pixels."""
+        dy, dx = self.shifts[t]
+        if max(abs(dy), abs(dx)) < coreg.MIN_APPLIED:
+            return _read_window(self.sources[t], Window(x0, y0, x1 - x0, y1 - y0))
+        m = coreg.margin(np.asarray(self.shifts[t]))
+        ya, yb = max(0, y0 - m), min(self.height, y1 + m)
+        xa, xb = max(0, x0 - m), min(self.width, x1 + m)
+        img = _read_window(self.sources[t], Window(xa, ya, xb - xa, yb - ya))
+        return coreg.shift_bilinear(img, dy, dx)[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
 
 
 def _bounding(key: Any, size: int) -> tuple[tuple[int, int], Any]:

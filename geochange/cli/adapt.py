@@ -42,6 +42,7 @@ from geochange.cli import options
 @options.device_option("Where the model trains.")
 @options.dates_option
 @options.align_option
+@options.coregister_option
 @options.masks_option
 @options.mask_values_option
 @options.wavelengths_option
@@ -57,6 +58,7 @@ def command(
     device,
     dates,
     align,
+    coregister,
     masks,
     mask_values,
     wavelengths,
@@ -94,6 +96,7 @@ def command(
         device=device,
         dates=dates,
         align=align,
+        coregister=coregister,
         masks=list(masks) or None,
         mask_values=mask_values,
         wavelengths=wavelengths,

@@ -54,6 +54,7 @@ from geochange.cli import options
 )
 @options.chunk_size_option
 @options.align_option
+@options.coregister_option
 @options.masks_option
 @options.mask_values_option
 @options.wavelengths_option
@@ -126,6 +127,7 @@ def command(
     simplify,
     chunk_size,
     align,
+    coregister,
     masks,
     mask_values,
     wavelengths,
@@ -174,6 +176,7 @@ def command(
         simplify=simplify,
         chunk_size=chunk_size,
         align=align,
+        coregister=coregister,
         masks=list(masks) or None,
         mask_values=mask_values,
         wavelengths=wavelengths,

@@ -63,6 +63,15 @@ align_option = click.option(
 )
 
 
+coregister_option = click.option(
+    "--coregister/--no-coregister",
+    default=True,
+    show_default=True,
+    help="Estimate each date's whole shift against the others (phase correlation, sub-pixel, "
+    "up to 4 px) and resample it away before detecting.",
+)
+
+
 def device_option(help: str = "Where the model runs."):
     """``--device auto|cpu|cuda`` (auto: CUDA when torch sees a GPU)."""
     return click.option(

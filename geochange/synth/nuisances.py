@@ -10,6 +10,7 @@ from typing import Literal
 
 import numpy as np
 
+from geochange.coregister import shift_bilinear  # noqa: F401 - re-exported (tests, semi)
 from geochange.synth._noise import fbm, smooth_noise
 
 __all__ = [
@@ -125,27 +126,6 @@ def make_clouds(
         alpha[t] = a.astype(np.float32)
         shadow[t] = sh.astype(np.float32)
     return Clouds(alpha, shadow, mask)
-
-
-def shift_bilinear(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
-    """Shift (..., h, w) by (dy, dx) pixels with bilinear interpolation, edges replicated.
-
-    Same result as ``scipy.ndimage.shift(img, (0, ..., dy, dx), order=1, mode="nearest")``
-    (tested), but interpolates in 2-D only, which is several times faster on (c, h, w) stacks.
-    Output pixel (y, x) takes the input at (y - dy, x - dx).
-    """
-    h, w = img.shape[-2:]
-    out = img.astype(np.float32, copy=True)
-    for axis, d, n in ((-2, dy, h), (-1, dx, w)):
-        if abs(d) < 1e-9:
-            continue
-        i0 = np.floor(-d)
-        f = np.float32(-d - i0)
-        idx = np.arange(n) + int(i0)
-        a = np.take(out, np.clip(idx, 0, n - 1), axis=axis)
-        b = np.take(out, np.clip(idx + 1, 0, n - 1), axis=axis)
-        out = a * (np.float32(1.0) - f) + b * f if f > 0 else a
-    return out
 
 
 @dataclass

@@ -1,0 +1,221 @@
+"""Co-registration: find and undo whole-date shifts of a stack (camera shake, orbit jitter).
+
+Dates of a stack are rarely aligned to the pixel: Sentinel-2's multi-temporal co-registration
+target is 0.3 px and older archives drift by a pixel or two. A change model that must forgive a
+misregistered edge also forgives a 2-pixel building. Estimating each date's global shift and
+resampling it away lets the model look at aligned pixels.
+
+How it works:
+
+1. Read one window of every date (the centre of the grid, at most :data:`WINDOW` px square).
+2. Phase correlation of each date against a reference date (the one with most valid pixels):
+   bands standardised per date (gain and offset do not matter), Hann-windowed, the normalised
+   cross-power spectrum summed over bands and smoothed by a Gaussian of :data:`PEAK_SIGMA` px,
+   whose peak is located to sub-pixel by a Gaussian (log-parabola) fit. On the project's
+   synthetic scenes (nuisance high, shifts up to 2 px, clouds, haze, changes) the error is
+   0.06 px median and 0.15 px at most (128 and 256 px windows, 10 scenes x 8 dates).
+3. Shifts are taken relative to the dates' mean position, so the stack keeps its grid (no date
+   is privileged) and each date moves by the least amount. A date whose correlation peak is weak
+   (clouds everywhere, mostly nodata) or lies beyond :data:`MAX_SHIFT` is left where it is.
+4. Reads of the stack apply the shifts with bilinear resampling (:class:`geochange.stack.Stack`
+   ``shifts``): every tile reads a margin of ``ceil(shift) + 1`` px, so tiles stay seam-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Largest shift (pixels, per axis) that is searched and corrected.
+MAX_SHIFT = 4.0
+#: Edge of the square window read from the grid's centre for estimation, in pixels.
+WINDOW = 1024
+#: Smoothing of the correlation surface (pixels, Gaussian sd): noise-robust sub-pixel peaks.
+PEAK_SIGMA = 1.0
+#: A date is shifted only when its correlation peak stands this many robust sd above the
+#: surface; aligned land scores 35-450 (synthetic, 128-512 px; OSCD, Landsat), unrelated
+#: scenes up to about 15.
+MIN_PEAK_SCORE = 20.0
+#: Dates with fewer valid pixels than this share of the window are not estimated.
+MIN_VALID = 0.2
+#: Shifts smaller than this (pixels) are not applied: resampling would only blur.
+MIN_APPLIED = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """Estimated whole-date shifts of a stack.
+
+    Attributes:
+        shifts: (t, 2) float (dy, dx) in pixels to apply to each date: output pixel (y, x) takes
+            the date's pixel (y - dy, x - dx). Zero for dates not estimated.
+        scores: (t,) correlation peak score of each date against the reference (inf for the
+            reference, 0 for dates not estimated).
+        reference: index of the reference date.
+    """
+
+    shifts: np.ndarray
+    scores: np.ndarray
+    reference: int
+
+
+def shift_bilinear(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """Shift (..., h, w) by (dy, dx) pixels with bilinear interpolation, edges replicated.
+
+    Same result as ``scipy.ndimage.shift(img, (0, ..., dy, dx), order=1, mode="nearest")``
+    (tested), but interpolates in 2-D only, which is several times faster on (c, h, w) stacks.
+    Output pixel (y, x) takes the input at (y - dy, x - dx). NaN spreads to the pixels that
+    interpolate from it.
+    """
+    h, w = img.shape[-2:]
+    out = img.astype(np.float32, copy=True)
+    for axis, d, n in ((-2, dy, h), (-1, dx, w)):
+        if abs(d) < 1e-9:
+            continue
+        i0 = np.floor(-d)
+        f = np.float32(-d - i0)
+        idx = np.arange(n) + int(i0)
+        a = np.take(out, np.clip(idx, 0, n - 1), axis=axis)
+        b = np.take(out, np.clip(idx + 1, 0, n - 1), axis=axis)
+        out = a * (np.float32(1.0) - f) + b * f if f > 0 else a
+    return out
+
+
+def shift_dates(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Apply per-date shifts to a (t, c, h, w) array (edges replicated); returns float32."""
+    out = np.asarray(x, dtype=np.float32)
+    shifts = np.asarray(shifts, dtype=np.float64).reshape(len(out), 2)
+    if not np.any(np.abs(shifts) >= MIN_APPLIED):
+        return out
+    out = out.copy()
+    for t, (dy, dx) in enumerate(shifts):
+        if max(abs(dy), abs(dx)) >= MIN_APPLIED:
+            out[t] = shift_bilinear(out[t], float(dy), float(dx))
+    return out
+
+
+def margin(shifts: np.ndarray | None) -> int:
+    """Pixels a reader must add around a window to resample it with ``shifts``."""
+    if shifts is None or not np.size(shifts):
+        return 0
+    return int(math.ceil(float(np.max(np.abs(shifts))))) + 1
+
+
+def _spectrum(img: np.ndarray) -> tuple[np.ndarray, float]:
+    """Standardised, Hann-windowed FFT of one date (c, h, w) and its valid share."""
+    img = np.asarray(img, dtype=np.float64)
+    valid = np.isfinite(img).all(axis=0)
+    share = float(valid.mean()) if valid.size else 0.0
+    out = np.zeros(img.shape)
+    if share > 0:
+        for b in range(img.shape[0]):
+            v = img[b][valid]
+            sd = float(np.std(v))
+            if sd > 0:
+                out[b] = np.where(valid, (img[b] - np.median(v)) / sd, 0.0)
+    h, w = valid.shape
+    window = np.outer(np.hanning(h), np.hanning(w))
+    return np.fft.fft2(out * window), share
+
+
+def _log_peak(a: float, b: float, c: float) -> float:
+    """Sub-pixel offset of the peak of a Gaussian through three samples (centre ``b``)."""
+    a, b, c = (math.log(max(v, 1e-12)) for v in (a, b, c))
+    d = a - 2.0 * b + c
+    return 0.0 if d >= 0 else float(np.clip(0.5 * (a - c) / d, -0.5, 0.5))
+
+
+def phase_correlation(
+    ref: np.ndarray, img: np.ndarray, max_shift: float = MAX_SHIFT
+) -> tuple[float, float, float]:
+    """Shift that aligns ``img`` to ``ref`` (both FFTs from :func:`_spectrum`).
+
+    Returns:
+        (dy, dx, score): apply (dy, dx) to ``img`` (output (y, x) takes ``img`` at
+        (y - dy, x - dx)); ``score`` is the peak height in robust sd of the surface.
+    """
+    cross = (ref * np.conj(img)).sum(axis=0)
+    mag = np.abs(cross)
+    cross = cross / (mag + 1e-12 * (mag.max() or 1.0))
+    h, w = cross.shape
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.fftfreq(w)[None, :]
+    smooth = np.exp(-2.0 * (math.pi * PEAK_SIGMA) ** 2 * (fy**2 + fx**2))
+    surface = np.fft.fftshift(np.fft.ifft2(cross * smooth).real)
+    r = int(math.ceil(max_shift)) + 1
+    cy, cx = h // 2, w // 2
+    sub = surface[cy - r : cy + r + 1, cx - r : cx + r + 1]
+    iy, ix = np.unravel_index(int(np.argmax(sub)), sub.shape)
+    med = float(np.median(surface))
+    spread = 1.4826 * float(np.median(np.abs(surface - med))) or 1e-12
+    score = (float(sub[iy, ix]) - med) / spread
+    if not (0 < iy < sub.shape[0] - 1 and 0 < ix < sub.shape[1] - 1):
+        return 0.0, 0.0, 0.0  # peak on the search border: beyond max_shift
+    dy = iy - r + _log_peak(sub[iy - 1, ix], sub[iy, ix], sub[iy + 1, ix])
+    dx = ix - r + _log_peak(sub[iy, ix - 1], sub[iy, ix], sub[iy, ix + 1])
+    if max(abs(dy), abs(dx)) > max_shift:
+        return 0.0, 0.0, 0.0
+    return float(dy), float(dx), float(score)
+
+
+def estimate_shifts(x: np.ndarray, max_shift: float = MAX_SHIFT) -> Registration:
+    """Whole-date shifts of a (t, c, h, w) array (NaN = nodata), relative to the dates' mean.
+
+    Windows smaller than 32 px, dates with less than :data:`MIN_VALID` valid pixels and dates
+    whose peak scores below :data:`MIN_PEAK_SCORE` get no shift.
+    """
+    x = np.asarray(x)
+    t = x.shape[0]
+    shifts = np.zeros((t, 2))
+    scores = np.zeros(t)
+    if t < 2 or min(x.shape[-2:]) < 32:
+        return Registration(shifts, scores, 0)
+    spectra = [_spectrum(x[i]) for i in range(t)]
+    shares = np.array([s for _, s in spectra])
+    ref = int(np.argmax(shares))
+    ok = np.zeros(t, bool)
+    for i in range(t):
+        if i == ref:
+            ok[i], scores[i] = True, np.inf
+        elif shares[i] >= MIN_VALID:
+            dy, dx, score = phase_correlation(spectra[ref][0], spectra[i][0], max_shift)
+            scores[i] = score
+            if score >= MIN_PEAK_SCORE:
+                shifts[i], ok[i] = (dy, dx), True
+    if ok.sum() >= 2:
+        # Relative to the mean position of the estimated dates: the grid stays where it is.
+        shifts[ok] -= shifts[ok].mean(axis=0)
+    else:
+        shifts[:] = 0.0
+    return Registration(shifts, scores, ref)
+
+
+def coregister(stack, window: int = WINDOW, max_shift: float = MAX_SHIFT):
+    """The stack with its dates' whole shifts estimated and undone on every read.
+
+    Reads one window (the grid's centre, at most ``window`` px square) of every date.
+
+    Returns:
+        A copy of ``stack`` whose ``shifts`` are set (see :class:`geochange.stack.Stack`).
+    """
+    h, w = stack.grid.shape
+    wy, wx = min(window, h), min(window, w)
+    y0, x0 = (h - wy) // 2, (w - wx) // 2
+    plain = dataclasses.replace(stack, shifts=())
+    reg = estimate_shifts(plain.window(y0, x0, wy, wx), max_shift=max_shift)
+    for i, (score, (dy, dx)) in enumerate(zip(reg.scores, reg.shifts)):
+        if i != reg.reference and score < MIN_PEAK_SCORE:
+            log.warning(
+                "co-registration: date %d (%s) left as it is (no reliable match with date %s; "
+                "peak score %.1f < %.1f: clouds, nodata or a shift beyond %.0f px)",
+                i + 1, stack.dates[i], stack.dates[reg.reference], score, MIN_PEAK_SCORE,
+                max_shift,
+            )  # fmt: skip
+    shifts = tuple((round(float(dy), 3), round(float(dx), 3)) for dy, dx in reg.shifts)
+    log.info("co-registration shifts (dy, dx px): %s", shifts)
+    return dataclasses.replace(stack, shifts=shifts)
