@@ -34,6 +34,7 @@ from rasterio.crs import CRS
 
 from geochange import tiling
 from geochange.evaluate import evaluate_arrays
+from geochange.coregister import coregister as coregister_stack
 from geochange.grid import GridSpec
 from geochange.pipeline import stack_detector
 from geochange.stack import open_stack
@@ -250,10 +251,12 @@ def run_method(
     model: str | None = None,
     chunk_size: int = 256,
     use_masks: bool = False,
+    coregister: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Run ``method`` on a case chunk by chunk, as ``geochange detect`` does, in memory.
 
-    ``use_masks`` gives the case's cloud masks to ``open_stack`` (``detect --masks``).
+    ``use_masks`` gives the case's cloud masks to ``open_stack`` (``detect --masks``);
+    ``coregister`` undoes whole-date shifts first, as ``detect`` does by default (every method).
 
     Returns:
         prob (h, w) float32 (NaN = nodata), interval (h, w) float32 (k in 0..T-2), seconds,
@@ -264,6 +267,8 @@ def run_method(
         raise ValueError(f"{case.name}: no cloud masks known for this case")
     masks = case.masks if use_masks else None
     stack = open_stack(case.paths, dates=case.dates, chunk_size=chunk_size, masks=masks)
+    if coregister:
+        stack = coregister_stack(stack)
     kwargs: dict[str, Any] = {"model": model, "device": "cpu"} if method == "cnn-lstm" else {}
     detector = stack_detector(stack, method, **kwargs)  # type: ignore[arg-type]
     halo = int(detector.halo)
