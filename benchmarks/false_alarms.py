@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from geochange.coregister import estimate_shifts, shift_dates
 from geochange.predict import model_detector
 from geochange.synth import make_scene
 from geochange.synth.land import make_land
@@ -78,6 +79,7 @@ def main() -> None:
     p.add_argument("--bands", type=int, default=4)
     p.add_argument("--nuisance", default="high", choices=["low", "medium", "high"])
     p.add_argument("--masks", action="store_true", help="cloud masks as nodata (detect --masks)")
+    p.add_argument("--no-coregister", action="store_true", help="as detect --no-coregister")
     a = p.parse_args()
     torch.set_num_threads(1)
     lo, _, hi = a.seeds.partition("-")
@@ -88,6 +90,8 @@ def main() -> None:
         x = scene.images.astype(np.float32)
         if a.masks:
             x[np.broadcast_to(scene.clouds[:, None], x.shape)] = np.nan
+        if not a.no_coregister:  # as detect does by default
+            x = shift_dates(x, estimate_shifts(x).shifts)
         det = model_detector(
             x.reshape(a.dates, a.bands, -1),
             model_path=a.model,
