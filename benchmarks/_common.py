@@ -33,8 +33,8 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from geochange import tiling
-from geochange.evaluate import evaluate_arrays
 from geochange.coregister import coregister as coregister_stack
+from geochange.evaluate import evaluate_arrays
 from geochange.grid import GridSpec
 from geochange.pipeline import stack_detector
 from geochange.stack import open_stack

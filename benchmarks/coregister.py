@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import _common as C
 import numpy as np
 
-import _common as C
 import geochange.synth.scene as synth_scene
 from geochange.coregister import MIN_PEAK_SCORE, estimate_shifts
 from geochange.stack import open_stack
@@ -103,8 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Synthetic scenes: shift error (pixels)",
         "",
-        *C.md_table(["size px", "nuisance", "median", "p90", "max", "dates not estimated",
-                     "seconds per scene"], rows),  # fmt: skip
+        *C.md_table(
+            [
+                "size px",
+                "nuisance",
+                "median",
+                "p90",
+                "max",
+                "dates not estimated",
+                "seconds per scene",
+            ],
+            rows,
+        ),  # fmt: skip
         "",
         "## Real pairs: estimated shift of t1 against t0 (no truth)",
         "",

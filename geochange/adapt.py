@@ -56,6 +56,7 @@ import torch
 from scipy import ndimage
 
 from geochange.bands import wavelength_array
+from geochange.coregister import coregister as coregister_stack
 from geochange.errors import InputError, ModelError, OutputExistsError
 from geochange.model import load_model, save_model
 from geochange.model.cnn_lstm import CNNLSTM
@@ -774,10 +775,8 @@ def adapt(
             wavelengths=wavelengths,
         )
     )
-    if coregister and not stack.shifts:
-        from geochange.coregister import coregister as _coregister
-
-        stack = _coregister(stack)
+    if coregister:
+        stack = coregister_stack(stack)
     res = adapt_network(
         stack,
         model=model,

@@ -24,6 +24,7 @@ How it works:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 
@@ -118,9 +119,21 @@ def _spectrum(img: np.ndarray) -> tuple[np.ndarray, float]:
             sd = float(np.std(v))
             if sd > 0:
                 out[b] = np.where(valid, (img[b] - np.median(v)) / sd, 0.0)
-    h, w = valid.shape
-    window = np.outer(np.hanning(h), np.hanning(w))
-    return np.fft.fft2(out * window), share
+    return np.fft.fft2(out * _hann(*valid.shape)), share
+
+
+@functools.lru_cache(maxsize=4)
+def _hann(h: int, w: int) -> np.ndarray:
+    """2-D Hann window (the same for every date of a window)."""
+    return np.outer(np.hanning(h), np.hanning(w))
+
+
+@functools.lru_cache(maxsize=4)
+def _peak_smoothing(h: int, w: int) -> np.ndarray:
+    """Fourier transfer function of a Gaussian of :data:`PEAK_SIGMA` px."""
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.fftfreq(w)[None, :]
+    return np.exp(-2.0 * (math.pi * PEAK_SIGMA) ** 2 * (fy**2 + fx**2))
 
 
 def _log_peak(a: float, b: float, c: float) -> float:
@@ -143,10 +156,7 @@ def phase_correlation(
     mag = np.abs(cross)
     cross = cross / (mag + 1e-12 * (mag.max() or 1.0))
     h, w = cross.shape
-    fy = np.fft.fftfreq(h)[:, None]
-    fx = np.fft.fftfreq(w)[None, :]
-    smooth = np.exp(-2.0 * (math.pi * PEAK_SIGMA) ** 2 * (fy**2 + fx**2))
-    surface = np.fft.fftshift(np.fft.ifft2(cross * smooth).real)
+    surface = np.fft.fftshift(np.fft.ifft2(cross * _peak_smoothing(h, w)).real)
     r = int(math.ceil(max_shift)) + 1
     cy, cx = h // 2, w // 2
     sub = surface[cy - r : cy + r + 1, cx - r : cx + r + 1]
@@ -187,28 +197,28 @@ def estimate_shifts(x: np.ndarray, max_shift: float = MAX_SHIFT) -> Registration
             scores[i] = score
             if score >= MIN_PEAK_SCORE:
                 shifts[i], ok[i] = (dy, dx), True
-    if ok.sum() >= 2:
-        # Relative to the mean position of the estimated dates: the grid stays where it is.
-        shifts[ok] -= shifts[ok].mean(axis=0)
-    else:
-        shifts[:] = 0.0
+    # Relative to the mean position of the estimated dates: the grid stays where it is (with
+    # the reference alone estimated, every shift stays 0).
+    shifts[ok] -= shifts[ok].mean(axis=0)
     return Registration(shifts, scores, ref)
 
 
 def coregister(stack, window: int = WINDOW, max_shift: float = MAX_SHIFT):
     """The stack with its dates' whole shifts estimated and undone on every read.
 
-    Reads one window (the grid's centre, at most ``window`` px square) of every date.
+    Reads one window (the grid's centre, at most ``window`` px square) of every date. A stack
+    whose ``shifts`` are set already is returned as it is.
 
     Returns:
         A copy of ``stack`` whose ``shifts`` are set (see :class:`geochange.stack.Stack`).
     """
+    if stack.shifts:
+        return stack
     h, w = stack.grid.shape
     wy, wx = min(window, h), min(window, w)
     y0, x0 = (h - wy) // 2, (w - wx) // 2
-    plain = dataclasses.replace(stack, shifts=())
-    reg = estimate_shifts(plain.window(y0, x0, wy, wx), max_shift=max_shift)
-    for i, (score, (dy, dx)) in enumerate(zip(reg.scores, reg.shifts)):
+    reg = estimate_shifts(stack.window(y0, x0, wy, wx), max_shift=max_shift)
+    for i, score in enumerate(reg.scores):
         if i != reg.reference and score < MIN_PEAK_SCORE:
             log.warning(
                 "co-registration: date %d (%s) left as it is (no reliable match with date %s; "

@@ -24,6 +24,7 @@ import geopandas as gpd
 import numpy as np
 
 from geochange import __version__
+from geochange.coregister import coregister as coregister_stack
 from geochange.errors import InputError
 from geochange.stack import Stack, open_stack, read_sample
 
@@ -258,10 +259,8 @@ def detect(
             wavelengths=wavelengths,
         )
     )
-    if coregister and not stack.shifts:
-        from geochange.coregister import coregister as _coregister
-
-        stack = _coregister(stack)
+    if coregister:
+        stack = coregister_stack(stack)
     if adapt:
         with _adapted_model(stack, method, model, adapt_minutes, device) as adapted:
             return detect(

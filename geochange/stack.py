@@ -260,7 +260,6 @@ class _StackReader:
         out = out[..., x_rest]
         return out[0] if np.ndim(t_index) == 0 else out
 
-
     def _read_shifted(self, t: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Date ``t`` in rows y0:y1, cols x0:x1 with its shift resampled away: reads a margin
         (clipped at the grid edge, where edges are replicated), so any window gives the same
