@@ -252,11 +252,14 @@ def run_method(
     chunk_size: int = 256,
     use_masks: bool = False,
     coregister: bool = True,
+    cloud_screen: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Run ``method`` on a case chunk by chunk, as ``geochange detect`` does, in memory.
 
     ``use_masks`` gives the case's cloud masks to ``open_stack`` (``detect --masks``);
-    ``coregister`` undoes whole-date shifts first, as ``detect`` does by default (every method).
+    ``coregister`` undoes whole-date shifts first and ``cloud_screen`` screens clouds and shadows
+    from the dates themselves (None: when no masks are used), as ``detect`` does by default,
+    for every method.
 
     Returns:
         prob (h, w) float32 (NaN = nodata), interval (h, w) float32 (k in 0..T-2), seconds,
@@ -270,7 +273,8 @@ def run_method(
     if coregister:
         stack = coregister_stack(stack)
     kwargs: dict[str, Any] = {"model": model, "device": "cpu"} if method == "cnn-lstm" else {}
-    detector = stack_detector(stack, method, **kwargs)  # type: ignore[arg-type]
+    screen = masks is None if cloud_screen is None else cloud_screen
+    detector = stack_detector(stack, method, cloud_screen=screen, **kwargs)  # type: ignore[arg-type]
     halo = int(detector.halo)
     ych, xch = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
     data = stack.data.rechunk({0: -1, 1: -1, 2: ych, 3: xch})

@@ -23,7 +23,7 @@ import dask.array as da
 import geopandas as gpd
 import numpy as np
 
-from geochange import __version__
+from geochange import __version__, clouds
 from geochange.coregister import coregister as coregister_stack
 from geochange.errors import InputError
 from geochange.stack import Stack, open_stack, read_sample
@@ -100,6 +100,7 @@ def make_detector(
     batch_size: int | None = None,
     amp: bool = False,
     wavelengths: Sequence[float | None] | None = None,
+    cloud_screen: bool = False,
 ):
     """A block detector for ``method`` with scene-wide parameters fitted on ``sample``.
 
@@ -112,6 +113,9 @@ def make_detector(
         amp: float16 autocast on CUDA for the deep model.
         wavelengths: band centres in nm (None = unknown) told to the deep model
             (``Stack.wavelengths``); the baselines do not use them.
+        cloud_screen: screen clouds and shadows out of every tile first
+            (:class:`geochange.clouds.CloudScreen`), where the stack has enough dates and bands
+            (:func:`geochange.clouds.usable`); otherwise ignored.
 
     Returns:
         An object with ``.halo`` (pixels) and ``__call__(tile (t, c, h, w)) -> (2, h, w)``.
@@ -131,7 +135,8 @@ def make_detector(
                     f"--batch-size: found {batch_size!r}, expected a whole number of tiles >= 1"
                 )
             kwargs["batch_size"] = int(batch_size)
-        return model_detector(sample, model_path=model, device=device, **kwargs)
+        detector = model_detector(sample, model_path=model, device=device, **kwargs)
+        return _screened(detector, sample, cloud_screen)
     for flag, value in (("--batch-size", batch_size), ("--amp", amp or None)):
         if value is not None:
             raise InputError(
@@ -145,7 +150,14 @@ def make_detector(
         )
     from geochange.baselines import make_baseline
 
-    return make_baseline(method, sample)
+    return _screened(make_baseline(method, sample), sample, cloud_screen)
+
+
+def _screened(detector: Any, sample: np.ndarray, cloud_screen: bool) -> Any:
+    """``detector`` behind a :class:`~geochange.clouds.CloudScreen` when asked and usable."""
+    if not cloud_screen or not clouds.usable(*sample.shape[:2]):
+        return detector
+    return clouds.CloudScreen.from_sample(detector, sample)
 
 
 def _threads_layout(n_chunks: int) -> tuple[int, int]:
@@ -183,6 +195,7 @@ def detect(
     adapt: bool = False,
     adapt_minutes: float = 3.0,
     coregister: bool = True,
+    cloud_screen: bool | None = None,
 ) -> DetectResult:
     """Detect changes in a multi-date stack.
 
@@ -224,6 +237,10 @@ def detect(
         coregister: estimate each date's whole shift (sub-pixel, up to 4 px) and resample it
             away on every read (:mod:`geochange.coregister`); the ``runs`` record lists the
             shifts. A ``Stack`` whose ``shifts`` are set is used as it is.
+        cloud_screen: flag clouds and cloud shadows from the dates themselves and read them as
+            nodata (:mod:`geochange.clouds`), as ``masks`` are; needs 3 dates and 4 bands.
+            None (auto) = only when no ``masks`` are given: a user's masks are trusted as they
+            are (the screen on top of them was measured to remove real change).
 
     Returns:
         A ``DetectResult`` with lazy rasters (or rasters re-read from the written files),
@@ -261,6 +278,8 @@ def detect(
     )
     if coregister:
         stack = coregister_stack(stack)
+    if cloud_screen is None:
+        cloud_screen = not any(stack.masks)
     if adapt:
         with _adapted_model(stack, method, model, adapt_minutes, device) as adapted:
             return detect(
@@ -269,10 +288,16 @@ def detect(
                 overwrite=overwrite, progress=progress, quicklook=quicklook,
                 rgb_bands=rgb_bands, scheduler=scheduler, workers=workers,
                 threads_per_worker=threads_per_worker, batch_size=batch_size, amp=amp,
-                coregister=coregister,
+                coregister=coregister, cloud_screen=cloud_screen,
             )  # fmt: skip
     detector = stack_detector(
-        stack, method, model=model, device=device, batch_size=batch_size, amp=amp
+        stack,
+        method,
+        model=model,
+        device=device,
+        batch_size=batch_size,
+        amp=amp,
+        cloud_screen=cloud_screen,
     )
     halo = int(detector.halo)
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
@@ -480,6 +505,7 @@ def _provenance(stack, method, model, threshold, min_area, simplify, chunk_size,
         "mask_values": list(stack.mask_values) if stack.mask_values else [],
         "wavelengths_nm": list(stack.wavelengths),
         "shifts_px": [list(s) for s in stack.shifts],
+        "cloud_screen": isinstance(detector, clouds.CloudScreen),
     }
 
 

@@ -55,6 +55,14 @@ from geochange.cli import options
 @options.chunk_size_option
 @options.align_option
 @options.coregister_option
+@click.option(
+    "--cloud-screen",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Flag clouds and cloud shadows from the dates themselves (spectra and time) and read "
+    "them as nodata. auto: on when no --masks are given. Needs 3 dates and 4 bands.",
+)
 @options.masks_option
 @options.mask_values_option
 @options.wavelengths_option
@@ -128,6 +136,7 @@ def command(
     chunk_size,
     align,
     coregister,
+    cloud_screen,
     masks,
     mask_values,
     wavelengths,
@@ -177,6 +186,7 @@ def command(
         chunk_size=chunk_size,
         align=align,
         coregister=coregister,
+        cloud_screen={"auto": None, "on": True, "off": False}[cloud_screen],
         masks=list(masks) or None,
         mask_values=mask_values,
         wavelengths=wavelengths,

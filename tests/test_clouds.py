@@ -1,0 +1,114 @@
+"""Cloud screen: finds clouds and shadows from spectra and time, keeps real change, seam-free."""
+
+from __future__ import annotations
+
+import pickle
+
+import dask
+import geopandas as gpd
+import numpy as np
+import pytest
+from helpers import write_stack
+
+from geochange import tiling
+from geochange.clouds import REACH, CloudScreen, cloud_spectrum, screen, usable
+from geochange.model.normalize import scene_stats
+from geochange.pipeline import detect, make_detector
+from geochange.synth import make_scene
+
+DATES = ["2023-03-01", "2023-05-10", "2023-07-02", "2023-09-15", "2023-10-20"]
+
+
+def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sample = x.reshape(*x.shape[:2], -1)
+    stats = scene_stats(sample)
+    return stats, cloud_spectrum(sample, stats)
+
+
+def _land(t: int = 5, size: int = 96, seed: int = 2) -> np.ndarray:
+    """A land-like date repeated ``t`` times with per-date gain/offset and noise, (t, 4, h, w)."""
+    ground = make_scene(size=size, dates=2, bands=4, seed=seed, nuisance="low").images[0]
+    rng = np.random.default_rng(seed)
+    ground = ground.astype(np.float32)
+    dates = [ground * rng.uniform(0.9, 1.1) + rng.uniform(-50, 50) for _ in range(t)]
+    return np.stack([d + rng.normal(0, 10, d.shape) for d in dates]).astype(np.float32)
+
+
+def test_screen_finds_the_synthetic_clouds_and_little_else():
+    scene = make_scene(size=160, dates=8, bands=4, seed=11, nuisance="medium")
+    assert scene.clouds.any(), "the seed must give clouds"
+    x = scene.images.astype(np.float32)
+    stats, spectrum = _fit(x)
+    flagged = screen(x, stats, spectrum)
+    truth = scene.clouds
+    cloudy = truth.any(axis=(1, 2))
+    recall = (flagged & truth)[cloudy].sum() / truth[cloudy].sum()
+    false_flags = (flagged & ~truth).sum() / (~truth).sum()
+    assert recall > 0.5, recall
+    assert false_flags < 0.02, false_flags
+    # Clear dates stay (almost) unflagged.
+    assert flagged[~cloudy].mean() < 0.01
+
+
+def test_a_transient_veil_is_flagged_a_lasting_change_is_not():
+    x = _land()
+    t, c, h, w = x.shape
+    white = np.full((c, 1, 1), np.percentile(x, 99.9), np.float32)
+    # A thin cloud (40 % opacity) over a 30x30 block on the last date only.
+    x[-1, :, 10:40, 10:40] = 0.6 * x[-1, :, 10:40, 10:40] + 0.4 * white
+    # A new bright roof-like surface from date 2 on (a lasting change, another spectral shape).
+    roof = np.array([2500, 2600, 2700, 1500], np.float32)[:, None, None]
+    x[2:, :, 50:80, 50:80] = roof
+    stats, spectrum = _fit(x)
+    flagged = screen(x, stats, spectrum)
+    assert flagged[-1, 12:38, 12:38].mean() > 0.95
+    assert not flagged[:, 50:80, 50:80].any()
+    assert flagged[:-1, 10:40, 10:40].mean() < 0.02
+
+
+def test_shadows_next_to_a_cloud_are_flagged():
+    x = _land()
+    white = np.full((4, 1, 1), np.percentile(x, 99.9), np.float32)
+    x[-1, :, 10:40, 10:40] = white  # thick cloud
+    x[-1, :, 44:56, 20:50] *= 0.45  # its shadow (within SHADOW_REACH): every band darker alike
+    stats, spectrum = _fit(x)
+    flagged = screen(x, stats, spectrum)
+    assert flagged[-1, 44:56, 20:50].mean() > 0.95
+    assert not flagged[-1, 80:, 60:].any()
+
+
+def test_screened_tiles_are_seam_free_and_pickle():
+    scene = make_scene(size=128, dates=6, bands=4, seed=11, nuisance="medium")
+    x = scene.images.astype(np.float32)
+    det = make_detector("cva", x.reshape(6, 4, -1), cloud_screen=True)
+    assert isinstance(det, CloudScreen) and det.halo == det.inner.halo + REACH
+    whole = det(x)
+    tiled = tiling.overlap_map(
+        dask.array.from_array(x, chunks=(6, 4, 48, 40)), det, det.halo, out_bands=2
+    )
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_array_equal(np.asarray(tiled.compute()), whole)
+    again = pickle.loads(pickle.dumps(det))
+    np.testing.assert_array_equal(again(x), whole)
+
+
+@pytest.mark.parametrize(("dates", "bands"), [(2, 4), (5, 3), (5, 1)])
+def test_too_few_dates_or_bands_leave_the_detector_unscreened(dates, bands):
+    assert not usable(dates, bands)
+    sample = np.random.default_rng(0).uniform(100, 200, (dates, bands, 500)).astype(np.float32)
+    assert not isinstance(make_detector("cva", sample, cloud_screen=True), CloudScreen)
+
+
+def test_detect_screens_by_default_without_masks_and_records_it(tmp_path):
+    x = _land(size=64)
+    white = np.full((4, 1, 1), np.percentile(x, 99.9), np.float32)
+    x[-1, :, 10:40, 10:40] = 0.5 * x[-1, :, 10:40, 10:40] + 0.5 * white
+    write_stack(tmp_path / "s", np.clip(x, 1, 65535).astype(np.uint16), DATES, nodata=0)
+    on = detect(tmp_path / "s", tmp_path / "on.gpkg", method="cva", quicklook=False)
+    off = detect(tmp_path / "s", tmp_path / "off.gpkg", method="cva", quicklook=False,
+                 cloud_screen=False)  # fmt: skip
+    assert bool(gpd.read_file(on.paths["gpkg"], layer="runs").cloud_screen[0])
+    assert not bool(gpd.read_file(off.paths["gpkg"], layer="runs").cloud_screen[0])
+    # The veil is a change to CVA without the screen, and nothing with it.
+    assert off.prob.compute()[15:35, 15:35].mean() > 0.4
+    assert on.prob.compute()[15:35, 15:35].mean() < 0.2
