@@ -180,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         f"- Held-out synthetic scenes: `make_scene` nuisance high, seeds {SEED}–{SEED + n - 1} "
         f"(training used 0–999, validation 1000–1099), {size}×{size} px, {DATES} dates, "
         f"{BANDS} bands. Scores pooled over the scenes (confusion counts summed). Each scene "
-        "is run twice: as it is (the model alone must tell clouds and shadows from change) "
-        "and with the scene's cloud/shadow masks given as `detect --masks truth/clouds.tif` "
-        "does (masked dates read as nodata), as a user does with Sentinel-2 SCL or Landsat "
-        "QA masks.",
+        "is run twice, as `geochange detect` runs it (co-registered): as it is, where detect "
+        "screens clouds and shadows from the dates themselves (`--cloud-screen auto`, "
+        "geochange/clouds.py), and with the scene's cloud/shadow masks given as "
+        "`detect --masks truth/clouds.tif` does (masked dates read as nodata; no screen on top), "
+        "as a user does with Sentinel-2 SCL or Landsat QA masks.",
         "- Real pairs: ../shared/data/real_samples as they are (2 dates), the files tagged with "
         "their sensor's band centres (`WAVELENGTHS_NM`, as `--wavelengths` does: Sentinel-2 "
         "490/560/665/842 nm, Landsat TM 485/560/660/830/1650/2215, RGB 665/560/490) and once "
