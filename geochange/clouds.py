@@ -17,9 +17,10 @@ How it works, per date ``t`` and pixel, in the scene's own radiometry:
    with ``a >= MIN_OPACITY`` and a relative residual below ``MAX_RESIDUAL`` (a new roof on
    vegetation changes the spectrum's shape; a thin cloud only veils it); or every band is
    brighter by at least ``BRIGHT_SPREADS`` scene spreads.
-4. **Not a cloud after all**: the same new look is seen again on another date (within
-   ``PERSIST`` of the change's size): a cloud moves, a change stays. Near-opaque clouds
-   (``a >= THICK_OPACITY``) are exempt, since two thick clouds look alike.
+4. **Not a cloud after all**: the look lasts, i.e. the previous or the next valid date looks
+   the same (within ``PERSIST`` of the change's size): a cloud passes, a change (and the state
+   before it) stays. A change seen on the last date only and a cloud there cannot be told apart
+   by time; spectra alone decide (a change to a bright grey surface on the last date is lost).
 5. **Shadow**: every band darker by the same factor (all ratios below ``SHADOW_RATIO``, spread
    below ``SHADOW_FLAT``), within ``SHADOW_REACH`` px of a cloud of the same date.
 6. Specks are removed by an opening of radius ``OPEN_RADIUS`` (a cloud is not 3 pixels wide,
@@ -51,13 +52,10 @@ __all__ = ["REACH", "CloudScreen", "cloud_spectrum", "screen", "usable"]
 MIN_OPACITY = 0.1
 #: Largest residual of the cloud mixing fit, relative to the size of the change.
 MAX_RESIDUAL = 0.35
-#: Opacity from which a cloud is "thick": not un-flagged by a similar look on another date.
-THICK_OPACITY = 0.7
 #: Every band brighter by this many scene spreads (IQR / 1.349) also counts as cloud.
 BRIGHT_SPREADS = 1.5
-#: A date's new look seen again on another date (distance below this share of the change): a
-#: change, not a cloud.
-PERSIST = 0.3
+#: Two looks of a pixel are "the same" when closer than this share of the change's size.
+PERSIST = 0.5
 #: Shadow: every band's ratio to the reference below this ...
 SHADOW_RATIO = 0.8
 #: ... and the ratios within this of each other (shadows darken all bands alike).
@@ -158,16 +156,29 @@ def screen(tile: np.ndarray, stats: np.ndarray, spectrum: np.ndarray) -> np.ndar
         residual = np.sqrt(((d - opacity * towards) ** 2).sum(axis=0)) / (size + 1e-12)
         cloud = (opacity >= MIN_OPACITY) & (residual < MAX_RESIDUAL)
         cloud |= (d / spread).min(axis=0) > BRIGHT_SPREADS
-        seen_again = (np.sqrt(((others - y[i][None]) ** 2).sum(axis=1)) < PERSIST * size).any(0)
-        cloud &= ~(seen_again & (opacity < THICK_OPACITY))
+        passing = ~_lasts(y, i, size, ~nodata)
+        cloud &= passing
         cloud = ndimage.binary_opening(cloud, disk)
         if cloud.any():
             ratio = y[i] / np.maximum(ref, 1e-6 * np.abs(ref).max() + 1e-12)
             top, bottom = ratio.max(axis=0), ratio.min(axis=0)
-            shadow = (top < SHADOW_RATIO) & (top - bottom < SHADOW_FLAT)
+            shadow = (top < SHADOW_RATIO) & (top - bottom < SHADOW_FLAT) & passing
             shadow = ndimage.binary_opening(shadow, disk) & _within(cloud, SHADOW_REACH)
             cloud |= shadow
         out[i] = _within(cloud, GROW) & ~nodata[i]
+    return out
+
+
+def _lasts(y: np.ndarray, i: int, size: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(h, w) True where date ``i``'s look is also the look of the previous or the next valid
+    date at that pixel (within ``PERSIST`` of the change's size): a state, not a passing cloud."""
+    same = np.sqrt(((y - y[i][None]) ** 2).sum(axis=1)) < (PERSIST * size)[None]  # (t, h, w)
+    out = np.zeros(y.shape[2:], dtype=bool)
+    for order in (range(i - 1, -1, -1), range(i + 1, y.shape[0])):
+        pending = np.ones_like(out)  # no valid date met yet in this direction
+        for u in order:
+            out |= pending & valid[u] & same[u]
+            pending &= ~valid[u]
     return out
 
 
