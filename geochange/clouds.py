@@ -146,9 +146,9 @@ def screen(tile: np.ndarray, stats: np.ndarray, spectrum: np.ndarray) -> np.ndar
     spread = spread[:, None, None]
     disk = _disk(OPEN_RADIUS)
     out = np.zeros((t, *y.shape[2:]), dtype=bool)
+    refs = _medians_of_others(y)
     for i in range(t):
-        others = np.delete(y, i, axis=0)
-        ref = np.median(others, axis=0)
+        ref = refs[i]
         d = y[i] - ref
         size = np.sqrt((d * d).sum(axis=0))
         towards = spectrum - ref
@@ -169,16 +169,34 @@ def screen(tile: np.ndarray, stats: np.ndarray, spectrum: np.ndarray) -> np.ndar
     return out
 
 
+def _medians_of_others(y: np.ndarray) -> np.ndarray:
+    """(t, ...) per date, the median over the other dates of ``y`` (t, ...), from one sort."""
+    t = y.shape[0]
+    ranked = np.sort(y, axis=0)
+    lo, hi = (t - 2) // 2, (t - 1) // 2  # median positions among the t - 1 other values
+    out = np.empty_like(y)
+    for i in range(t):
+        # Without date i, sorted position p holds ranked[p] if date i ranks above p, else
+        # ranked[p + 1]; "ranks above p" is y[i] > ranked[p] (ties give equal values anyway).
+        a = np.where(y[i] > ranked[lo], ranked[lo], ranked[lo + 1])
+        b = a if hi == lo else np.where(y[i] > ranked[hi], ranked[hi], ranked[hi + 1])
+        out[i] = 0.5 * (a + b)
+    return out
+
+
 def _lasts(y: np.ndarray, i: int, size: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(h, w) True where date ``i``'s look is also the look of the previous or the next valid
     date at that pixel (within ``PERSIST`` of the change's size): a state, not a passing cloud."""
-    same = np.sqrt(((y - y[i][None]) ** 2).sum(axis=1)) < (PERSIST * size)[None]  # (t, h, w)
+    tol = PERSIST * size
     out = np.zeros(y.shape[2:], dtype=bool)
     for order in (range(i - 1, -1, -1), range(i + 1, y.shape[0])):
         pending = np.ones_like(out)  # no valid date met yet in this direction
         for u in order:
-            out |= pending & valid[u] & same[u]
+            same = np.sqrt(((y[u] - y[i]) ** 2).sum(axis=0)) < tol
+            out |= pending & valid[u] & same
             pending &= ~valid[u]
+            if not pending.any():
+                break
     return out
 
 

@@ -118,3 +118,13 @@ def test_detect_screens_by_default_without_masks_and_records_it(tmp_path):
     # The veil is a change to CVA without the screen, and nothing with it.
     assert off.prob.compute()[15:35, 15:35].mean() > 0.4
     assert on.prob.compute()[15:35, 15:35].mean() < 0.2
+
+
+@pytest.mark.parametrize("t", [2, 3, 4, 7, 8])
+def test_reference_is_the_median_of_the_other_dates(t):
+    from geochange.clouds import _medians_of_others
+
+    y = np.random.default_rng(t).normal(size=(t, 3, 9, 9)).astype(np.float32)
+    y[:, 0, :4] = 1.0  # ties
+    expected = np.stack([np.median(np.delete(y, i, axis=0), axis=0) for i in range(t)])
+    np.testing.assert_allclose(_medians_of_others(y), expected, rtol=0, atol=1e-6)
