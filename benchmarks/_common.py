@@ -273,8 +273,7 @@ def run_method(
     if coregister:
         stack = coregister_stack(stack)
     kwargs: dict[str, Any] = {"model": model, "device": "cpu"} if method == "cnn-lstm" else {}
-    screen = masks is None if cloud_screen is None else cloud_screen
-    detector = stack_detector(stack, method, cloud_screen=screen, **kwargs)  # type: ignore[arg-type]
+    detector = stack_detector(stack, method, cloud_screen=cloud_screen, **kwargs)  # type: ignore[arg-type]
     halo = int(detector.halo)
     ych, xch = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
     data = stack.data.rechunk({0: -1, 1: -1, 2: ych, 3: xch})

@@ -230,7 +230,7 @@ class CloudScreen:
         return cls(inner, stats, cloud_spectrum(sample, stats))
 
     def __getattr__(self, name: str) -> object:
-        if name == "inner":  # not yet set (unpickling): no recursion
+        if name == "inner":  # not set yet (unpickling fills __dict__ directly): no recursion
             raise AttributeError(name)
         return getattr(self.inner, name)
 
@@ -239,13 +239,6 @@ class CloudScreen:
             object.__setattr__(self, name, value)
         else:  # e.g. num_threads, set by the pipeline on the detector
             setattr(self.inner, name, value)
-
-    def __getstate__(self) -> dict:
-        return dict(self.__dict__)
-
-    def __setstate__(self, state: dict) -> None:
-        for key, value in state.items():
-            object.__setattr__(self, key, value)
 
     def __dask_tokenize__(self) -> tuple:
         from dask.base import tokenize

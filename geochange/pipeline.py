@@ -85,10 +85,22 @@ def output_paths(output: str | os.PathLike, *, quicklook: bool = False) -> dict[
     return paths
 
 
-def stack_detector(stack: Stack, method: Method = "cnn-lstm", **kwargs: Any):
+def stack_detector(
+    stack: Stack, method: Method = "cnn-lstm", cloud_screen: bool | None = None, **kwargs: Any
+):
     """:func:`make_detector` fitted on a whole stack: its decimated scene sample and its band
-    wavelengths (told to the deep model). ``kwargs`` as :func:`make_detector`."""
-    return make_detector(method, read_sample(stack), wavelengths=stack.wavelengths, **kwargs)
+    wavelengths (told to the deep model). ``cloud_screen`` None (auto) = screen only when the
+    stack has no masks (a user's masks are trusted as they are). ``kwargs`` as
+    :func:`make_detector`."""
+    if cloud_screen is None:
+        cloud_screen = not any(stack.masks)
+    return make_detector(
+        method,
+        read_sample(stack),
+        wavelengths=stack.wavelengths,
+        cloud_screen=cloud_screen,
+        **kwargs,
+    )
 
 
 def make_detector(
@@ -278,8 +290,6 @@ def detect(
     )
     if coregister:
         stack = coregister_stack(stack)
-    if cloud_screen is None:
-        cloud_screen = not any(stack.masks)
     if adapt:
         with _adapted_model(stack, method, model, adapt_minutes, device) as adapted:
             return detect(
