@@ -15,7 +15,12 @@ torch.set_num_threads(1)
 
 
 def _net(
-    in_bands: int | None = None, seed: int = 0, dilations=(1,), shift: int = 0, clouds=False
+    in_bands: int | None = None,
+    seed: int = 0,
+    dilations=(1,),
+    shift: int = 0,
+    clouds=False,
+    local: int = 0,
 ) -> CNNLSTM:
     torch.manual_seed(seed)
     return CNNLSTM(
@@ -26,6 +31,7 @@ def _net(
         context_dilations=dilations,
         shift_radius=shift,
         clouds=clouds,
+        local_contrast=local,
     ).eval()
 
 
@@ -68,13 +74,45 @@ def test_band_agnostic_is_invariant_to_band_order() -> None:
 
 
 @pytest.mark.parametrize(
-    ("t", "dilations", "shift"),
-    [(2, (1,), 0), (3, (1,), 0), (5, (1,), 0), (3, (1, 2, 4), 0), (2, (1,), 2), (4, (1, 2), 1)],
+    ("t", "dilations", "shift", "local"),
+    [
+        (2, (1,), 0, 0),
+        (3, (1,), 0, 0),
+        (5, (1,), 0, 0),
+        (3, (1, 2, 4), 0, 0),
+        (2, (1,), 2, 0),
+        (4, (1, 2), 1, 0),
+        (3, (1, 2), 1, 3),
+    ],
 )
-def test_halo_bounds_receptive_field(t: int, dilations: tuple[int, ...], shift: int) -> None:
+def test_halo_bounds_receptive_field(
+    t: int, dilations: tuple[int, ...], shift: int, local: int
+) -> None:
     """d output[centre] / d input is zero beyond halo(t) and non-zero at exactly halo(t)."""
-    net = _net(seed=t, dilations=dilations, shift=shift)
+    net = _net(seed=t, dilations=dilations, shift=shift, local=local)
     _check_reach(net, t)
+
+
+def test_local_contrast_tiles_exactly_and_ignores_uniform_change() -> None:
+    """A chunk with the halo gives the whole-scene output; a change spread evenly over a wide
+    area has no local contrast inside it, a 2-px change does."""
+    from geochange.model.cnn_lstm import local_contrast
+
+    net = _net(seed=3, shift=1, local=3)
+    t, size = 3, 40
+    x = torch.randn(1, t, 2, size, size)
+    v = torch.ones(1, t, size, size, dtype=torch.bool)
+    halo = net.halo(t)
+    with torch.no_grad():
+        whole = net(x, v)[0]
+        part = net(x[..., : 8 + halo, :], v[..., : 8 + halo, :])[0]
+    torch.testing.assert_close(part[:, :8], whole[:, :8])
+    d = torch.zeros(1, 1, 30, 30)
+    d[..., :, :20] = 1.0  # a field changed as a whole
+    d[..., 10, 25:27] = 1.0  # a 2-px object
+    lc = local_contrast(d, 3)
+    assert lc[0, 0, 10:20, 5:12].abs().max() < 1e-6
+    assert lc[0, 0, 10, 25] > 0.9
 
 
 def _check_reach(net: CNNLSTM, t: int) -> None:

@@ -38,6 +38,7 @@ NET_KEYS = (
     "shift_radius",
     "wavelengths",
     "clouds",
+    "local_contrast",
 )
 
 

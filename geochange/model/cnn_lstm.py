@@ -33,7 +33,14 @@ from torch import Tensor, nn
 
 from geochange.errors import ModelError
 
-__all__ = ["CLOUD_GATE", "CNNLSTM", "MASKED_LOGIT", "encode_wavelengths", "shift_min_distance"]
+__all__ = [
+    "CLOUD_GATE",
+    "CNNLSTM",
+    "MASKED_LOGIT",
+    "encode_wavelengths",
+    "local_contrast",
+    "shift_min_distance",
+]
 
 #: Logit given to intervals that cannot hold a change (their "after" date is invalid, or no
 #: valid date precedes it).
@@ -79,6 +86,16 @@ def shift_min_distance(a: Tensor, b: Tensor, radius: int) -> Tensor:
             best = d if best is None else torch.minimum(best, d)
     assert best is not None
     return best
+
+
+def local_contrast(d: Tensor, radius: int) -> Tensor:
+    """``d`` minus its mean over a ``(2r+1)²`` window: change compared with the surroundings.
+
+    ``d``: (n, C, h, w). Zero padding (the window counts outside pixels as 0), so a tile with
+    a halo of ``radius`` more pixels gives exactly the whole-scene values.
+    """
+    k = 2 * int(radius) + 1
+    return d - nn.functional.avg_pool2d(d, k, stride=1, padding=int(radius), count_include_pad=True)
 
 
 def _conv(cin: int, cout: int, k: int, bias: bool = True, dilation: int = 1) -> nn.Conv2d:
@@ -203,6 +220,10 @@ class CNNLSTM(nn.Module):
             (``forward(..., wavelengths=)``), see :func:`encode_wavelengths`.
         clouds: a per-date cloud/shadow head whose flags (probability >= :data:`CLOUD_GATE`)
             mask that date at that pixel, as a user's cloud mask does (see the module notes).
+        local_contrast: when > 0, each step also gets the feature difference minus its mean
+            over a (2r+1)² window (:func:`local_contrast`): how much a pixel changed *compared
+            with its surroundings*. A field that greens up or is harvested as a whole gives
+            about zero inside; a 2-px roof appearing in it stands out. 0 = off.
 
     Shapes: ``x`` (b, t, c, h, w) float32, normalised (see ``normalize.apply``), no NaN;
     ``valid`` (b, t, h, w) bool. Works for any t >= 2.
@@ -220,6 +241,7 @@ class CNNLSTM(nn.Module):
         shift_radius: int = 0,
         wavelengths: bool = False,
         clouds: bool = False,
+        local_contrast: int = 0,
     ) -> None:
         super().__init__()
         if in_bands is not None and in_bands < 1:
@@ -233,6 +255,9 @@ class CNNLSTM(nn.Module):
             )
         if int(shift_radius) < 0:
             raise ModelError(f"shift_radius: got {shift_radius}, expected an integer >= 0")
+        if int(local_contrast) < 0:
+            raise ModelError(f"local_contrast: got {local_contrast}, expected an integer >= 0")
+        self.local_contrast = int(local_contrast)
         self.in_bands = in_bands
         self.shift_radius = int(shift_radius)
         self.features = features
@@ -260,7 +285,7 @@ class CNNLSTM(nn.Module):
             )
             with torch.no_grad():
                 self.cloud[-1].bias.fill_(_CLOUD_BIAS)
-        n_diff = features + (2 if self.shift_radius else 0)
+        n_diff = features * (2 if self.local_contrast else 1) + (2 if self.shift_radius else 0)
         self.fwd = _ConvLSTMDirection(features + n_diff, hidden, recurrent_kernel)
         self.bwd = _ConvLSTMDirection(features + n_diff, hidden, recurrent_kernel)
         # Interval head on [h_fwd_{t-1}, h_bwd_t, differences]: past summary vs future summary.
@@ -289,6 +314,7 @@ class CNNLSTM(nn.Module):
             "shift_radius": self.shift_radius,
             "wavelengths": self.uses_wavelengths,
             "clouds": self.cloud is not None,
+            "local_contrast": self.local_contrast,
         }
 
     @property
@@ -299,13 +325,16 @@ class CNNLSTM(nn.Module):
     def halo(self, t: int) -> int:
         """Receptive radius in pixels of both outputs for ``t`` dates.
 
-        Encoder radius + shift radius + (t - 1) recurrent steps + decoder radius; computed from
-        the layers.
+        Encoder radius + the larger of shift radius and local-contrast radius + (t - 1)
+        recurrent steps + decoder radius; computed from the layers.
         Chunked inference with at least this halo equals the whole-scene run.
         """
         if t < 1:
             raise ModelError(f"t: got {t} dates, expected >= 1")
-        enc = _radius(self.stem) + _radius(self.encoder) + self.shift_radius
+        # The shift distances and the local contrast are side by side, not one after the other.
+        enc = (
+            _radius(self.stem) + _radius(self.encoder) + max(self.shift_radius, self.local_contrast)
+        )
         if self.cloud is not None:  # the gate of a date depends on features this far around
             enc += _radius(self.cloud)
         rec = _radius(self.fwd)
@@ -391,7 +420,8 @@ class CNNLSTM(nn.Module):
 
         def step_input(i: int) -> Tensor:
             diff = feats[i] - feats[i - 1] if i > 0 else torch.zeros_like(feats[0])
-            return torch.cat([feats[i], diff, *dists[i : i + 1]], dim=1)
+            local = [local_contrast(diff, self.local_contrast)] if self.local_contrast else []
+            return torch.cat([feats[i], diff, *local, *dists[i : i + 1]], dim=1)
 
         zeros = x.new_zeros(b, hid, h, w)
         hf, cf = zeros, zeros

@@ -79,7 +79,7 @@ class ChangeTask(pl.LightningModule):
 
     Args:
         in_bands, features, hidden, encoder_layers, recurrent_kernel, head_hidden,
-            context_dilations, shift_radius, wavelengths, clouds: the network
+            context_dilations, shift_radius, wavelengths, clouds, local_contrast: the network
             (see :class:`CNNLSTM`).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
@@ -107,6 +107,7 @@ class ChangeTask(pl.LightningModule):
         shift_radius: int = 0,
         wavelengths: bool = False,
         clouds: bool = False,
+        local_contrast: int = 0,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         scheduler: Literal["onecycle", "cosine", "none"] = "onecycle",
@@ -133,6 +134,7 @@ class ChangeTask(pl.LightningModule):
             shift_radius=shift_radius,
             wavelengths=wavelengths,
             clouds=clouds,
+            local_contrast=local_contrast,
         )
         self.val_f1 = BinaryF1Score(ignore_index=IGNORE)
         self.val_iou = BinaryJaccardIndex(ignore_index=IGNORE)
