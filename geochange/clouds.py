@@ -48,7 +48,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["REACH", "CloudScreen", "cloud_spectrum", "screen", "usable"]
+__all__ = ["REACH", "CloudScreen", "cloud_spectrum", "refit", "screen", "usable"]
 
 #: A cloud's least opacity, as a fraction of the way from the ground to the cloud spectrum.
 MIN_OPACITY = 0.1
@@ -72,6 +72,16 @@ GROW = 5
 REACH = 2 * OPEN_RADIUS + SHADOW_REACH + GROW
 #: Quantile (percent) of each band, over all dates, taken as the cloud spectrum.
 SPECTRUM_QUANTILE = 99.5
+#: :func:`refit`: pixels of the sample it uses, lines it tries, the tolerance of agreement (a
+#: share of the reference's IQR), the least share of pixels that must agree, the share of least
+#: changed pixels it then refines on, and the largest gain (a cloud over half a date can
+#: inflate its spread tenfold).
+REFIT_PIXELS = 4000
+REFIT_TRIALS = 200
+REFIT_TOLERANCE = 0.1
+REFIT_MIN_SHARE = 0.3
+REFIT_SHARE = 0.5
+REFIT_MAX_GAIN = 30.0
 #: The screen needs at least this many dates and bands.
 MIN_DATES = 3
 MIN_BANDS = 4
@@ -93,17 +103,122 @@ def _matched(x: np.ndarray, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(np.float32), common_scale.astype(np.float32)
 
 
-def cloud_spectrum(sample: np.ndarray, stats: np.ndarray) -> np.ndarray:
+def _refitted(y: np.ndarray, fit: np.ndarray | None) -> np.ndarray:
+    """``y`` (t, c, ...) matched values with each date and band's ``fit`` (gain, offset) applied."""
+    if fit is None:
+        return y
+    extra = (None,) * (y.ndim - 2)
+    gain, offset = fit[..., 0][(..., *extra)], fit[..., 1][(..., *extra)]
+    return (y * gain + offset).astype(np.float32)
+
+
+def refit(sample: np.ndarray, stats: np.ndarray, rounds: int = 2) -> np.ndarray:
+    """Per date and band, a gain and offset that match the date to the others on clear pixels.
+
+    The scene statistics match dates by their median and spread, and a cloud over a third of
+    a date inflates its spread: its clouds then look fainter than they are. Here each date's
+    band is regressed on the median of the other dates at the same pixels: first by a consensus
+    fit (:func:`_line_fit`, the line most pixels agree with, so clouds, shadows and real changes,
+    even over nearly half the date, do not pull it), then ``rounds`` times by least squares on
+    the ``REFIT_SHARE`` of pixels that changed least over all bands.
+
+    Args:
+        sample: (t, c, n) decimated read of the scene, NaN = nodata.
+        stats: (t, c, 2) scene statistics of the same sample.
+
+    Returns:
+        (t, c, 2) float32 gain and offset, applied after the statistics' matching (identity
+        where too few pixels agree on a line).
+    """
+    y0, _ = _matched(np.asarray(sample, dtype=np.float32), stats)
+    t, c, n = y0.shape
+    fit = np.zeros((t, c, 2), dtype=np.float32)
+    fit[..., 0] = 1.0
+    if t < 3:
+        return fit
+    pick = np.linspace(0, n - 1, min(n, REFIT_PIXELS)).astype(int)
+    y0 = y0[:, :, pick]
+    rng = np.random.default_rng(0)
+    for round_ in range(1 + rounds):
+        y = _refitted(y0, fit)
+        for i in range(t):
+            with warnings.catch_warnings():  # all-NaN pixels
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ref = np.nanmedian(np.delete(y, i, axis=0), axis=0)  # (c, n)
+            if round_ == 0:  # consensus lines: robust however far off the first matching is
+                for b in range(c):
+                    line = _line_fit(y0[i, b], ref[b], rng)
+                    if line is not None:
+                        fit[i, b] = line
+                continue
+            # Then least squares on the pixels that changed least over all bands together.
+            size = np.sqrt(((y[i] - ref) ** 2).sum(axis=0))
+            ok = np.isfinite(size) & np.isfinite(y0[i]).all(axis=0)
+            if ok.sum() < 50:
+                continue
+            ok &= size <= np.quantile(size[ok], REFIT_SHARE)
+            for b in range(c):
+                line = _least_squares(y0[i, b, ok], ref[b, ok])
+                if line is not None:
+                    fit[i, b] = line
+    return fit
+
+
+def _least_squares(x: np.ndarray, r: np.ndarray) -> tuple[float, float] | None:
+    """``r ≈ gain * x + offset`` by least squares; None if degenerate or implausible."""
+    x, r = x.astype(np.float64), r.astype(np.float64)
+    var = float(x.var())
+    if var <= 0:
+        return None
+    g = float(((x - x.mean()) * (r - r.mean())).mean() / var)
+    if not 1 / REFIT_MAX_GAIN <= g <= REFIT_MAX_GAIN:
+        return None
+    return g, float(r.mean() - g * x.mean())
+
+
+def _line_fit(x: np.ndarray, r: np.ndarray, rng: np.random.Generator) -> tuple[float, float] | None:
+    """``r ≈ gain * x + offset`` agreed on by the most pairs (x, r): lines through random pairs
+    of points, the one with most points within a tolerance wins, then a least-squares fit on
+    those points. None when fewer than ``REFIT_MIN_SHARE`` of the points agree or the gain is
+    beyond a factor ``REFIT_MAX_GAIN``."""
+    ok = np.isfinite(x) & np.isfinite(r)
+    x, r = x[ok].astype(np.float64), r[ok].astype(np.float64)
+    if x.size < 50:
+        return None
+    q25, q75 = np.percentile(r, [25, 75])
+    tol = REFIT_TOLERANCE * max(q75 - q25, 1e-6)
+    a, b = rng.integers(0, x.size, size=(2, REFIT_TRIALS))
+    dx = x[b] - x[a]
+    a, b, dx = a[np.abs(dx) > 1e-9], b[np.abs(dx) > 1e-9], dx[np.abs(dx) > 1e-9]
+    gain = (r[b] - r[a]) / dx
+    plausible = (gain >= 1 / REFIT_MAX_GAIN) & (gain <= REFIT_MAX_GAIN)
+    if not plausible.any():
+        return None
+    gain, a = gain[plausible], a[plausible]
+    offset = r[a] - gain * x[a]
+    agree = np.abs(r[None] - (gain[:, None] * x[None] + offset[:, None])) < tol
+    best = int(agree.sum(axis=1).argmax())
+    inl = agree[best]
+    if inl.mean() < REFIT_MIN_SHARE:
+        return None
+    return _least_squares(x[inl], r[inl])
+
+
+def cloud_spectrum(
+    sample: np.ndarray, stats: np.ndarray, fit: np.ndarray | None = None
+) -> np.ndarray:
     """The scene's cloud spectrum: the bright end of every band over all dates.
 
     Args:
         sample: (t, c, n) decimated read of the scene (``stack.read_sample``), NaN = nodata.
         stats: (t, c, 2) scene statistics of the same sample.
+        fit: (t, c, 2) from :func:`refit`, or None.
 
     Returns:
         (c,) float32 in the matched radiometry of :func:`screen`.
     """
     y, _ = _matched(np.asarray(sample, dtype=np.float32), stats)
+    y = _refitted(y, fit)
     flat = np.moveaxis(y, 1, 0).reshape(y.shape[1], -1)
     out = np.zeros(y.shape[1], dtype=np.float32)
     for b, v in enumerate(flat):
@@ -124,18 +239,22 @@ def _within(mask: np.ndarray, radius: float) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask) <= radius
 
 
-def screen(tile: np.ndarray, stats: np.ndarray, spectrum: np.ndarray) -> np.ndarray:
+def screen(
+    tile: np.ndarray, stats: np.ndarray, spectrum: np.ndarray, fit: np.ndarray | None = None
+) -> np.ndarray:
     """Cloud and shadow mask of every date of a tile.
 
     Args:
         tile: (t, c, h, w) source units, NaN = nodata (t >= 2).
         stats: (t, c, 2) scene statistics (:func:`geochange.model.normalize.scene_stats`).
-        spectrum: (c,) from :func:`cloud_spectrum`.
+        spectrum: (c,) from :func:`cloud_spectrum` (with the same ``fit``).
+        fit: (t, c, 2) from :func:`refit`, or None (the statistics' matching alone).
 
     Returns:
         (t, h, w) bool, True = cloud or shadow on that date.
     """
     y, spread = _matched(np.asarray(tile, dtype=np.float32), stats)
+    y = _refitted(y, fit)
     t = y.shape[0]
     nodata = ~np.isfinite(y).all(axis=1)  # (t, h, w)
     if nodata.any():
@@ -213,12 +332,20 @@ class CloudScreen:
         inner: the detector (``geochange.pipeline.make_detector``).
         stats: (t, c, 2) scene statistics of the stack's sample.
         spectrum: (c,) cloud spectrum of the same sample (:func:`cloud_spectrum`).
+        fit: (t, c, 2) clear-pixel matching of the same sample (:func:`refit`), or None.
     """
 
-    def __init__(self, inner: object, stats: np.ndarray, spectrum: np.ndarray) -> None:
+    def __init__(
+        self,
+        inner: object,
+        stats: np.ndarray,
+        spectrum: np.ndarray,
+        fit: np.ndarray | None = None,
+    ) -> None:
         self.inner = inner
         self.stats = np.asarray(stats, dtype=np.float32)
         self.spectrum = np.asarray(spectrum, dtype=np.float32)
+        self.fit = None if fit is None else np.asarray(fit, dtype=np.float32)
         self.halo = int(inner.halo) + REACH  # type: ignore[attr-defined]
 
     @classmethod
@@ -227,7 +354,8 @@ class CloudScreen:
         from geochange.model.normalize import scene_stats
 
         stats = scene_stats(sample)
-        return cls(inner, stats, cloud_spectrum(sample, stats))
+        fit = refit(sample, stats)
+        return cls(inner, stats, cloud_spectrum(sample, stats, fit), fit)
 
     def __getattr__(self, name: str) -> object:
         if name == "inner":  # not set yet (unpickling fills __dict__ directly): no recursion
@@ -235,7 +363,7 @@ class CloudScreen:
         return getattr(self.inner, name)
 
     def __setattr__(self, name: str, value: object) -> None:
-        if name in ("inner", "stats", "spectrum", "halo"):
+        if name in ("inner", "stats", "spectrum", "fit", "halo"):
             object.__setattr__(self, name, value)
         else:  # e.g. num_threads, set by the pipeline on the detector
             setattr(self.inner, name, value)
@@ -243,11 +371,18 @@ class CloudScreen:
     def __dask_tokenize__(self) -> tuple:
         from dask.base import tokenize
 
-        return ("CloudScreen", tokenize(self.inner), self.stats.tobytes(), self.spectrum.tobytes())
+        fit = b"" if self.fit is None else self.fit.tobytes()
+        return (
+            "CloudScreen",
+            tokenize(self.inner),
+            self.stats.tobytes(),
+            self.spectrum.tobytes(),
+            fit,
+        )
 
     def mask(self, tile: np.ndarray) -> np.ndarray:
         """(t, h, w) bool cloud/shadow mask of a tile (see :func:`screen`)."""
-        return screen(tile, self.stats, self.spectrum)
+        return screen(tile, self.stats, self.spectrum, self.fit)
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         tile = np.array(tile, dtype=np.float32)  # a copy: the caller's tile stays as read

@@ -11,7 +11,16 @@ import pytest
 from helpers import write_stack
 
 from geochange import tiling
-from geochange.clouds import REACH, CloudScreen, cloud_spectrum, screen, usable
+from geochange.clouds import (
+    REACH,
+    CloudScreen,
+    _matched,
+    _refitted,
+    cloud_spectrum,
+    refit,
+    screen,
+    usable,
+)
 from geochange.model.normalize import scene_stats
 from geochange.pipeline import detect, make_detector
 from geochange.synth import make_scene
@@ -70,6 +79,31 @@ def test_a_transient_veil_is_flagged_a_lasting_change_is_not():
     assert not flagged[:4, 50:80, 50:80].any()
     assert flagged[4, 50:80, 50:80].mean() < 0.2
     assert flagged[:-1, 10:40, 10:40].mean() < 0.02
+
+
+def test_refit_matches_a_half_cloudy_date_on_its_clear_pixels():
+    """A thick cloud over 40 % of a date inflates its spread; the clear-pixel refit brings the
+    date's clear pixels back onto the other dates' radiometry, and the screen finds more of a
+    thin veil on that date than without it."""
+    x = _land(t=6)
+    white = np.full((4, 1, 1), np.percentile(x, 99.9), np.float32)
+    x[3, :, :40, :] = white  # thick cloud over the top 40 rows (of 96)
+    x[3, :, 60:90, 10:40] = 0.85 * x[3, :, 60:90, 10:40] + 0.15 * white  # a faint veil
+    sample = x.reshape(*x.shape[:2], -1)
+    stats = scene_stats(sample)
+    fit = refit(sample, stats)
+    y0, _ = _matched(x, stats)
+    y1 = _refitted(y0, fit)
+    clear = (slice(None), slice(44, 58), slice(None))
+    others = np.median(np.delete(y1, 3, axis=0), axis=0)[clear]
+    err0 = np.abs(y0[3][clear] - np.median(np.delete(y0, 3, axis=0), axis=0)[clear]).mean()
+    err1 = np.abs(y1[3][clear] - others).mean()
+    assert err1 < 0.5 * err0, (err0, err1)
+    assert np.allclose(fit[[0, 1, 2, 4, 5], :, 0], 1.0, atol=0.1)  # clear dates barely move
+    veil = (slice(62, 88), slice(12, 38))
+    without = screen(x, stats, cloud_spectrum(sample, stats))[3][veil].mean()
+    with_fit = screen(x, stats, cloud_spectrum(sample, stats, fit), fit)[3][veil].mean()
+    assert with_fit > without + 0.2, (without, with_fit)
 
 
 def test_shadows_next_to_a_cloud_are_flagged():
