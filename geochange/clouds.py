@@ -9,8 +9,9 @@ neither creates nor hides a change there.
 How it works, per date ``t`` and pixel, in the scene's own radiometry:
 
 1. Dates are matched to one radiometry with the scene statistics the model uses
-   (:func:`geochange.model.normalize.scene_stats`: per date and band median and spread), so
-   per-date illumination gain and offset do not count.
+   (:func:`geochange.model.normalize.scene_stats`: per date and band median and spread), then
+   refitted on each date's clear pixels (:func:`refit`), so per-date illumination gain and
+   offset do not count, even on a date that a cloud covers by a third.
 2. The reference is the median of the *other* dates at that pixel; ``d`` is the date minus it.
 3. **Cloud**: the date moved towards the scene's cloud spectrum ``c`` (the bright end of every
    band, :func:`cloud_spectrum`) as a cloud of opacity ``a`` would: ``d ≈ a (c - reference)``
