@@ -93,6 +93,21 @@ def test_halo_bounds_receptive_field(
     _check_reach(net, t)
 
 
+def test_context_skip_starts_as_identity_and_keeps_the_halo() -> None:
+    torch.manual_seed(0)
+    kw = dict(features=6, hidden=6, head_hidden=6, context_dilations=(1, 2))
+    plain = CNNLSTM(**kw).eval()
+    torch.manual_seed(0)
+    skip = CNNLSTM(**kw, context_skip=True).eval()
+    assert skip.halo(4) == plain.halo(4) and skip.config()["context_skip"]
+    x, v = torch.randn(1, 4, 3, 16, 16), torch.ones(1, 4, 16, 16, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(skip(x, v)[0], plain(x, v)[0])  # zero-initialised path
+        skip.skip.weight.fill_(0.5)
+        assert not torch.allclose(skip(x, v)[0], plain(x, v)[0])
+    _check_reach(skip, 3)
+
+
 def test_local_contrast_tiles_exactly_and_ignores_uniform_change() -> None:
     """A chunk with the halo gives the whole-scene output; a change spread evenly over a wide
     area has no local contrast inside it, a 2-px change does."""

@@ -39,6 +39,7 @@ NET_KEYS = (
     "wavelengths",
     "clouds",
     "local_contrast",
+    "context_skip",
 )
 
 

@@ -220,6 +220,9 @@ class CNNLSTM(nn.Module):
             (``forward(..., wavelengths=)``), see :func:`encode_wavelengths`.
         clouds: a per-date cloud/shadow head whose flags (probability >= :data:`CLOUD_GATE`)
             mask that date at that pixel, as a user's cloud mask does (see the module notes).
+        context_skip: add a 1×1 path from each pixel's own final states to the context term,
+            beside the dilated decoder, so a 2-px object is not judged by its 15-px surroundings
+            alone (zero at start).
         local_contrast: when > 0, each step also gets the feature difference minus its mean
             over a (2r+1)² window (:func:`local_contrast`): how much a pixel changed *compared
             with its surroundings*. A field that greens up or is harvested as a whole gives
@@ -242,6 +245,7 @@ class CNNLSTM(nn.Module):
         wavelengths: bool = False,
         clouds: bool = False,
         local_contrast: int = 0,
+        context_skip: bool = False,
     ) -> None:
         super().__init__()
         if in_bands is not None and in_bands < 1:
@@ -300,6 +304,10 @@ class CNNLSTM(nn.Module):
             cin = head_hidden
         self.decoder = nn.Sequential(*layers, _conv(head_hidden, 1, 1))
         self.context_dilations = dilations
+        self.skip: nn.Conv2d | None = None
+        if context_skip:
+            self.skip = _conv(2 * hidden, 1, 1, bias=False)
+            nn.init.zeros_(self.skip.weight)
 
     def config(self) -> dict:
         """Constructor arguments, to rebuild the network from a checkpoint."""
@@ -315,6 +323,7 @@ class CNNLSTM(nn.Module):
             "wavelengths": self.uses_wavelengths,
             "clouds": self.cloud is not None,
             "local_contrast": self.local_contrast,
+            "context_skip": self.skip is not None,
         }
 
     @property
@@ -445,7 +454,10 @@ class CNNLSTM(nn.Module):
                 logits[i - 1] = self.interval_head(z)[:, 0]
         interval = torch.stack(logits, dim=1)
         interval = torch.where(possible, interval, interval.new_tensor(MASKED_LOGIT))
-        context = self.decoder(torch.cat([h_fwd[-1], hb], dim=1))[:, 0]
+        final = torch.cat([h_fwd[-1], hb], dim=1)
+        context = self.decoder(final)[:, 0]
+        if self.skip is not None:
+            context = context + self.skip(final)[:, 0]
         change = torch.logsumexp(interval, dim=1) + context
         if return_clouds:
             return change, interval, cloud_logits
