@@ -52,7 +52,7 @@ from scipy import ndimage
 __all__ = ["REACH", "CloudScreen", "cloud_spectrum", "refit", "screen", "usable"]
 
 #: A cloud's least opacity, as a fraction of the way from the ground to the cloud spectrum.
-MIN_OPACITY = 0.1
+MIN_OPACITY = 0.07
 #: Largest residual of the cloud mixing fit, relative to the size of the change.
 MAX_RESIDUAL = 0.35
 #: Every band brighter by this many scene spreads (IQR / 1.349) also counts as cloud.
