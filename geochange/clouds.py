@@ -190,7 +190,8 @@ def _line_fit(x: np.ndarray, r: np.ndarray, rng: np.random.Generator) -> tuple[f
     tol = REFIT_TOLERANCE * max(q75 - q25, 1e-6)
     a, b = rng.integers(0, x.size, size=(2, REFIT_TRIALS))
     dx = x[b] - x[a]
-    a, b, dx = a[np.abs(dx) > 1e-9], b[np.abs(dx) > 1e-9], dx[np.abs(dx) > 1e-9]
+    distinct = np.abs(dx) > 1e-9
+    a, b, dx = a[distinct], b[distinct], dx[distinct]
     gain = (r[b] - r[a]) / dx
     plausible = (gain >= 1 / REFIT_MAX_GAIN) & (gain <= REFIT_MAX_GAIN)
     if not plausible.any():
