@@ -93,24 +93,20 @@ def usable(n_dates: int, n_bands: int) -> bool:
     return n_dates >= MIN_DATES and n_bands >= MIN_BANDS
 
 
-def _matched(x: np.ndarray, stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` (t, c, ...) in one radiometry (the dates' median statistics) and the band spreads."""
+def _matched(
+    x: np.ndarray, stats: np.ndarray, fit: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (t, c, ...) in one radiometry (the dates' median statistics, then each date and
+    band's ``fit`` gain and offset from :func:`refit` where given) and the band spreads."""
     stats = np.asarray(stats, dtype=np.float32)
     loc, scale = stats[..., 0], stats[..., 1]
     common_loc, common_scale = np.median(loc, axis=0), np.median(scale, axis=0)
     extra = (None,) * (x.ndim - 2)
     y = (x - loc[(..., *extra)]) / scale[(..., *extra)]
     y = y * common_scale[(slice(None), *extra)] + common_loc[(slice(None), *extra)]
+    if fit is not None:
+        y = y * fit[..., 0][(..., *extra)] + fit[..., 1][(..., *extra)]
     return y.astype(np.float32), common_scale.astype(np.float32)
-
-
-def _refitted(y: np.ndarray, fit: np.ndarray | None) -> np.ndarray:
-    """``y`` (t, c, ...) matched values with each date and band's ``fit`` (gain, offset) applied."""
-    if fit is None:
-        return y
-    extra = (None,) * (y.ndim - 2)
-    gain, offset = fit[..., 0][(..., *extra)], fit[..., 1][(..., *extra)]
-    return (y * gain + offset).astype(np.float32)
 
 
 def refit(sample: np.ndarray, stats: np.ndarray, rounds: int = 2) -> np.ndarray:
@@ -131,17 +127,18 @@ def refit(sample: np.ndarray, stats: np.ndarray, rounds: int = 2) -> np.ndarray:
         (t, c, 2) float32 gain and offset, applied after the statistics' matching (identity
         where too few pixels agree on a line).
     """
-    y0, _ = _matched(np.asarray(sample, dtype=np.float32), stats)
-    t, c, n = y0.shape
+    sample = np.asarray(sample, dtype=np.float32)
+    t, c, n = sample.shape
     fit = np.zeros((t, c, 2), dtype=np.float32)
     fit[..., 0] = 1.0
     if t < 3:
         return fit
     pick = np.linspace(0, n - 1, min(n, REFIT_PIXELS)).astype(int)
-    y0 = y0[:, :, pick]
+    sample = sample[:, :, pick]
+    y0, _ = _matched(sample, stats)  # the fits are gains and offsets of these values
     rng = np.random.default_rng(0)
     for round_ in range(1 + rounds):
-        y = _refitted(y0, fit)
+        y, _ = _matched(sample, stats, fit)
         for i in range(t):
             with warnings.catch_warnings():  # all-NaN pixels
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -219,8 +216,7 @@ def cloud_spectrum(
     Returns:
         (c,) float32 in the matched radiometry of :func:`screen`.
     """
-    y, _ = _matched(np.asarray(sample, dtype=np.float32), stats)
-    y = _refitted(y, fit)
+    y, _ = _matched(np.asarray(sample, dtype=np.float32), stats, fit)
     flat = np.moveaxis(y, 1, 0).reshape(y.shape[1], -1)
     out = np.zeros(y.shape[1], dtype=np.float32)
     for b, v in enumerate(flat):
@@ -255,8 +251,7 @@ def screen(
     Returns:
         (t, h, w) bool, True = cloud or shadow on that date.
     """
-    y, spread = _matched(np.asarray(tile, dtype=np.float32), stats)
-    y = _refitted(y, fit)
+    y, spread = _matched(np.asarray(tile, dtype=np.float32), stats, fit)
     t = y.shape[0]
     nodata = ~np.isfinite(y).all(axis=1)  # (t, h, w)
     if nodata.any():
