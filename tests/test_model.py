@@ -8,7 +8,7 @@ import torch
 
 from geochange.errors import ModelError
 from geochange.model import CNNLSTM, DEFAULT_MODEL_PATH, load_model, normalize, save_model
-from geochange.model.cnn_lstm import MASKED_LOGIT, shift_min_distance
+from geochange.model.cnn_lstm import MASKED_LOGIT, local_contrast, shift_min_distance
 from geochange.model.losses import cloud_loss, dice_loss, focal_loss, interval_loss
 
 torch.set_num_threads(1)
@@ -111,8 +111,6 @@ def test_context_skip_starts_as_identity_and_keeps_the_halo() -> None:
 def test_local_contrast_tiles_exactly_and_ignores_uniform_change() -> None:
     """A chunk with the halo gives the whole-scene output; a change spread evenly over a wide
     area has no local contrast inside it, a 2-px change does."""
-    from geochange.model.cnn_lstm import local_contrast
-
     net = _net(seed=3, shift=1, local=3)
     t, size = 3, 40
     x = torch.randn(1, t, 2, size, size)
