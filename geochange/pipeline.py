@@ -113,6 +113,7 @@ def make_detector(
     amp: bool = False,
     wavelengths: Sequence[float | None] | None = None,
     cloud_screen: bool = False,
+    micro: bool = True,
 ):
     """A block detector for ``method`` with scene-wide parameters fitted on ``sample``.
 
@@ -128,6 +129,9 @@ def make_detector(
         cloud_screen: screen clouds and shadows out of every tile first
             (:class:`geochange.clouds.CloudScreen`), where the stack has enough dates and bands
             (:func:`geochange.clouds.usable`); otherwise ignored.
+        micro: add the small persistent changes the deep model's context misses
+            (:func:`geochange.micro.rescue`; 3 dates or more, ignored otherwise). The
+            classical baselines judge every pixel alone already and ignore it.
 
     Returns:
         An object with ``.halo`` (pixels) and ``__call__(tile (t, c, h, w)) -> (2, h, w)``.
@@ -140,7 +144,11 @@ def make_detector(
     if method == "cnn-lstm":
         from geochange.predict import model_detector
 
-        kwargs: dict[str, Any] = {"amp": bool(amp), "wavelengths": wavelengths or None}
+        kwargs: dict[str, Any] = {
+            "amp": bool(amp),
+            "wavelengths": wavelengths or None,
+            "micro": bool(micro),
+        }
         if batch_size is not None:
             if int(batch_size) != batch_size or batch_size < 1:
                 raise InputError(
@@ -208,6 +216,7 @@ def detect(
     adapt_minutes: float = 3.0,
     coregister: bool = True,
     cloud_screen: bool | None = None,
+    micro: bool = True,
 ) -> DetectResult:
     """Detect changes in a multi-date stack.
 
@@ -253,6 +262,9 @@ def detect(
             nodata (:mod:`geochange.clouds`), as ``masks`` are; needs 3 dates and 4 bands.
             None (auto) = only when no ``masks`` are given: a user's masks are trusted as they
             are (the screen on top of them was measured to remove real change).
+        micro: with the deep model, also add small objects whose local contrast steps at one
+            date and stays (:mod:`geochange.micro`), which the model's context can miss; needs
+            3 dates. The ``runs`` record says whether it ran.
 
     Returns:
         A ``DetectResult`` with lazy rasters (or rasters re-read from the written files),
@@ -298,7 +310,7 @@ def detect(
                 overwrite=overwrite, progress=progress, quicklook=quicklook,
                 rgb_bands=rgb_bands, scheduler=scheduler, workers=workers,
                 threads_per_worker=threads_per_worker, batch_size=batch_size, amp=amp,
-                coregister=coregister, cloud_screen=cloud_screen,
+                coregister=coregister, cloud_screen=cloud_screen, micro=micro,
             )  # fmt: skip
     detector = stack_detector(
         stack,
@@ -308,6 +320,7 @@ def detect(
         batch_size=batch_size,
         amp=amp,
         cloud_screen=cloud_screen,
+        **({"micro": micro} if method == "cnn-lstm" else {}),
     )
     halo = int(detector.halo)
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
@@ -516,6 +529,7 @@ def _provenance(stack, method, model, threshold, min_area, simplify, chunk_size,
         "wavelengths_nm": list(stack.wavelengths),
         "shifts_px": [list(s) for s in stack.shifts],
         "cloud_screen": isinstance(detector, clouds.CloudScreen),
+        "micro": bool(getattr(detector, "micro", False)),
     }
 
 

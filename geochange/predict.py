@@ -24,6 +24,9 @@ import torch
 
 from geochange.bands import wavelength_array
 from geochange.errors import ModelError
+from geochange.micro import REACH as MICRO_REACH
+from geochange.micro import rescue
+from geochange.micro import usable as micro_usable
 from geochange.model import DEFAULT_MODEL_PATH, load_model
 from geochange.model.calibrate import calibration_of
 from geochange.model.cnn_lstm import CNNLSTM
@@ -104,6 +107,8 @@ class ModelDetector:
         num_threads: torch intra-op threads used in ``__call__`` (None = leave as is).
         wavelengths: band centres in nm, one per band (None items or NaN = unknown), told to
             a model that uses them (see ``Stack.wavelengths``); None = all unknown.
+        micro: add the small persistent changes of :func:`geochange.micro.rescue` to the
+            model's result (needs 3 dates; ignored with fewer).
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class ModelDetector:
         meta: dict | None = None,
         num_threads: int | None = None,
         wavelengths: Sequence[float | None] | None = None,
+        micro: bool = False,
     ) -> None:
         self.stats = np.asarray(stats, dtype=np.float32)
         if self.stats.ndim != 3 or self.stats.shape[2] != 2:
@@ -141,7 +147,10 @@ class ModelDetector:
             raise ModelError(f"stack: {t} date(s), at least 2 are needed to detect change")
         if self.net.in_bands is not None and self.net.in_bands != c:
             raise ModelError(_band_message(self.net.in_bands, c))
+        self.micro = bool(micro) and micro_usable(t)
         self.halo = int(self.net.halo(t))
+        if self.micro:
+            self.halo = max(self.halo, MICRO_REACH)
         if wavelengths is not None and len(wavelengths) != c:
             raise ModelError(f"wavelengths: got {len(wavelengths)} values for {c} bands")
         self.wavelengths = wavelength_array(wavelengths, c)
@@ -171,6 +180,7 @@ class ModelDetector:
             self.device,
             self.amp,
             self.calibration,
+            self.micro,
         )
 
     # -- inference ------------------------------------------------------------------------------
@@ -207,6 +217,8 @@ class ModelDetector:
                     sy, sx = y0 - ya, x0 - xa
                     prob[y0:y1, x0:x1] = pb[sy : sy + y1 - y0, sx : sx + x1 - x0]
                     interval[y0:y1, x0:x1] = ib[sy : sy + y1 - y0, sx : sx + x1 - x0]
+        if self.micro:
+            prob, interval = rescue(x, valid, prob, interval)
         nodata = valid.sum(axis=0) < 2
         prob[nodata] = np.nan
         interval[nodata] = np.nan

@@ -63,6 +63,13 @@ from geochange.cli import options
     help="Flag clouds and cloud shadows from the dates themselves (spectra and time) and read "
     "them as nodata. auto: on when no --masks are given. Needs 3 dates and 4 bands.",
 )
+@click.option(
+    "--micro/--no-micro",
+    default=True,
+    show_default=True,
+    help="Add small objects (<= 12 px) whose local contrast steps at one date and stays "
+    "(geochange.micro), which the deep model's context can miss. Needs 3 dates.",
+)
 @options.masks_option
 @options.mask_values_option
 @options.wavelengths_option
@@ -137,6 +144,7 @@ def command(
     align,
     coregister,
     cloud_screen,
+    micro,
     masks,
     mask_values,
     wavelengths,
@@ -187,6 +195,7 @@ def command(
         align=align,
         coregister=coregister,
         cloud_screen={"auto": None, "on": True, "off": False}[cloud_screen],
+        micro=micro,
         masks=list(masks) or None,
         mask_values=mask_values,
         wavelengths=wavelengths,
