@@ -253,13 +253,15 @@ def run_method(
     use_masks: bool = False,
     coregister: bool = True,
     cloud_screen: bool | None = None,
+    micro: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Run ``method`` on a case chunk by chunk, as ``geochange detect`` does, in memory.
 
     ``use_masks`` gives the case's cloud masks to ``open_stack`` (``detect --masks``);
     ``coregister`` undoes whole-date shifts first and ``cloud_screen`` screens clouds and shadows
     from the dates themselves (None: when no masks are used), as ``detect`` does by default,
-    for every method.
+    for every method; ``micro`` adds the deep model's small persistent changes
+    (``detect --micro``, the default).
 
     Returns:
         prob (h, w) float32 (NaN = nodata), interval (h, w) float32 (k in 0..T-2), seconds,
@@ -272,7 +274,9 @@ def run_method(
     stack = open_stack(case.paths, dates=case.dates, chunk_size=chunk_size, masks=masks)
     if coregister:
         stack = coregister_stack(stack)
-    kwargs: dict[str, Any] = {"model": model, "device": "cpu"} if method == "cnn-lstm" else {}
+    kwargs: dict[str, Any] = (
+        {"model": model, "device": "cpu", "micro": micro} if method == "cnn-lstm" else {}
+    )
     detector = stack_detector(stack, method, cloud_screen=cloud_screen, **kwargs)  # type: ignore[arg-type]
     halo = int(detector.halo)
     ych, xch = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
