@@ -81,7 +81,7 @@ def _ring_mean(v: np.ndarray) -> np.ndarray:
 def local_contrast(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(t, c, h, w) each date and band minus its ring mean; NaN where the date is not valid.
 
-    Invalid pixels take the pixel's median over its valid dates before the ring means are taken,
+    Invalid pixels take the pixel's mean over its valid dates before the ring means are taken,
     so a cloud mask does not leave holes in its neighbours' rings.
     """
     y = np.where(valid[:, None], x, 0.0).astype(np.float32)
@@ -135,13 +135,16 @@ def step_score(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def rescue(
-    x: np.ndarray, valid: np.ndarray, prob: np.ndarray, interval: np.ndarray
+    x: np.ndarray, valid: np.ndarray, prob: np.ndarray, interval: np.ndarray, block: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add small persistent changes to a model's probability and interval rasters.
 
     Args:
         x: (t, c, h, w) float32 normalised bands; valid: (t, h, w) bool (as for the model).
         prob: (h, w) change probability (NaN = nodata); interval: (h, w) interval k in 0..t-2.
+        block: larger tiles are tested in windows of this many pixels plus :data:`REACH` of
+            halo, which bounds memory (a few (t, c) stacks of the window) and gives exactly
+            the same result.
 
     Returns:
         New ``prob`` and ``interval``: an added object's pixels get ``max(prob, sigmoid(best -
@@ -151,10 +154,32 @@ def rescue(
     interval = np.array(interval, dtype=np.float32, copy=True)
     if not usable(x.shape[0]):
         return prob, interval
+    h, w = prob.shape
+    if max(h, w) <= block + 2 * REACH:
+        _rescue(x, valid, prob, interval)
+        return prob, interval
+    out_p, out_k = prob.copy(), interval.copy()
+    for y0 in range(0, h, block):
+        for x0 in range(0, w, block):
+            ya, yb = max(0, y0 - REACH), min(h, y0 + block + REACH)
+            xa, xb = max(0, x0 - REACH), min(w, x0 + block + REACH)
+            p, k = prob[ya:yb, xa:xb].copy(), interval[ya:yb, xa:xb].copy()
+            _rescue(x[:, :, ya:yb, xa:xb], valid[:, ya:yb, xa:xb], p, k)
+            core = (
+                slice(y0 - ya, min(h, y0 + block) - ya),
+                slice(x0 - xa, min(w, x0 + block) - xa),
+            )
+            out_p[y0 : y0 + block, x0 : x0 + block] = p[core]
+            out_k[y0 : y0 + block, x0 : x0 + block] = k[core]
+    return out_p, out_k
+
+
+def _rescue(x: np.ndarray, valid: np.ndarray, prob: np.ndarray, interval: np.ndarray) -> None:
+    """:func:`rescue` of one window, in place on ``prob`` and ``interval``."""
     score, when = step_score(x, valid)
     objects, n = ndimage.label(score > LOW, structure=np.ones((3, 3), bool))
     if n == 0:
-        return prob, interval
+        return
     ids = np.arange(1, n + 1)
     size = ndimage.sum_labels(np.ones_like(score), objects, ids)
     top = ndimage.maximum(score, objects, ids)
@@ -162,11 +187,9 @@ def rescue(
     keep[1:] = (size >= MIN_PIXELS) & (size <= MAX_PIXELS) & (top > HIGH)
     added = keep[objects] & np.isfinite(prob)
     if not added.any():
-        return prob, interval
+        return
     p_obj = np.zeros(n + 1, np.float32)
     p_obj[1:] = 1.0 / (1.0 + np.exp(-(top - HIGH)))
-    p_add = p_obj[objects]
     new = added & (prob < 0.5)
     interval[new] = when[new] - 1
-    prob[added] = np.maximum(prob[added], p_add[added])
-    return prob, interval
+    prob[added] = np.maximum(prob[added], p_obj[objects][added])

@@ -126,6 +126,8 @@ def test_rescue_is_seam_free():
                 whole[y0 : y0 + core, x0 : x0 + core],
             )
     assert MAX_PIXELS < REACH
+    # The same in windows of 24 px (the memory bound of large tiles).
+    np.testing.assert_array_equal(rescue(x, valid, prob, prob, block=24)[0], whole)
 
 
 def test_model_detector_with_micro_is_seam_free_and_adds_halo(tiny_model):
