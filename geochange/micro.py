@@ -25,12 +25,13 @@ Means, not medians: an outlying date that no mask caught pulls the mean, and the
 every-date rules reject the pixel rather than accept it; and running sums give all splits in
 O(t) (medians were 3x slower and scored the same on validation scenes).
 
-The pixel's score is the step's size, cut down where the consistency is short of the rule (in the
-units of the scene statistics: per date and band, median and spread of the scene). Pixels scoring
-above ``LOW`` form objects (8-connected); an object is added when it has ``MIN_PIXELS`` to
-``MAX_PIXELS`` pixels (the rest is the model's business: fields, roads, buildings) and its best pixel scores
-above ``HIGH`` (hysteresis: the object's faint edge pixels come with its core). An added pixel
-gets the probability ``sigmoid(best - HIGH)`` (at least 0.5) and the change date ``k``.
+The pixel's score is the step's size, cut down where the consistency is short of the rule (in
+the units of the scene statistics: per date and band, median and spread of the scene). Pixels
+scoring above ``LOW`` form objects (8-connected); an object is added when it has ``MIN_PIXELS``
+to ``MAX_PIXELS`` pixels (the rest is the model's business: fields, roads, buildings) and its
+best pixel scores above ``HIGH`` (hysteresis: the object's faint edge pixels come with its
+core). An added pixel gets the probability ``sigmoid(best - HIGH)`` (at least 0.5) and, where
+the model saw no change, the change date ``k``.
 
 The rescue needs 3 dates (2 before, 1 after); with 2 dates a step is any difference and nothing
 tells a small change from noise. All steps look at most :data:`REACH` px away, so a tile read

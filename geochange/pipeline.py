@@ -320,7 +320,7 @@ def detect(
         batch_size=batch_size,
         amp=amp,
         cloud_screen=cloud_screen,
-        **({"micro": micro} if method == "cnn-lstm" else {}),
+        micro=micro,
     )
     halo = int(detector.halo)
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
