@@ -57,6 +57,16 @@ def test_a_step_on_the_last_date_counts_but_a_one_date_blip_does_not():
     assert score[50:53, 20:22].max() < 1.0
 
 
+def test_a_blip_on_the_last_valid_date_is_not_a_lasting_step():
+    x, valid = _series()
+    x[4, :, 20:22, 20:23] += 2.5  # date 4 only; date 5, the last, is masked there
+    valid[5, 16:26, 16:27] = False
+    x[5, :, 40:42, 40:43] += 2.5  # on the series' last date itself: may be a new object
+    score, when = step_score(x, valid)
+    assert score[20:22, 20:23].max() < 1.0
+    assert score[40:42, 40:43].min() > HIGH and (when[40:42, 40:43] == 5).all()
+
+
 def test_a_masked_date_neither_makes_nor_breaks_a_step():
     x, valid = _series()
     x[2, :, 50:53, 20:22] += 3.0  # a cloud on date 2 ...
