@@ -56,15 +56,16 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from geochange.tiling import windows
+
 __all__ = ["HIGH", "LOW", "MAX_PIXELS", "MIN_PIXELS", "REACH", "rescue", "step_score", "usable"]
 
 #: Inner and outer width (px) of the ring whose mean a pixel's local contrast is taken against.
 RING = (3, 9)
 #: Share of the step that every date after the change must show (and before it, must not).
 CONSISTENCY = 0.5
-#: Least valid dates before and after the change (after: one more unless the change is on the
-#: series' last date).
-MIN_BEFORE, MIN_AFTER = 2, 1
+#: Least valid dates before and after the change, and after a change on the series' last date.
+MIN_BEFORE, MIN_AFTER, MIN_AFTER_LAST = 2, 2, 1
 #: Object core and edge scores (scene spreads) and the largest object added (pixels).
 HIGH, LOW, MAX_PIXELS = 2.2, 1.3, 12
 #: Smallest object added (pixels): one pixel alone is left out (residual misregistration, noise).
@@ -75,7 +76,7 @@ REACH = RING[1] // 2 + MAX_PIXELS + 1
 
 def usable(n_dates: int) -> bool:
     """Whether a stack of ``n_dates`` dates can be tested (2 before a change, 1 after)."""
-    return n_dates >= MIN_BEFORE + MIN_AFTER
+    return n_dates >= MIN_BEFORE + MIN_AFTER_LAST
 
 
 def _ring_mean(v: np.ndarray) -> np.ndarray:
@@ -87,7 +88,7 @@ def _ring_mean(v: np.ndarray) -> np.ndarray:
 
 
 def local_contrast(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(t, c, h, w) each date and band minus its ring mean; NaN where the date is not valid.
+    """(t, c, h, w) each date and band minus its ring mean; 0 where the date is not valid.
 
     Invalid pixels take the pixel's mean over its valid dates before the ring means are taken,
     so a cloud mask does not leave holes in its neighbours' rings.
@@ -99,7 +100,7 @@ def local_contrast(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     for i in range(y.shape[0]):
         for j in range(y.shape[1]):
             out[i, j] = y[i, j] - _ring_mean(y[i, j])
-    return np.where(valid[:, None], out, np.nan)
+    return np.where(valid[:, None], out, 0.0).astype(np.float32)
 
 
 def step_score(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +115,7 @@ def step_score(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray
         (h, w) int16: the first date ``k`` in 1..t-1 that shows the step (0 where score is 0).
     """
     t, _, h, w = x.shape
-    loc = np.where(valid[:, None], local_contrast(x, valid), 0.0).astype(np.float32)
+    loc = local_contrast(x, valid)
     # Means before and after every date from running sums: O(t) for all t - 1 splits.
     total = np.cumsum(loc, axis=0)  # (t, c, h, w)
     n = np.cumsum(valid, axis=0).astype(np.float32)  # (t, h, w)
@@ -125,7 +126,7 @@ def step_score(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray
         n_b, n_a = n[k - 1], n[-1] - n[k - 1]
         # One date after the change is enough only on the series' last date: a one-date blip
         # on the last *valid* date (the dates after it masked) must not pass for a lasting step.
-        ok = (n_b >= MIN_BEFORE) & (n_a >= (MIN_AFTER if k == t - 1 else MIN_AFTER + 1))
+        ok = (n_b >= MIN_BEFORE) & (n_a >= (MIN_AFTER_LAST if k == t - 1 else MIN_AFTER))
         if not ok.any():
             continue
         b = total[k - 1] / np.maximum(n_b, 1.0)  # (c, h, w)
@@ -139,8 +140,8 @@ def step_score(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray
         score = np.minimum(size, np.minimum(least_after / c, (size - most_before) / (1 - c)))
         score = np.where(ok, np.maximum(score, 0.0), 0.0)
         better = score > best
-        best = np.where(better, score, best).astype(np.float32)
-        when = np.where(better, k, when).astype(np.int16)
+        best[better] = score[better]
+        when[better] = k
     return best, when
 
 
@@ -160,27 +161,15 @@ def rescue(
         New ``prob`` and ``interval``: an added object's pixels get ``max(prob, sigmoid(best -
         HIGH))`` and, where the model said no change, the test's interval; all else unchanged.
     """
-    prob = np.array(prob, dtype=np.float32, copy=True)
-    interval = np.array(interval, dtype=np.float32, copy=True)
-    if not usable(x.shape[0]):
-        return prob, interval
-    h, w = prob.shape
-    if max(h, w) <= block + 2 * REACH:
-        _rescue(x, valid, prob, interval)
-        return prob, interval
+    prob = np.asarray(prob, dtype=np.float32)
+    interval = np.asarray(interval, dtype=np.float32)
     out_p, out_k = prob.copy(), interval.copy()
-    for y0 in range(0, h, block):
-        for x0 in range(0, w, block):
-            ya, yb = max(0, y0 - REACH), min(h, y0 + block + REACH)
-            xa, xb = max(0, x0 - REACH), min(w, x0 + block + REACH)
-            p, k = prob[ya:yb, xa:xb].copy(), interval[ya:yb, xa:xb].copy()
-            _rescue(x[:, :, ya:yb, xa:xb], valid[:, ya:yb, xa:xb], p, k)
-            core = (
-                slice(y0 - ya, min(h, y0 + block) - ya),
-                slice(x0 - xa, min(w, x0 + block) - xa),
-            )
-            out_p[y0 : y0 + block, x0 : x0 + block] = p[core]
-            out_k[y0 : y0 + block, x0 : x0 + block] = k[core]
+    if not usable(x.shape[0]):
+        return out_p, out_k
+    for read, crop, write in windows(*prob.shape, block, REACH):
+        p, k = prob[read].copy(), interval[read].copy()
+        _rescue(x[(..., *read)], valid[(..., *read)], p, k)
+        out_p[write], out_k[write] = p[crop], k[crop]
     return out_p, out_k
 
 

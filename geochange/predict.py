@@ -31,6 +31,7 @@ from geochange.model import DEFAULT_MODEL_PATH, load_model
 from geochange.model.calibrate import calibration_of
 from geochange.model.cnn_lstm import CNNLSTM
 from geochange.model.normalize import apply, scene_stats
+from geochange.tiling import Window, windows
 
 __all__ = ["Device", "ModelDetector", "model_detector", "resolve_device"]
 
@@ -80,10 +81,6 @@ def _net_from_bytes(blob: bytes, device: str) -> CNNLSTM:
             net.load_state_dict(obj["state_dict"])
             _NETS[key] = (net.to(device).eval(), {})
         return _NETS[key][0]
-
-
-def _starts(extent: int, core: int) -> list[int]:
-    return list(range(0, extent, core)) if extent > 0 else [0]
 
 
 class ModelDetector:
@@ -198,25 +195,21 @@ class ModelDetector:
         h, w = x.shape[2:]
         prob = np.empty((h, w), np.float32)
         interval = np.empty((h, w), np.float32)
-        core, halo = self.tile_size, self.halo
-        # Sub-tiles: core windows plus a halo clipped at the tile edge (exact, like tiling).
-        groups: dict[tuple[int, int], list[tuple[int, int, int, int, int, int]]] = {}
-        for y0 in _starts(h, core):
-            for x0 in _starts(w, core):
-                ya, yb = max(0, y0 - halo), min(h, y0 + core + halo)
-                xa, xb = max(0, x0 - halo), min(w, x0 + core + halo)
-                groups.setdefault((yb - ya, xb - xa), []).append((ya, yb, xa, xb, y0, x0))
+        # Sub-tiles: core windows plus a halo clipped at the tile edge (exact, like tiling),
+        # batched by window shape.
+        groups: dict[tuple[int, int], list[Window]] = {}
+        for win in windows(h, w, self.tile_size, self.halo):
+            rows, cols = win[0]
+            groups.setdefault((rows.stop - rows.start, cols.stop - cols.start), []).append(win)
         for items in groups.values():
             for k in range(0, len(items), self.batch_size):
                 batch = items[k : k + self.batch_size]
-                xs = np.stack([x[:, :, ya:yb, xa:xb] for ya, yb, xa, xb, _, _ in batch])
-                vs = np.stack([valid[:, ya:yb, xa:xb] for ya, yb, xa, xb, _, _ in batch])
+                xs = np.stack([x[(..., *read)] for read, _, _ in batch])
+                vs = np.stack([valid[(..., *read)] for read, _, _ in batch])
                 p, iv = self._forward(xs, vs)
-                for (ya, _, xa, _, y0, x0), pb, ib in zip(batch, p, iv):
-                    y1, x1 = min(h, y0 + core), min(w, x0 + core)
-                    sy, sx = y0 - ya, x0 - xa
-                    prob[y0:y1, x0:x1] = pb[sy : sy + y1 - y0, sx : sx + x1 - x0]
-                    interval[y0:y1, x0:x1] = ib[sy : sy + y1 - y0, sx : sx + x1 - x0]
+                for (_, crop, write), pb, ib in zip(batch, p, iv):
+                    prob[write] = pb[crop]
+                    interval[write] = ib[crop]
         if self.micro:
             prob, interval = rescue(x, valid, prob, interval)
         nodata = valid.sum(axis=0) < 2

@@ -22,7 +22,15 @@ from dask.base import tokenize
 
 from geochange.errors import InputError
 
-__all__ = ["BlockFunction", "Chunks1D", "overlap_map", "plan_chunks", "window_map"]
+__all__ = [
+    "BlockFunction",
+    "Chunks1D",
+    "Window",
+    "overlap_map",
+    "plan_chunks",
+    "window_map",
+    "windows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +38,35 @@ logger = logging.getLogger(__name__)
 Chunks1D: TypeAlias = tuple[int, ...]
 #: ``fn(tile (t, c, h, w)) -> (out_bands, h, w)``, numpy in, numpy out.
 BlockFunction: TypeAlias = Callable[[np.ndarray], np.ndarray]
+#: ``(read, crop, write)``: (rows, cols) slices of one window, see :func:`windows`.
+Window: TypeAlias = tuple[tuple[slice, slice], tuple[slice, slice], tuple[slice, slice]]
+
+
+def windows(height: int, width: int, core: int, halo: int) -> list[Window]:
+    """Split an in-memory (height, width) tile into cores of at most ``core`` px, each read with
+    up to ``halo`` px around it (clipped at the tile's edge, as at the scene's edge).
+
+    A function whose output depends on inputs within ``halo`` px gives, from each window, exactly
+    its whole-tile output on the core: bounded memory for large tiles, the same result.
+
+    Returns:
+        ``(read, crop, write)`` per window: compute on ``a[..., *read]`` and put the result's
+        ``[crop]`` at ``out[write]``.
+    """
+    out: list[Window] = []
+    for y0 in range(0, max(height, 1), core):
+        for x0 in range(0, max(width, 1), core):
+            y1, x1 = min(height, y0 + core), min(width, x0 + core)
+            ya, xa = max(0, y0 - halo), max(0, x0 - halo)
+            yb, xb = min(height, y1 + halo), min(width, x1 + halo)
+            out.append(
+                (
+                    (slice(ya, yb), slice(xa, xb)),
+                    (slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa)),
+                    (slice(y0, y1), slice(x0, x1)),
+                )
+            )
+    return out
 
 
 def _check_sizes(chunk_size: int, halo: int) -> None:

@@ -227,3 +227,21 @@ def test_overlap_map_task_name_prefix(scene: np.ndarray) -> None:
     assert out.name.startswith("geochange-detect-")
     again = overlap_map(data, make_fn(1), halo=1, out_bands=2)
     assert again.name.startswith("overlap_map-")
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "core", "halo"), [(50, 37, 16, 5), (8, 8, 16, 3), (33, 1, 8, 0)]
+)
+def test_windows_write_every_pixel_once_from_its_own_window(h, w, core, halo):
+    from geochange.tiling import windows
+
+    a = np.arange(h * w, dtype=np.float32).reshape(h, w)
+    out = np.full_like(a, -1)
+    hits = np.zeros((h, w), int)
+    for read, crop, write in windows(h, w, core, halo):
+        win = a[read]
+        assert all(s.stop - s.start <= core + 2 * halo for s in read)
+        out[write] = win[crop]
+        hits[write] += 1
+    np.testing.assert_array_equal(out, a)
+    assert (hits == 1).all()
