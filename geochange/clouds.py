@@ -14,20 +14,26 @@ How it works, per date ``t`` and pixel, in the scene's own radiometry:
    offset do not count, even on a date that a cloud covers by a third.
 2. The reference is the median of the *other* dates at that pixel; ``d`` is the date minus it.
 3. **Cloud**: the date moved towards the scene's cloud spectrum ``c`` (the bright end of every
-   band, :func:`cloud_spectrum`) as a cloud of opacity ``a`` would: ``d ≈ a (c - reference)``
+   band, :func:`scene_spectra`) as a cloud of opacity ``a`` would: ``d ≈ a (c - reference)``
    with ``a >= MIN_OPACITY`` and a relative residual below ``MAX_RESIDUAL`` (a new roof on
    vegetation changes the spectrum's shape; a thin cloud only veils it); or every band is
    brighter by at least ``BRIGHT_SPREADS`` scene spreads.
-4. **Not a cloud after all**: the look lasts, i.e. the previous or the next valid date looks
-   the same (within ``PERSIST`` of the change's size): a cloud passes, a change (and the state
-   before it) stays. A change seen on the last date only and a cloud there cannot be told apart
-   by time; spectra alone decide (a change to a bright grey surface on the last date is lost).
-5. **Shadow**: every band darker by the same factor (all ratios below ``SHADOW_RATIO``, spread
-   below ``SHADOW_FLAT``), within ``SHADOW_REACH`` px of a cloud of the same date.
+4. **Shadow**: the date moved at least ``SHADOW_DEPTH`` of the way towards the scene's dark
+   spectrum (the dark end of every band), with a small residual: a shadow takes sunlight away
+   from every band alike but leaves the haze's own light, so plain band ratios (which the haze
+   keeps near 1 in the blue) miss it. Only within ``SHADOW_REACH`` px of a cloud of the date.
+5. **Not a cloud after all**: the look is a state (:func:`_state`): the dates that share it
+   (within ``PERSIST`` of the change's size) reach the start or the end of the series, or are
+   ``STATE_DATES`` many. A change stays to the end; the state before it goes back to the
+   start; a cloud passes, even one seen on two neighbouring dates. Dates that look different
+   but are themselves cloud- or shadow-like do not break a run. A change seen on the last date
+   only and a cloud there cannot be told apart by time; spectra alone decide (a change to a
+   bright grey surface on the last date is lost).
 6. Specks are removed by an opening of radius ``OPEN_RADIUS`` (a cloud is not 3 pixels wide,
-   a micro-change may be), and the result grown by ``GROW`` px to take in faint fringes.
+   a micro-change may be); faint fringes (opacity ``FRINGE_OPACITY``) join the cloud they touch,
+   up to ``FRINGE_REACH`` px out; the result is grown by ``GROW`` px.
 
-All parameters are scene-wide (statistics and spectrum come from the decimated scene sample) and
+All parameters are scene-wide (statistics and spectra come from the decimated scene sample) and
 every step looks at most :data:`REACH` px away, so a tile read with that much more halo gives
 exactly the whole-scene result: tiles stay seam-free.
 
@@ -49,7 +55,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["REACH", "CloudScreen", "cloud_spectrum", "refit", "screen", "usable"]
+__all__ = ["REACH", "CloudScreen", "refit", "scene_spectra", "screen", "usable"]
 
 #: A cloud's least opacity, as a fraction of the way from the ground to the cloud spectrum.
 MIN_OPACITY = 0.07
@@ -57,12 +63,19 @@ MIN_OPACITY = 0.07
 MAX_RESIDUAL = 0.35
 #: Every band brighter by this many scene spreads (IQR / 1.349) also counts as cloud.
 BRIGHT_SPREADS = 1.5
+#: Faint fringe of a cloud: least opacity and largest residual of pixels that join a cloud
+#: found with the stricter tests above, up to ``FRINGE_REACH`` px from it (hysteresis).
+FRINGE_OPACITY = 0.05
+FRINGE_RESIDUAL = 0.45
+FRINGE_REACH = 16
 #: Two looks of a pixel are "the same" when closer than this share of the change's size.
 PERSIST = 0.5
-#: Shadow: every band's ratio to the reference below this ...
-SHADOW_RATIO = 0.8
-#: ... and the ratios within this of each other (shadows darken all bands alike).
-SHADOW_FLAT = 0.3
+#: A look shared by this many dates is a state even when it neither starts nor ends the series.
+STATE_DATES = 3
+#: Shadow: the date moved at least this share of the way to the dark spectrum ...
+SHADOW_DEPTH = 0.2
+#: ... with a residual of that fit below this, relative to the size of the change.
+SHADOW_RESIDUAL = 0.35
 #: Shadows are looked for this close (px) to a cloud of the same date.
 SHADOW_REACH = 16
 #: Radius (px) of the opening that removes specks.
@@ -70,9 +83,9 @@ OPEN_RADIUS = 2
 #: The screen is grown by this many pixels (faint fringes, residual misregistration).
 GROW = 5
 #: Farthest (px) any step looks: the halo the screen adds to a tile.
-REACH = 2 * OPEN_RADIUS + SHADOW_REACH + GROW
-#: Quantile (percent) of each band, over all dates, taken as the cloud spectrum.
-SPECTRUM_QUANTILE = 99.5
+REACH = 2 * OPEN_RADIUS + SHADOW_REACH + FRINGE_REACH + GROW
+#: Quantiles (percent) of each band, over all dates, taken as the cloud and the dark spectrum.
+SPECTRUM_QUANTILES = (99.5, 0.5)
 #: :func:`refit`: pixels of the sample it uses, lines it tries, the tolerance of agreement (a
 #: share of the reference's IQR), the least share of pixels that must agree, the share of least
 #: changed pixels it then refines on, and the largest gain (a cloud over half a date can
@@ -203,10 +216,14 @@ def _line_fit(x: np.ndarray, r: np.ndarray, rng: np.random.Generator) -> tuple[f
     return _least_squares(x[inl], r[inl])
 
 
-def cloud_spectrum(
+def scene_spectra(
     sample: np.ndarray, stats: np.ndarray, fit: np.ndarray | None = None
 ) -> np.ndarray:
-    """The scene's cloud spectrum: the bright end of every band over all dates.
+    """The scene's cloud and dark spectra: the bright and the dark end of every band.
+
+    A cloud of opacity ``a`` moves a pixel the share ``a`` of the way to the cloud spectrum; a
+    shadow moves it towards the dark spectrum (sunlight taken away, the haze's own light kept:
+    the dark end of a hazy date is the haze, not 0).
 
     Args:
         sample: (t, c, n) decimated read of the scene (``stack.read_sample``), NaN = nodata.
@@ -214,14 +231,15 @@ def cloud_spectrum(
         fit: (t, c, 2) from :func:`refit`, or None.
 
     Returns:
-        (c,) float32 in the matched radiometry of :func:`screen`.
+        (2, c) float32, cloud then dark spectrum, in the matched radiometry of :func:`screen`.
     """
     y, _ = _matched(np.asarray(sample, dtype=np.float32), stats, fit)
     flat = np.moveaxis(y, 1, 0).reshape(y.shape[1], -1)
-    out = np.zeros(y.shape[1], dtype=np.float32)
+    out = np.zeros((2, y.shape[1]), dtype=np.float32)
     for b, v in enumerate(flat):
         v = v[np.isfinite(v)]
-        out[b] = np.percentile(v, SPECTRUM_QUANTILE) if v.size else 0.0
+        if v.size:
+            out[:, b] = np.percentile(v, SPECTRUM_QUANTILES)
     return out
 
 
@@ -238,19 +256,41 @@ def _within(mask: np.ndarray, radius: float) -> np.ndarray:
 
 
 def screen(
-    tile: np.ndarray, stats: np.ndarray, spectrum: np.ndarray, fit: np.ndarray | None = None
+    tile: np.ndarray, stats: np.ndarray, spectra: np.ndarray, fit: np.ndarray | None = None
 ) -> np.ndarray:
     """Cloud and shadow mask of every date of a tile.
 
     Args:
         tile: (t, c, h, w) source units, NaN = nodata (t >= 2).
         stats: (t, c, 2) scene statistics (:func:`geochange.model.normalize.scene_stats`).
-        spectrum: (c,) from :func:`cloud_spectrum` (with the same ``fit``).
+        spectra: (2, c) from :func:`scene_spectra` (with the same ``fit``).
         fit: (t, c, 2) from :func:`refit`, or None (the statistics' matching alone).
 
     Returns:
         (t, h, w) bool, True = cloud or shadow on that date.
     """
+    cloudy, fringe, dim, nodata = _looks(tile, stats, spectra, fit)
+    disk = _disk(OPEN_RADIUS)
+    eight = np.ones((3, 3), dtype=bool)
+    out = np.zeros(cloudy.shape, dtype=bool)
+    for i in range(out.shape[0]):
+        cloud = ndimage.binary_opening(cloudy[i], disk)
+        if cloud.any():
+            shadow = ndimage.binary_opening(dim[i], disk)
+            cloud |= shadow & _within(cloud, SHADOW_REACH)
+            # Faint fringes join the cloud they touch (at most FRINGE_REACH px: seam-free).
+            cloud = ndimage.binary_dilation(
+                cloud, eight, iterations=FRINGE_REACH, mask=cloud | fringe[i]
+            )
+        out[i] = _within(cloud, GROW) & ~nodata[i]
+    return out
+
+
+def _looks(
+    tile: np.ndarray, stats: np.ndarray, spectra: np.ndarray, fit: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The per-pixel tests of :func:`screen`: (t, h, w) bool each, a passing cloud, a passing
+    faint cloud (fringe), a passing shadow, and nodata."""
     y, spread = _matched(np.asarray(tile, dtype=np.float32), stats, fit)
     t = y.shape[0]
     nodata = ~np.isfinite(y).all(axis=1)  # (t, h, w)
@@ -260,31 +300,60 @@ def screen(
             warnings.simplefilter("ignore", RuntimeWarning)
             fill = np.nanmedian(y, axis=0)
         y = np.where(np.isfinite(y), y, np.nan_to_num(fill, nan=0.0)[None])
-    spectrum = np.asarray(spectrum, dtype=np.float32)[:, None, None]
+    cloud_spec, dark_spec = np.asarray(spectra, dtype=np.float32)[:, :, None, None]
     spread = spread[:, None, None]
-    disk = _disk(OPEN_RADIUS)
-    out = np.zeros((t, *y.shape[2:]), dtype=bool)
     refs = _medians_of_others(y)
+    cloudy = np.zeros(nodata.shape, dtype=bool)
+    fringe, dim = np.zeros_like(cloudy), np.zeros_like(cloudy)
+    sizes = np.zeros(cloudy.shape, dtype=np.float32)
     for i in range(t):
-        ref = refs[i]
-        d = y[i] - ref
-        size = np.sqrt((d * d).sum(axis=0))
-        towards = spectrum - ref
-        opacity = (d * towards).sum(axis=0) / np.maximum((towards * towards).sum(axis=0), 1e-12)
-        residual = np.sqrt(((d - opacity * towards) ** 2).sum(axis=0)) / (size + 1e-12)
-        cloud = (opacity >= MIN_OPACITY) & (residual < MAX_RESIDUAL)
-        cloud |= (d / spread).min(axis=0) > BRIGHT_SPREADS
-        passing = ~_lasts(y, i, size, ~nodata)
-        cloud &= passing
-        cloud = ndimage.binary_opening(cloud, disk)
-        if cloud.any():
-            ratio = y[i] / np.maximum(ref, 1e-6 * np.abs(ref).max() + 1e-12)
-            top, bottom = ratio.max(axis=0), ratio.min(axis=0)
-            shadow = (top < SHADOW_RATIO) & (top - bottom < SHADOW_FLAT) & passing
-            shadow = ndimage.binary_opening(shadow, disk) & _within(cloud, SHADOW_REACH)
-            cloud |= shadow
-        out[i] = _within(cloud, GROW) & ~nodata[i]
-    return out
+        d = y[i] - refs[i]
+        sizes[i] = size = np.sqrt((d * d).sum(axis=0))
+        opacity, residual = _along(d, cloud_spec - refs[i], size)
+        cloudy[i] = (opacity >= MIN_OPACITY) & (residual < MAX_RESIDUAL)
+        cloudy[i] |= (d / spread).min(axis=0) > BRIGHT_SPREADS
+        fringe[i] = (opacity >= FRINGE_OPACITY) & (residual < FRINGE_RESIDUAL)
+        depth, residual = _along(d, dark_spec - refs[i], size)
+        dim[i] = (depth >= SHADOW_DEPTH) & (residual < SHADOW_RESIDUAL)
+    odd = cloudy | fringe | dim
+    for i in range(t):
+        passing = ~_state(y, i, sizes[i], ~nodata, odd)
+        cloudy[i] &= passing
+        fringe[i] &= passing
+        dim[i] &= passing
+    return cloudy, fringe, dim, nodata
+
+
+def _along(d: np.ndarray, towards: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How far the change ``d`` (c, h, w) goes along ``towards`` (c, h, w), as a share of it,
+    and the residual off that line relative to ``size`` = |d| (h, w)."""
+    amount = (d * towards).sum(axis=0) / np.maximum((towards * towards).sum(axis=0), 1e-12)
+    residual = np.sqrt(((d - amount * towards) ** 2).sum(axis=0)) / (size + 1e-12)
+    return amount, residual
+
+
+def _state(
+    y: np.ndarray, i: int, size: np.ndarray, valid: np.ndarray, odd: np.ndarray
+) -> np.ndarray:
+    """(h, w) True where date ``i``'s look is a state of the ground, not a passing cloud.
+
+    A state is shared by other valid dates (within ``PERSIST`` of the change's size): the dates
+    of the same look, walking away from ``i``, reach the start or the end of the series, or
+    number ``STATE_DATES``. The walk steps over a date that looks different and is itself odd
+    (``odd``: cloud- or shadow-like there), so a new roof stays a state when a cloud covers it
+    on the last date, while one cloud seen on two neighbouring dates does not become one.
+    """
+    tol = PERSIST * size
+    count = np.ones(y.shape[2:], dtype=np.int16)
+    ends = np.zeros(y.shape[2:], dtype=bool)
+    for order in (range(i - 1, -1, -1), range(i + 1, y.shape[0])):
+        unbroken = np.ones_like(ends)
+        for u in order:
+            same = np.sqrt(((y[u] - y[i]) ** 2).sum(axis=0)) < tol
+            count += unbroken & valid[u] & same
+            unbroken &= ~valid[u] | same | odd[u]
+        ends |= unbroken
+    return (count >= 2) & (ends | (count >= STATE_DATES))
 
 
 def _medians_of_others(y: np.ndarray) -> np.ndarray:
@@ -302,22 +371,6 @@ def _medians_of_others(y: np.ndarray) -> np.ndarray:
     return out
 
 
-def _lasts(y: np.ndarray, i: int, size: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(h, w) True where date ``i``'s look is also the look of the previous or the next valid
-    date at that pixel (within ``PERSIST`` of the change's size): a state, not a passing cloud."""
-    tol = PERSIST * size
-    out = np.zeros(y.shape[2:], dtype=bool)
-    for order in (range(i - 1, -1, -1), range(i + 1, y.shape[0])):
-        pending = np.ones_like(out)  # no valid date met yet in this direction
-        for u in order:
-            same = np.sqrt(((y[u] - y[i]) ** 2).sum(axis=0)) < tol
-            out |= pending & valid[u] & same
-            pending &= ~valid[u]
-            if not pending.any():
-                break
-    return out
-
-
 class CloudScreen:
     """A block detector that screens clouds and shadows out of each tile, then runs ``inner``.
 
@@ -328,7 +381,7 @@ class CloudScreen:
     Args:
         inner: the detector (``geochange.pipeline.make_detector``).
         stats: (t, c, 2) scene statistics of the stack's sample.
-        spectrum: (c,) cloud spectrum of the same sample (:func:`cloud_spectrum`).
+        spectra: (2, c) cloud and dark spectra of the same sample (:func:`scene_spectra`).
         fit: (t, c, 2) clear-pixel matching of the same sample (:func:`refit`), or None.
     """
 
@@ -336,12 +389,12 @@ class CloudScreen:
         self,
         inner: object,
         stats: np.ndarray,
-        spectrum: np.ndarray,
+        spectra: np.ndarray,
         fit: np.ndarray | None = None,
     ) -> None:
         self.inner = inner
         self.stats = np.asarray(stats, dtype=np.float32)
-        self.spectrum = np.asarray(spectrum, dtype=np.float32)
+        self.spectra = np.asarray(spectra, dtype=np.float32)
         self.fit = None if fit is None else np.asarray(fit, dtype=np.float32)
         self.halo = int(inner.halo) + REACH  # type: ignore[attr-defined]
 
@@ -352,7 +405,7 @@ class CloudScreen:
 
         stats = scene_stats(sample)
         fit = refit(sample, stats)
-        return cls(inner, stats, cloud_spectrum(sample, stats, fit), fit)
+        return cls(inner, stats, scene_spectra(sample, stats, fit), fit)
 
     def __getattr__(self, name: str) -> object:
         if name == "inner":  # not set yet (unpickling fills __dict__ directly): no recursion
@@ -360,7 +413,7 @@ class CloudScreen:
         return getattr(self.inner, name)
 
     def __setattr__(self, name: str, value: object) -> None:
-        if name in ("inner", "stats", "spectrum", "fit", "halo"):
+        if name in ("inner", "stats", "spectra", "fit", "halo"):
             object.__setattr__(self, name, value)
         else:  # e.g. num_threads, set by the pipeline on the detector
             setattr(self.inner, name, value)
@@ -373,13 +426,13 @@ class CloudScreen:
             "CloudScreen",
             tokenize(self.inner),
             self.stats.tobytes(),
-            self.spectrum.tobytes(),
+            self.spectra.tobytes(),
             fit,
         )
 
     def mask(self, tile: np.ndarray) -> np.ndarray:
         """(t, h, w) bool cloud/shadow mask of a tile (see :func:`screen`)."""
-        return screen(tile, self.stats, self.spectrum, self.fit)
+        return screen(tile, self.stats, self.spectra, self.fit)
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         tile = np.array(tile, dtype=np.float32)  # a copy: the caller's tile stays as read

@@ -12,11 +12,12 @@ from helpers import write_stack
 
 from geochange import tiling
 from geochange.clouds import (
+    GROW,
     REACH,
     CloudScreen,
     _matched,
-    cloud_spectrum,
     refit,
+    scene_spectra,
     screen,
     usable,
 )
@@ -27,10 +28,12 @@ from geochange.synth import make_scene
 DATES = ["2023-03-01", "2023-05-10", "2023-07-02", "2023-09-15", "2023-10-20"]
 
 
-def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The screen's scene-wide parameters, fitted as ``CloudScreen.from_sample`` fits them."""
     sample = x.reshape(*x.shape[:2], -1)
     stats = scene_stats(sample)
-    return stats, cloud_spectrum(sample, stats)
+    fit = refit(sample, stats)
+    return stats, scene_spectra(sample, stats, fit), fit
 
 
 def _land(t: int = 5, size: int = 96, seed: int = 2, roof_from: int | None = None) -> np.ndarray:
@@ -52,16 +55,16 @@ def test_screen_finds_the_synthetic_clouds_and_little_else():
     scene = make_scene(size=160, dates=8, bands=4, seed=11, nuisance="medium")
     assert scene.clouds.any(), "the seed must give clouds"
     x = scene.images.astype(np.float32)
-    stats, spectrum = _fit(x)
-    flagged = screen(x, stats, spectrum)
+    flagged = screen(x, *_fit(x))
     truth = scene.clouds
     cloudy = truth.any(axis=(1, 2))
     recall = (flagged & truth)[cloudy].sum() / truth[cloudy].sum()
     false_flags = (flagged & ~truth).sum() / (~truth).sum()
     assert recall > 0.5, recall
     assert false_flags < 0.02, false_flags
-    # Clear dates stay (almost) unflagged.
-    assert flagged[~cloudy].mean() < 0.01
+    # Clear dates stay (almost) unflagged. Date 4 of this seed is hazy in places, and haze is a
+    # thin veil: about 7 % of it goes (0.6 % before faint fringes joined their cloud).
+    assert flagged[~cloudy].mean() < 0.015
 
 
 def test_a_transient_veil_is_flagged_a_lasting_change_is_not():
@@ -70,8 +73,7 @@ def test_a_transient_veil_is_flagged_a_lasting_change_is_not():
     white = np.full((4, 1, 1), np.percentile(x, 99.9), np.float32)
     # A thin cloud (40 % opacity) over a 30x30 block on the last date only.
     x[-1, :, 10:40, 10:40] = 0.6 * x[-1, :, 10:40, 10:40] + 0.4 * white
-    stats, spectrum = _fit(x)
-    flagged = screen(x, stats, spectrum)
+    flagged = screen(x, *_fit(x))
     assert flagged[-1, 12:38, 12:38].mean() > 0.95
     # The roof keeps its look from date 2 on: never flagged while a next date confirms it; on
     # the last date the veil (a tenth of that date) skews its statistics, so a little may be.
@@ -100,8 +102,8 @@ def test_refit_matches_a_half_cloudy_date_on_its_clear_pixels():
     assert err1 < 0.5 * err0, (err0, err1)
     assert np.allclose(fit[[0, 1, 2, 4, 5], :, 0], 1.0, atol=0.1)  # clear dates barely move
     veil = (slice(62, 88), slice(12, 38))
-    without = screen(x, stats, cloud_spectrum(sample, stats))[3][veil].mean()
-    with_fit = screen(x, stats, cloud_spectrum(sample, stats, fit), fit)[3][veil].mean()
+    without = screen(x, stats, scene_spectra(sample, stats))[3][veil].mean()
+    with_fit = screen(x, stats, scene_spectra(sample, stats, fit), fit)[3][veil].mean()
     assert with_fit > without + 0.2, (without, with_fit)
 
 
@@ -110,10 +112,54 @@ def test_shadows_next_to_a_cloud_are_flagged():
     white = np.full((4, 1, 1), np.percentile(x, 99.9), np.float32)
     x[-1, :, 10:40, 10:40] = white  # thick cloud
     x[-1, :, 44:56, 20:50] *= 0.45  # its shadow (within SHADOW_REACH): every band darker alike
-    stats, spectrum = _fit(x)
-    flagged = screen(x, stats, spectrum)
+    flagged = screen(x, *_fit(x))
     assert flagged[-1, 44:56, 20:50].mean() > 0.95
     assert not flagged[-1, 80:, 60:].any()
+
+
+def test_a_shadow_under_haze_is_flagged():
+    """Haze adds its own light to every date; a shadow takes away only the sunlight. The blue
+    band's ratio then stays high (here above 0.8), yet the shadow is found: the screen looks
+    for a move towards the scene's dark spectrum, which carries the haze."""
+    haze = np.array([1500, 900, 400, 150], np.float32)[:, None, None]
+    x = _land() + haze
+    white = np.full((4, 1, 1), np.percentile(x, 99.9), np.float32)
+    x[-1, :, 10:40, 10:40] = white
+    shade = (slice(None), slice(44, 56), slice(20, 50))
+    x[-1][shade] = (x[-1][shade] - haze) * 0.6 + haze
+    ratio = x[-1][shade].mean(axis=(1, 2)) / np.median(x[:-1], axis=0)[shade].mean(axis=(1, 2))
+    assert ratio.max() > 0.8  # band ratios alone would not call it a shadow
+    flagged = screen(x, *_fit(x))
+    assert flagged[-1, 44:56, 20:50].mean() > 0.95
+    assert not flagged[-1, 80:, 60:].any()
+
+
+def test_a_cloud_on_two_neighbouring_dates_passes_a_roof_stays():
+    """The same thick cloud on dates 1 and 2 looks alike on both, yet it is flagged on both: the
+    look neither reaches the start nor the end of the series. A roof from date 3 on stays a
+    state, even with a cloud over part of it on the last date."""
+    x = _land(t=6, roof_from=3)
+    white = np.full((4, 1, 1), np.percentile(x, 99.9) * 1.2, np.float32)
+    x[1:3, :, 10:40, 10:40] = white
+    x[-1, :, 60:90, 60:90] = white
+    flagged = screen(x, *_fit(x))
+    assert flagged[1, 12:38, 12:38].mean() > 0.95 and flagged[2, 12:38, 12:38].mean() > 0.95
+    assert not flagged[3:5, 50:80, 50:80].any()
+    assert flagged[-1, 62:88, 62:88].mean() > 0.95
+
+
+def test_a_faint_fringe_joins_its_cloud_an_isolated_faint_veil_does_not():
+    x = _land()
+    white = np.full((4, 1, 1), np.percentile(x, 99.9), np.float32)
+    yy, xx = np.mgrid[:96, :96]
+    dist = np.maximum(np.abs(yy - 30) - 8, np.abs(xx - 30) - 8)  # a 17-px square core
+    opacity = np.where(dist <= 0, 0.6, np.where(dist <= 9, 0.05, 0.0)).astype(np.float32)
+    opacity[70:90, 70:90] = 0.05  # faint too, but nowhere near a cloud
+    x[-1] = x[-1] * (1 - opacity) + opacity * white
+    flagged = screen(x, *_fit(x))[-1]
+    fringe_beyond_grow = (dist > GROW + 1) & (dist <= 9)
+    assert flagged[fringe_beyond_grow].mean() > 0.9
+    assert not flagged[74:86, 74:86].any()
 
 
 def test_screened_tiles_are_seam_free_and_pickle():
