@@ -20,8 +20,12 @@ How it works, per date ``t`` and pixel, in the scene's own radiometry:
    brighter by at least ``BRIGHT_SPREADS`` scene spreads.
 4. **Shadow**: the date moved at least ``SHADOW_DEPTH`` of the way towards the scene's dark
    spectrum (the dark end of every band), with a small residual: a shadow takes sunlight away
-   from every band alike but leaves the haze's own light, so plain band ratios (which the haze
-   keeps near 1 in the blue) miss it. Only within ``SHADOW_REACH`` px of a cloud of the date.
+   from every band alike but leaves the haze's own light, which keeps plain band ratios near 1
+   in a hazy blue band. Or every band darker by the same factor (all ratios below
+   ``1 - SHADOW_DEPTH``, within ``SHADOW_FLAT`` of each other): where a scene has no dark
+   object in some band, its dark spectrum is no black point (measured on a Landsat scene, the
+   ratio test found shadows the dark one missed). Only within ``SHADOW_REACH`` px of a cloud
+   of the same date.
 5. **Not a cloud after all**: the look is a state (:func:`_state`): the dates that share it
    (within ``PERSIST`` of the change's size) reach the start or the end of the series, or are
    ``STATE_DATES`` many. A change stays to the end; the state before it goes back to the
@@ -72,10 +76,12 @@ FRINGE_REACH = 16
 PERSIST = 0.5
 #: A look shared by this many dates is a state even when it neither starts nor ends the series.
 STATE_DATES = 3
-#: Shadow: the date moved at least this share of the way to the dark spectrum ...
+#: Shadow: the date moved at least this share of the way to the dark spectrum, with a residual
+#: of that fit below ``SHADOW_RESIDUAL`` (relative to the size of the change); or every band's
+#: ratio to the reference is below ``1 - SHADOW_DEPTH``, the ratios within ``SHADOW_FLAT``.
 SHADOW_DEPTH = 0.2
-#: ... with a residual of that fit below this, relative to the size of the change.
 SHADOW_RESIDUAL = 0.35
+SHADOW_FLAT = 0.3
 #: Shadows are looked for this close (px) to a cloud of the same date.
 SHADOW_REACH = 16
 #: Radius (px) of the opening that removes specks.
@@ -315,6 +321,9 @@ def _looks(
         fringe[i] = (opacity >= FRINGE_OPACITY) & (residual < FRINGE_RESIDUAL)
         depth, residual = _along(d, dark_spec - refs[i], size)
         dim[i] = (depth >= SHADOW_DEPTH) & (residual < SHADOW_RESIDUAL)
+        ratio = y[i] / np.maximum(refs[i], 1e-6 * np.abs(refs[i]).max() + 1e-12)
+        top, bottom = ratio.max(axis=0), ratio.min(axis=0)
+        dim[i] |= (top < 1 - SHADOW_DEPTH) & (top - bottom < SHADOW_FLAT)
     odd = cloudy | fringe | dim
     for i in range(t):
         passing = ~_state(y, i, sizes[i], ~nodata, odd)
