@@ -331,10 +331,11 @@ def _looks(
         dim[i] |= (top < 1 - SHADOW_DEPTH) & (top - bottom < SHADOW_FLAT)
     odd = cloudy | fringe | dim
     for i in range(t):
-        passing = ~_state(y, i, sizes[i], ~nodata, odd)
-        cloudy[i] &= passing
-        fringe[i] &= passing
-        dim[i] &= passing
+        where = odd[i]  # elsewhere nothing is flagged: no need to ask
+        if where.any():
+            state = _state(y[:, :, where], i, sizes[i][where], ~nodata[:, where], odd[:, where])
+            for flags in (cloudy, fringe, dim):
+                flags[i][where] &= ~state
     return cloudy, fringe, dim, nodata
 
 
@@ -349,7 +350,8 @@ def _along(d: np.ndarray, towards: np.ndarray, size: np.ndarray) -> tuple[np.nda
 def _state(
     y: np.ndarray, i: int, size: np.ndarray, valid: np.ndarray, odd: np.ndarray
 ) -> np.ndarray:
-    """(h, w) True where date ``i``'s look is a state of the ground, not a passing cloud.
+    """True where date ``i``'s look is a state of the ground, not a passing cloud; ``y`` is
+    (t, c, ...), the others and the result (...) or (t, ...).
 
     A state is shared by other valid dates (within ``PERSIST`` of the change's size): the dates
     of the same look, walking away from ``i``, reach the start or the end of the series, or
@@ -366,6 +368,8 @@ def _state(
             same = np.sqrt(((y[u] - y[i]) ** 2).sum(axis=0)) < tol
             count += unbroken & valid[u] & same
             unbroken &= ~valid[u] | same | odd[u]
+            if not unbroken.any():
+                break
         ends |= unbroken
     return (count >= 2) & (ends | (count >= STATE_DATES))
 
