@@ -252,7 +252,8 @@ def report(a: argparse.Namespace, argv: list[str], base: list[dict], runs: list[
         + (f", centre crops of {a.crop} px" if a.crop else "")
         + f"; total wall time {wall / 60:.1f} min.",
         f"- Adapted = `adapt` with its defaults (chip 64, batch 8, lr 1e-3, ignore top 8 % / Otsu "
-        f"of the CVA-like magnitude, dilated 2 px, keep the start model's ≥ 0.8 detections), "
+        f"of the CVA-like magnitude, dilated 2 px, never teach the start model's ≥ 0.5 detections as no change; with 3 dates "
+        f"or more its unknown pixels rejected at ≤ 0.05 are no change), "
         f"scored at α = {SHIPPED_ALPHA} (the shipped default: weights halfway between start and "
         "adapted) and α = 1 (adapted weights only), from the same run. F1 of the change class "
         "at threshold 0.5 over labelled pixels (`_common.score`); mean ± sd (min–max) over seeds.",

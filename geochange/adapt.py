@@ -11,11 +11,14 @@ loads like any other. Two kinds of examples teach the scene:
   quantile **or** above its Otsu split, whichever is lower, dilated by ``ignore_dilate`` pixels.
   Taking the lower of the two guards the scene with a lot of real change: with a bimodal
   magnitude the Otsu split ignores the whole changed mode, not just the top few percent. Pixels
-  the starting model already calls change with probability ``>= keep_confident`` are ignored too,
-  so the model is not taught to unlearn its confident detections; unknown pixels it rejects with
-  probability ``<= keep_rejected`` are no change after all (it keeps rejecting a cloud on the
-  first date or a field greening up instead of drifting towards them); everything else is no
-  change. A piece pasted over an unknown pixel is unknown too.
+  the starting model calls change (probability ``>= keep_confident``, 0.5) are ignored too, so
+  the model is not taught to unlearn its detections (on a scene where a third of the pixels
+  changed, real change lies far below the top few percent of magnitude). With 3 dates or more,
+  unknown pixels it rejects with probability ``<= keep_rejected`` are no change after all (it
+  keeps rejecting a cloud on the first date or a field greening up instead of drifting towards
+  them); on a 2-date pair that rule would teach the real changes the start model misses as no
+  change, so it is off there. Everything else is no change. A piece pasted over an unknown pixel
+  is unknown too.
 - **change, pasted**: into a real chip, pieces of the same scene taken from elsewhere (real roofs,
   fields, water, soil of this scene, with their own appearance on every date) are pasted from a
   random date on, with footprints like buildings (rectangles), L-shapes, roads (thin polylines)
@@ -534,7 +537,7 @@ def adapt_network(
     paste_prob: float = 0.7,
     ignore_top: float = 0.08,
     ignore_dilate: int = 2,
-    keep_confident: float | None = 0.8,
+    keep_confident: float | None = 0.5,
     keep_rejected: float | None = 0.05,
     min_contrast: float = 0.5,
     date_weight: float = 0.5,
@@ -561,8 +564,9 @@ def adapt_network(
         ignore_dilate: dilation (pixels) of the ignored area.
         keep_rejected: real pixels left unknown for their high magnitude that the starting
             model calls change with at most this probability are taught as no change after all
-            (None = off): what it already rejects — a cloud on the first date, a field greening
-            up — it keeps rejecting instead of drifting towards calling it change.
+            (None = off; always off on a 2-date stack): what it already rejects — a cloud on
+            the first date, a field greening up — it keeps rejecting instead of drifting
+            towards calling it change.
         keep_confident: also ignore real pixels the starting model calls change with at least
             this probability (None = off).
         min_contrast: pasted pieces make at least this contrast, as a share of the ignore
@@ -593,6 +597,8 @@ def adapt_network(
         )
     rng = np.random.default_rng([int(seed), 20240611])
     torch.manual_seed(int(seed))
+    if stack.T < 3:
+        keep_rejected = None  # a pair: what the start model misses is not taught as no change
 
     sample = read_sample(stack)
     stats = scene_stats(sample)
