@@ -226,6 +226,20 @@ def test_adapt_network_runs_steps_and_changes_weights(stack_dir, tiny_model):
         torch.testing.assert_close(v, adapted[key])
 
 
+def test_keep_rejected_is_off_on_a_pair(stack_dir, tiny_model, tmp_path):
+    """On 2 dates, the high-magnitude pixels the start model rejects are real changes it
+    misses as often as clouds: they are not taught as no change there."""
+    three = adapt_network(
+        open_stack(stack_dir), model=tiny_model, minutes=1.0, max_steps=1, chip=32, device="cpu"
+    )
+    assert three.info["keep_rejected"] == 0.05 and three.info["keep_confident"] == 0.5
+    paths = sorted(stack_dir.glob("*.tif"))
+    pair = adapt_network(
+        open_stack(paths[:2]), model=tiny_model, minutes=1.0, max_steps=1, chip=32, device="cpu"
+    )
+    assert pair.info["keep_rejected"] is None and pair.info["keep_confident"] == 0.5
+
+
 @pytest.mark.gpu
 def test_adapt_on_cuda_changes_weights(stack_dir, tiny_model):
     stack = open_stack(stack_dir)
