@@ -131,6 +131,22 @@ def _adapted(
 # Report
 
 
+def _defaults() -> str:
+    """The labelling defaults of ``adapt_network``, read from its signature (not restated)."""
+    import inspect
+
+    from geochange.adapt import adapt_network
+
+    d = {k: v.default for k, v in inspect.signature(adapt_network).parameters.items()}
+    return (
+        f"chip {d['chip']}, batch {d['batch_size']}, lr {d['lr']:g}, ignore top "
+        f"{100 * d['ignore_top']:g} % / Otsu of the CVA-like magnitude, dilated "
+        f"{d['ignore_dilate']} px, never teach the start model's ≥ {d['keep_confident']} "
+        f"detections as no change; with 3 dates or more its unknown pixels rejected at ≤ "
+        f"{d['keep_rejected']} are no change"
+    )
+
+
 def _stats(v: list[float]) -> tuple[float, float, float, float]:
     a = np.asarray(v, float)
     return float(a.mean()), float(a.std()), float(a.min()), float(a.max())
@@ -251,9 +267,7 @@ def report(a: argparse.Namespace, argv: list[str], base: list[dict], runs: list[
         "adaptation: fewer steps than `geochange adapt` makes on 2 cores)"
         + (f", centre crops of {a.crop} px" if a.crop else "")
         + f"; total wall time {wall / 60:.1f} min.",
-        f"- Adapted = `adapt` with its defaults (chip 64, batch 8, lr 1e-3, ignore top 8 % / Otsu "
-        f"of the CVA-like magnitude, dilated 2 px, never teach the start model's ≥ 0.5 detections as no change; with 3 dates "
-        f"or more its unknown pixels rejected at ≤ 0.05 are no change), "
+        f"- Adapted = `adapt` with its defaults ({_defaults()}), "
         f"scored at α = {SHIPPED_ALPHA} (the shipped default: weights halfway between start and "
         "adapted) and α = 1 (adapted weights only), from the same run. F1 of the change class "
         "at threshold 0.5 over labelled pixels (`_common.score`); mean ± sd (min–max) over seeds.",
