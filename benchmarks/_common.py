@@ -254,6 +254,7 @@ def run_method(
     coregister: bool = True,
     cloud_screen: bool | None = None,
     micro: bool = True,
+    refine: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Run ``method`` on a case chunk by chunk, as ``geochange detect`` does, in memory.
 
@@ -261,7 +262,8 @@ def run_method(
     ``coregister`` undoes whole-date shifts first and ``cloud_screen`` screens clouds and shadows
     from the dates themselves (None: when no masks are used), as ``detect`` does by default,
     for every method; ``micro`` adds the deep model's small persistent changes
-    (``detect --micro``, the default).
+    (``detect --micro``, the default) and ``refine`` sharpens its probability along the
+    pixels' series (``detect --refine``, the default).
 
     Returns:
         prob (h, w) float32 (NaN = nodata), interval (h, w) float32 (k in 0..T-2), seconds,
@@ -275,7 +277,9 @@ def run_method(
     if coregister:
         stack = coregister_stack(stack)
     kwargs: dict[str, Any] = (
-        {"model": model, "device": "cpu", "micro": micro} if method == "cnn-lstm" else {}
+        {"model": model, "device": "cpu", "micro": micro, "refine": refine}
+        if method == "cnn-lstm"
+        else {}
     )
     detector = stack_detector(stack, method, cloud_screen=cloud_screen, **kwargs)  # type: ignore[arg-type]
     halo = int(detector.halo)

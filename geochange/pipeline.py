@@ -114,6 +114,7 @@ def make_detector(
     wavelengths: Sequence[float | None] | None = None,
     cloud_screen: bool = False,
     micro: bool = True,
+    refine: bool = True,
 ):
     """A block detector for ``method`` with scene-wide parameters fitted on ``sample``.
 
@@ -132,6 +133,8 @@ def make_detector(
         micro: add the small persistent changes the deep model's context misses
             (:func:`geochange.micro.rescue`; 3 dates or more, ignored otherwise). The
             classical baselines judge every pixel alone already and ignore it.
+        refine: sharpen the deep model's probability along the pixels' own series
+            (:func:`geochange.refine.refine`); the baselines ignore it.
 
     Returns:
         An object with ``.halo`` (pixels) and ``__call__(tile (t, c, h, w)) -> (2, h, w)``.
@@ -148,6 +151,7 @@ def make_detector(
             "amp": bool(amp),
             "wavelengths": wavelengths or None,
             "micro": bool(micro),
+            "refine": bool(refine),
         }
         if batch_size is not None:
             if int(batch_size) != batch_size or batch_size < 1:
@@ -217,6 +221,7 @@ def detect(
     coregister: bool = True,
     cloud_screen: bool | None = None,
     micro: bool = True,
+    refine: bool = True,
 ) -> DetectResult:
     """Detect changes in a multi-date stack.
 
@@ -265,6 +270,9 @@ def detect(
         micro: with the deep model, also add small objects whose local contrast steps at one
             date and stays (:mod:`geochange.micro`), which the model's context can miss; needs
             3 dates. The ``runs`` record says whether it ran.
+        refine: with the deep model, sharpen its probability along the pixels' own series
+            (:mod:`geochange.refine`: outlines move to where the series changes, specks whose
+            series matches their surroundings go). The ``runs`` record says whether it ran.
 
     Returns:
         A ``DetectResult`` with lazy rasters (or rasters re-read from the written files),
@@ -310,7 +318,7 @@ def detect(
                 overwrite=overwrite, progress=progress, quicklook=quicklook,
                 rgb_bands=rgb_bands, scheduler=scheduler, workers=workers,
                 threads_per_worker=threads_per_worker, batch_size=batch_size, amp=amp,
-                coregister=coregister, cloud_screen=cloud_screen, micro=micro,
+                coregister=coregister, cloud_screen=cloud_screen, micro=micro, refine=refine,
             )  # fmt: skip
     detector = stack_detector(
         stack,
@@ -321,6 +329,7 @@ def detect(
         amp=amp,
         cloud_screen=cloud_screen,
         micro=micro,
+        refine=refine,
     )
     halo = int(detector.halo)
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
@@ -530,6 +539,7 @@ def _provenance(stack, method, model, threshold, min_area, simplify, chunk_size,
         "shifts_px": [list(s) for s in stack.shifts],
         "cloud_screen": isinstance(detector, clouds.CloudScreen),
         "micro": bool(getattr(detector, "micro", False)),
+        "refine": bool(getattr(detector, "refine", False)),
     }
 
 

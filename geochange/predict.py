@@ -31,6 +31,8 @@ from geochange.model import DEFAULT_MODEL_PATH, load_model
 from geochange.model.calibrate import calibration_of
 from geochange.model.cnn_lstm import CNNLSTM
 from geochange.model.normalize import apply, scene_stats
+from geochange.refine import REACH as REFINE_REACH
+from geochange.refine import refine as refine_prob
 from geochange.tiling import Window, windows
 
 __all__ = ["Device", "ModelDetector", "model_detector", "resolve_device"]
@@ -106,6 +108,8 @@ class ModelDetector:
             a model that uses them (see ``Stack.wavelengths``); None = all unknown.
         micro: add the small persistent changes of :func:`geochange.micro.rescue` to the
             model's result (needs 3 dates; ignored with fewer).
+        refine: sharpen the probability along the pixels' own series before the rescue
+            (:func:`geochange.refine.refine`).
     """
 
     def __init__(
@@ -121,6 +125,7 @@ class ModelDetector:
         num_threads: int | None = None,
         wavelengths: Sequence[float | None] | None = None,
         micro: bool = False,
+        refine: bool = False,
     ) -> None:
         self.stats = np.asarray(stats, dtype=np.float32)
         if self.stats.ndim != 3 or self.stats.shape[2] != 2:
@@ -145,7 +150,9 @@ class ModelDetector:
         if self.net.in_bands is not None and self.net.in_bands != c:
             raise ModelError(_band_message(self.net.in_bands, c))
         self.micro = bool(micro) and micro_usable(t)
-        self.halo = int(self.net.halo(t))
+        self.refine = bool(refine)
+        # The refinement needs the model's probability exact REFINE_REACH px around the core.
+        self.halo = int(self.net.halo(t)) + (REFINE_REACH if self.refine else 0)
         if self.micro:
             self.halo = max(self.halo, MICRO_REACH)
         if wavelengths is not None and len(wavelengths) != c:
@@ -178,6 +185,7 @@ class ModelDetector:
             self.amp,
             self.calibration,
             self.micro,
+            self.refine,
         )
 
     # -- inference ------------------------------------------------------------------------------
@@ -210,6 +218,8 @@ class ModelDetector:
                 for (_, crop, write), pb, ib in zip(batch, p, iv):
                     prob[write] = pb[crop]
                     interval[write] = ib[crop]
+        if self.refine:
+            prob = refine_prob(prob, x, valid)
         if self.micro:
             prob, interval = rescue(x, valid, prob, interval)
         nodata = valid.sum(axis=0) < 2

@@ -155,7 +155,9 @@ def test_detect_tells_the_model_the_stack_wavelengths(tmp_path) -> None:
     blind = model_detector(sample, model_path=path, device="cpu")(data.astype(np.float32))[0]
     assert np.abs(told - blind).max() > 1e-4
 
-    res = detect(d, tmp_path / "out" / "c.gpkg", model=path, quicklook=False, progress=False)
+    res = detect(
+        d, tmp_path / "out" / "c.gpkg", model=path, quicklook=False, progress=False, refine=False
+    )
     np.testing.assert_allclose(res.prob.compute(), told, atol=1e-5)
     runs = gpd.read_file(tmp_path / "out" / "c.gpkg", layer="runs")
     assert runs["wavelengths_nm"][0] == "[490.0, 560.0, 665.0, 842.0]"

@@ -70,6 +70,14 @@ from geochange.cli import options
     help="Add small objects (<= 12 px) whose local contrast steps at one date and stays "
     "(geochange.micro), which the deep model's context can miss. Needs 3 dates.",
 )
+@click.option(
+    "--refine/--no-refine",
+    default=True,
+    show_default=True,
+    help="Sharpen the deep model's change probability along the pixels' own series "
+    "(geochange.refine): outlines follow where the series changes, specks that look like "
+    "their surroundings go. --no-refine writes the model's raw probability.",
+)
 @options.masks_option
 @options.mask_values_option
 @options.wavelengths_option
@@ -145,6 +153,7 @@ def command(
     coregister,
     cloud_screen,
     micro,
+    refine,
     masks,
     mask_values,
     wavelengths,
@@ -196,6 +205,7 @@ def command(
         coregister=coregister,
         cloud_screen={"auto": None, "on": True, "off": False}[cloud_screen],
         micro=micro,
+        refine=refine,
         masks=list(masks) or None,
         mask_values=mask_values,
         wavelengths=wavelengths,
