@@ -159,14 +159,15 @@ def test_model_detector_with_micro_is_seam_free_and_adds_halo(tiny_model):
     assert not ModelDetector(None, on.stats[:2], model_path=tiny_model, micro=True).micro
 
 
-def test_detect_records_micro_in_the_runs_layer(tmp_path, tiny_model):
+@pytest.mark.parametrize("flag", ["micro", "refine"])
+def test_detect_records_micro_and_refine_in_the_runs_layer(tmp_path, tiny_model, flag):
     x, _ = _series(size=48, seed=5)
     x = np.clip(x * 300 + 2000, 1, 65535).astype(np.uint16)
     write_stack(tmp_path / "s", x, DATES, nodata=0)
     kw = {"model": tiny_model, "device": "cpu", "quicklook": False}
     on = detect(tmp_path / "s", tmp_path / "on.gpkg", **kw)
-    off = detect(tmp_path / "s", tmp_path / "off.gpkg", micro=False, **kw)
-    assert bool(gpd.read_file(on.paths["gpkg"], layer="runs").micro[0])
-    assert not bool(gpd.read_file(off.paths["gpkg"], layer="runs").micro[0])
+    off = detect(tmp_path / "s", tmp_path / "off.gpkg", **{flag: False}, **kw)
+    assert bool(gpd.read_file(on.paths["gpkg"], layer="runs")[flag][0])
+    assert not bool(gpd.read_file(off.paths["gpkg"], layer="runs")[flag][0])
     cva = detect(tmp_path / "s", tmp_path / "cva.gpkg", method="cva", quicklook=False)
-    assert not bool(gpd.read_file(cva.paths["gpkg"], layer="runs").micro[0])
+    assert not bool(gpd.read_file(cva.paths["gpkg"], layer="runs")[flag][0])

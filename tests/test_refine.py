@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import dask
-import geopandas as gpd
 import numpy as np
-from helpers import write_stack
 from scipy import ndimage
 
 from geochange import tiling
-from geochange.pipeline import detect, make_detector
+from geochange.pipeline import make_detector
 from geochange.refine import REACH, refine
-
-DATES = ["2023-01-15", "2023-03-16", "2023-05-15", "2023-07-14", "2023-09-12", "2023-11-11"]
 
 
 def _scene(size: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,16 +80,3 @@ def test_model_detector_refines_seam_free_with_its_halo(tiny_model) -> None:
     )
     with dask.config.set(scheduler="synchronous"):
         np.testing.assert_allclose(np.asarray(tiled.compute()), on(x), atol=1e-5)
-
-
-def test_detect_records_refine_in_the_runs_layer(tmp_path, tiny_model) -> None:
-    x, _, _ = _scene(size=40, seed=3)
-    x = np.clip(x * 300 + 2000, 1, 65535).astype(np.uint16)
-    write_stack(tmp_path / "s", x, DATES, nodata=0)
-    kw = {"model": tiny_model, "device": "cpu", "quicklook": False}
-    on = detect(tmp_path / "s", tmp_path / "on.gpkg", **kw)
-    off = detect(tmp_path / "s", tmp_path / "off.gpkg", refine=False, **kw)
-    assert bool(gpd.read_file(on.paths["gpkg"], layer="runs").refine[0])
-    assert not bool(gpd.read_file(off.paths["gpkg"], layer="runs").refine[0])
-    cva = detect(tmp_path / "s", tmp_path / "cva.gpkg", method="cva", quicklook=False)
-    assert not bool(gpd.read_file(cva.paths["gpkg"], layer="runs").refine[0])
