@@ -92,27 +92,36 @@ def _refine(
 ) -> np.ndarray:
     """:func:`refine` of one window."""
     h, w = prob.shape
+    r = radius
     guide = np.asarray(x, dtype=np.float32).reshape(-1, h, w)
     usable = (valid.sum(axis=0) >= 2).astype(np.float32)
     p = np.where(np.isfinite(prob), prob, 0.0).astype(np.float32)
-    r = radius
     # Edge padding: outside the window a pixel's neighbour is the nearest pixel inside it.
-    g_pad = np.pad(guide, ((0, 0), (r, r), (r, r)), mode="edge")
+    # Padded by 2r, so that the likeness of p and p + o, taken over the window grown by r,
+    # also gives that of p and p - o: each pair of offsets costs one pass over the bands.
+    g_pad = np.pad(guide, ((0, 0), (2 * r, 2 * r), (2 * r, 2 * r)), mode="edge")
     u_pad = np.pad(usable, r, mode="edge")
-    offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    grown = g_pad[:, r : r + h + 2 * r, r : r + w + 2 * r]  # the window grown by r
+    likeness = {(0, 0): np.ones((h, w), np.float32)}
+    for dy in range(0, r + 1):
+        for dx in range(-r, r + 1):
+            if (dy, dx) <= (0, 0):
+                continue
+            other = g_pad[:, r + dy : r + dy + h + 2 * r, r + dx : r + dx + w + 2 * r]
+            like = np.exp(-np.mean((grown - other) ** 2, axis=0) / (2.0 * sigma * sigma))
+            likeness[(dy, dx)] = like[r : r + h, r : r + w]
+            likeness[(-dy, -dx)] = like[r - dy : r - dy + h, r - dx : r - dx + w]
+    offsets = sorted(likeness)
     weights = np.empty((len(offsets), h, w), np.float32)
     for n, (dy, dx) in enumerate(offsets):
-        other = g_pad[:, r + dy : r + dy + h, r + dx : r + dx + w]
-        d2 = np.mean((guide - other) ** 2, axis=0)
         near = np.exp(-(dy * dy + dx * dx) / (2.0 * r * r))
-        weights[n] = np.exp(-d2 / (2.0 * sigma * sigma)) * near
-        weights[n] *= u_pad[r + dy : r + dy + h, r + dx : r + dx + w]
-    total = np.maximum(weights.sum(axis=0), 1e-12)
+        weights[n] = likeness[(dy, dx)] * near * u_pad[r + dy : r + dy + h, r + dx : r + dx + w]
+    total = weights.sum(axis=0)
     for _ in range(iterations):
         p_pad = np.pad(p, r, mode="edge")
         acc = np.zeros_like(p)
         for n, (dy, dx) in enumerate(offsets):
             acc += weights[n] * p_pad[r + dy : r + dy + h, r + dx : r + dx + w]
         # A pixel without weight (all its neighbours nodata) keeps its own value.
-        p = np.where(total > 1e-12, acc / total, p).astype(np.float32)
+        p = np.where(total > 0, acc / np.maximum(total, 1e-12), p).astype(np.float32)
     return np.where(np.isfinite(prob), p, np.nan).astype(np.float32)
