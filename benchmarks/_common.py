@@ -255,6 +255,7 @@ def run_method(
     cloud_screen: bool | None = None,
     micro: bool = True,
     refine: bool = True,
+    emerge: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Run ``method`` on a case chunk by chunk, as ``geochange detect`` does, in memory.
 
@@ -262,8 +263,9 @@ def run_method(
     ``coregister`` undoes whole-date shifts first and ``cloud_screen`` screens clouds and shadows
     from the dates themselves (None: when no masks are used), as ``detect`` does by default,
     for every method; ``micro`` adds the deep model's small persistent changes
-    (``detect --micro``, the default) and ``refine`` sharpens its probability along the
-    pixels' series (``detect --refine``, the default).
+    (``detect --micro``, the default), ``refine`` sharpens its probability along the
+    pixels' series (``detect --refine``, the default) and ``emerge`` adds the objects that
+    emerge from their surroundings (``detect --emerge``, the default).
 
     Returns:
         prob (h, w) float32 (NaN = nodata), interval (h, w) float32 (k in 0..T-2), seconds,
@@ -277,7 +279,7 @@ def run_method(
     if coregister:
         stack = coregister_stack(stack)
     kwargs: dict[str, Any] = (
-        {"model": model, "device": "cpu", "micro": micro, "refine": refine}
+        {"model": model, "device": "cpu", "micro": micro, "refine": refine, "emerge": emerge}
         if method == "cnn-lstm"
         else {}
     )

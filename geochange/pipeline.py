@@ -115,6 +115,7 @@ def make_detector(
     cloud_screen: bool = False,
     micro: bool = True,
     refine: bool = True,
+    emerge: bool = True,
 ):
     """A block detector for ``method`` with scene-wide parameters fitted on ``sample``.
 
@@ -135,6 +136,9 @@ def make_detector(
             classical baselines judge every pixel alone already and ignore it.
         refine: sharpen the deep model's probability along the pixels' own series
             (:func:`geochange.refine.refine`); the baselines ignore it.
+        emerge: add the objects that emerge from their surroundings at one date and stay
+            apart, which the deep model's context can veto (:func:`geochange.emerge.add`;
+            4 dates or more, ignored otherwise); the baselines ignore it.
 
     Returns:
         An object with ``.halo`` (pixels) and ``__call__(tile (t, c, h, w)) -> (2, h, w)``.
@@ -152,6 +156,7 @@ def make_detector(
             "wavelengths": wavelengths or None,
             "micro": bool(micro),
             "refine": bool(refine),
+            "emerge": bool(emerge),
         }
         if batch_size is not None:
             if int(batch_size) != batch_size or batch_size < 1:
@@ -222,6 +227,7 @@ def detect(
     cloud_screen: bool | None = None,
     micro: bool = True,
     refine: bool = True,
+    emerge: bool = True,
 ) -> DetectResult:
     """Detect changes in a multi-date stack.
 
@@ -273,6 +279,11 @@ def detect(
         refine: with the deep model, sharpen its probability along the pixels' own series
             (:mod:`geochange.refine`: outlines move to where the series changes, specks whose
             series matches their surroundings go). The ``runs`` record says whether it ran.
+        emerge: with the deep model, also add the objects that emerge from their
+            surroundings (:mod:`geochange.emerge`: alike the pixels around them before one
+            date, apart from them on every date after it), such as a roof inside a field that
+            the model's context can veto; needs 4 dates. The ``runs`` record says whether it
+            ran.
 
     Returns:
         A ``DetectResult`` with lazy rasters (or rasters re-read from the written files),
@@ -319,6 +330,7 @@ def detect(
                 rgb_bands=rgb_bands, scheduler=scheduler, workers=workers,
                 threads_per_worker=threads_per_worker, batch_size=batch_size, amp=amp,
                 coregister=coregister, cloud_screen=cloud_screen, micro=micro, refine=refine,
+                emerge=emerge,
             )  # fmt: skip
     detector = stack_detector(
         stack,
@@ -330,6 +342,7 @@ def detect(
         cloud_screen=cloud_screen,
         micro=micro,
         refine=refine,
+        emerge=emerge,
     )
     halo = int(detector.halo)
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
@@ -540,6 +553,7 @@ def _provenance(stack, method, model, threshold, min_area, simplify, chunk_size,
         "cloud_screen": isinstance(detector, clouds.CloudScreen),
         "micro": bool(getattr(detector, "micro", False)),
         "refine": bool(getattr(detector, "refine", False)),
+        "emerge": bool(getattr(detector, "emerge", False)),
     }
 
 

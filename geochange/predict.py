@@ -23,6 +23,9 @@ import numpy as np
 import torch
 
 from geochange.bands import wavelength_array
+from geochange.emerge import REACH as EMERGE_REACH
+from geochange.emerge import add as emerge_add
+from geochange.emerge import usable as emerge_usable
 from geochange.errors import ModelError
 from geochange.micro import REACH as MICRO_REACH
 from geochange.micro import rescue
@@ -110,6 +113,8 @@ class ModelDetector:
             model's result (needs 3 dates; ignored with fewer).
         refine: sharpen the probability along the pixels' own series before the rescue
             (:func:`geochange.refine.refine`).
+        emerge: add the pixels that emerge from their surroundings at one date and stay apart
+            (:func:`geochange.emerge.add`, after the rescue; needs 4 dates, ignored with fewer).
     """
 
     def __init__(
@@ -126,6 +131,7 @@ class ModelDetector:
         wavelengths: Sequence[float | None] | None = None,
         micro: bool = False,
         refine: bool = False,
+        emerge: bool = False,
     ) -> None:
         self.stats = np.asarray(stats, dtype=np.float32)
         if self.stats.ndim != 3 or self.stats.shape[2] != 2:
@@ -155,6 +161,9 @@ class ModelDetector:
         self.halo = int(self.net.halo(t)) + (REFINE_REACH if self.refine else 0)
         if self.micro:
             self.halo = max(self.halo, MICRO_REACH)
+        self.emerge = bool(emerge) and emerge_usable(t)
+        if self.emerge:
+            self.halo = max(self.halo, EMERGE_REACH)
         if wavelengths is not None and len(wavelengths) != c:
             raise ModelError(f"wavelengths: got {len(wavelengths)} values for {c} bands")
         self.wavelengths = wavelength_array(wavelengths, c)
@@ -186,6 +195,7 @@ class ModelDetector:
             self.calibration,
             self.micro,
             self.refine,
+            self.emerge,
         )
 
     # -- inference ------------------------------------------------------------------------------
@@ -222,6 +232,8 @@ class ModelDetector:
             prob = refine_prob(prob, x, valid)
         if self.micro:
             prob, interval = rescue(x, valid, prob, interval)
+        if self.emerge:
+            prob, interval = emerge_add(x, valid, prob, interval)
         nodata = valid.sum(axis=0) < 2
         prob[nodata] = np.nan
         interval[nodata] = np.nan

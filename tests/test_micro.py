@@ -159,8 +159,8 @@ def test_model_detector_with_micro_is_seam_free_and_adds_halo(tiny_model):
     assert not ModelDetector(None, on.stats[:2], model_path=tiny_model, micro=True).micro
 
 
-@pytest.mark.parametrize("flag", ["micro", "refine"])
-def test_detect_records_micro_and_refine_in_the_runs_layer(tmp_path, tiny_model, flag):
+@pytest.mark.parametrize("flag", ["micro", "refine", "emerge"])
+def test_detect_records_micro_refine_and_emerge_in_the_runs_layer(tmp_path, tiny_model, flag):
     x, _ = _series(size=48, seed=5)
     x = np.clip(x * 300 + 2000, 1, 65535).astype(np.uint16)
     write_stack(tmp_path / "s", x, DATES, nodata=0)

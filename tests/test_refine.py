@@ -69,9 +69,9 @@ def test_model_detector_refines_seam_free_with_its_halo(tiny_model) -> None:
     x, _, _ = _scene(size=72, seed=2)
     x = (x * 300 + 2000).astype(np.float32)  # DN-like source units
     sample = x.reshape(6, 3, -1)
-    on = make_detector("cnn-lstm", sample, model=tiny_model, device="cpu", micro=False)
-    off = make_detector("cnn-lstm", sample, model=tiny_model, device="cpu", micro=False,
-                        refine=False)  # fmt: skip
+    kw = {"model": tiny_model, "device": "cpu", "micro": False, "emerge": False}
+    on = make_detector("cnn-lstm", sample, **kw)
+    off = make_detector("cnn-lstm", sample, refine=False, **kw)
     assert on.refine and not off.refine and on.halo == off.halo + REACH
     assert dask.base.tokenize(on) != dask.base.tokenize(off)
     assert np.abs(on(x)[0] - off(x)[0]).max() > 1e-4

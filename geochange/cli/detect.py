@@ -78,6 +78,14 @@ from geochange.cli import options
     "(geochange.refine): outlines follow where the series changes, specks that look like "
     "their surroundings go. --no-refine writes the model's raw probability.",
 )
+@click.option(
+    "--emerge/--no-emerge",
+    default=True,
+    show_default=True,
+    help="Add objects that emerge from their surroundings (geochange.emerge): alike the "
+    "pixels around them before one date, apart from them on every date after it, such as a "
+    "new roof inside a field, which the deep model's context can veto. Needs 4 dates.",
+)
 @options.masks_option
 @options.mask_values_option
 @options.wavelengths_option
@@ -154,6 +162,7 @@ def command(
     cloud_screen,
     micro,
     refine,
+    emerge,
     masks,
     mask_values,
     wavelengths,
@@ -206,6 +215,7 @@ def command(
         cloud_screen={"auto": None, "on": True, "off": False}[cloud_screen],
         micro=micro,
         refine=refine,
+        emerge=emerge,
         masks=list(masks) or None,
         mask_values=mask_values,
         wavelengths=wavelengths,
