@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     def mean(key: str, names: set[str] | None = None) -> float:
         return float(np.mean([r[key]["f1"] for n, r in rows if names is None or n in names]))
 
+    rehearsed = (
+        f" and {args.rehearsal} synthetic training scenes (rehearsal)" if args.rehearsal else ""
+    )
     lines = [
         "# Fine-tuning on real pairs: F1 on the held-out pairs before and after",
         "",
@@ -168,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- Command: `python benchmarks/finetune.py {shlex.join(argv or sys.argv[1:])}`".rstrip(),
         f"- Git commit: {C.git_commit()}",
         f"- Machine: {C.machine()}",
-        f"- Fine-tuned on: {', '.join(s.name for s in train)}"
-        f"{f' and {args.rehearsal} synthetic training scenes (rehearsal)' if args.rehearsal else ''}"
-        " — `geochange train` from the "
+        f"- Fine-tuned on: {', '.join(s.name for s in train)}{rehearsed} — `geochange train` from the "
         f"default model, {args.minutes} min budget, {steps} steps (config below); "
         f"total wall time {(time.perf_counter() - start) / 60:.1f} min.",
         f"- Validation (early stopping): {', '.join(s.name for s in val) or 'none'}; the "

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geochange.tiling import windows
+from geochange.tiling import stitched
 
 __all__ = [
     "ALIKE",
@@ -125,8 +125,8 @@ def emergence(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         return np.zeros((h, w), np.float32), np.zeros((h, w), np.int16)
     r = REACH
     # Outside the window a neighbour is unknown (NaN), as it is at the edge of the scene.
-    xn = np.where(valid[:, None], x, np.nan).astype(np.float32)
-    pad = np.pad(xn, ((0, 0), (0, 0), (2 * r, 2 * r), (2 * r, 2 * r)), constant_values=np.nan)
+    pad = np.full((t, x.shape[1], h + 4 * r, w + 4 * r), np.nan, np.float32)
+    np.copyto(pad[..., 2 * r : 2 * r + h, 2 * r : 2 * r + w], x, where=valid[:, None])
     grown = pad[..., r : r + h + 2 * r, r : r + w + 2 * r]  # the window grown by r
     emerged = np.zeros((t - 1, h, w), np.float32)
     alike = np.zeros((t - 1, h, w), np.float32)
@@ -183,11 +183,8 @@ def add(
     out_k = np.array(interval, dtype=np.float32)
     if not usable(x.shape[0]):
         return out_p, out_k
-    for read, crop, write in windows(*out_p.shape, block, REACH):
-        share, date = emergence(x[(..., *read)], valid[(..., *read)])
-        p, k = out_p[read].copy(), out_k[read].copy()
-        new = (share >= SHARE) & np.isfinite(p) & (p < 0.5)
-        p[new] = PROBABILITY
-        k[new] = date[new] - 1
-        out_p[write], out_k[write] = p[crop], k[crop]
+    share, date = stitched(emergence, (x, valid), block, REACH)
+    new = (share >= SHARE) & np.isfinite(out_p) & (out_p < 0.5)
+    out_p[new] = PROBABILITY
+    out_k[new] = date[new] - 1
     return out_p, out_k

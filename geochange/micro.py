@@ -63,7 +63,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from geochange.tiling import windows
+from geochange.tiling import stitched
 
 __all__ = ["HIGH", "LOW", "MAX_PIXELS", "MIN_PIXELS", "REACH", "rescue", "step_score", "usable"]
 
@@ -168,34 +168,30 @@ def rescue(
         New ``prob`` and ``interval``: an added object's pixels get ``max(prob, sigmoid(best -
         HIGH))`` and, where the model said no change, the test's interval; all else unchanged.
     """
-    prob = np.asarray(prob, dtype=np.float32)
-    interval = np.asarray(interval, dtype=np.float32)
-    out_p, out_k = prob.copy(), interval.copy()
+    out_p = np.array(prob, dtype=np.float32)
+    out_k = np.array(interval, dtype=np.float32)
     if not usable(x.shape[0]):
         return out_p, out_k
-    for read, crop, write in windows(*prob.shape, block, REACH):
-        p, k = prob[read].copy(), interval[read].copy()
-        _rescue(x[(..., *read)], valid[(..., *read)], p, k)
-        out_p[write], out_k[write] = p[crop], k[crop]
+    p_obj, when = stitched(_objects, (x, valid), block, REACH)
+    added = (p_obj > 0) & np.isfinite(out_p)
+    new = added & (out_p < 0.5)
+    out_k[new] = when[new] - 1
+    out_p[added] = np.maximum(out_p[added], p_obj[added])
     return out_p, out_k
 
 
-def _rescue(x: np.ndarray, valid: np.ndarray, prob: np.ndarray, interval: np.ndarray) -> None:
-    """:func:`rescue` of one window, in place on ``prob`` and ``interval``."""
+def _objects(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The objects :func:`rescue` adds in one window: each of their pixels' probability
+    ``sigmoid(best - HIGH)`` ((h, w) float32, 0 elsewhere) and every pixel's step date."""
     score, when = step_score(x, valid)
+    p_obj = np.zeros(score.shape, np.float32)
     objects, n = ndimage.label(score > LOW, structure=np.ones((3, 3), bool))
     if n == 0:
-        return
+        return p_obj, when
     ids = np.arange(1, n + 1)
     size = ndimage.sum_labels(np.ones_like(score), objects, ids)
     top = ndimage.maximum(score, objects, ids)
-    keep = np.zeros(n + 1, bool)
-    keep[1:] = (size >= MIN_PIXELS) & (size <= MAX_PIXELS) & (top > HIGH)
-    added = keep[objects] & np.isfinite(prob)
-    if not added.any():
-        return
-    p_obj = np.zeros(n + 1, np.float32)
-    p_obj[1:] = 1.0 / (1.0 + np.exp(-(top - HIGH)))
-    new = added & (prob < 0.5)
-    interval[new] = when[new] - 1
-    prob[added] = np.maximum(prob[added], p_obj[objects][added])
+    keep = (size >= MIN_PIXELS) & (size <= MAX_PIXELS) & (top > HIGH)
+    by_object = np.zeros(n + 1, np.float32)
+    by_object[1:] = np.where(keep, 1.0 / (1.0 + np.exp(-(top - HIGH))), 0.0)
+    return by_object[objects], when

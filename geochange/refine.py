@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geochange.tiling import windows
+from geochange.tiling import stitched
 
 __all__ = ["ITERATIONS", "RADIUS", "REACH", "SIGMA", "refine"]
 
@@ -79,12 +79,12 @@ def refine(
     prob = np.asarray(prob, dtype=np.float32)
     if radius < 1 or iterations < 1:
         return prob.copy()
-    h, w = prob.shape
-    out = np.empty_like(prob)
-    for read, crop, write in windows(h, w, block, radius * iterations):
-        part = _refine(prob[read], x[(..., *read)], valid[(..., *read)], radius, sigma, iterations)
-        out[write] = part[crop]
-    return out
+    return stitched(
+        lambda *win: (_refine(*win, radius, sigma, iterations),),
+        (prob, x, valid),
+        block,
+        radius * iterations,
+    )[0]
 
 
 def _refine(

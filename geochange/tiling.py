@@ -28,6 +28,7 @@ __all__ = [
     "Window",
     "overlap_map",
     "plan_chunks",
+    "stitched",
     "window_map",
     "windows",
 ]
@@ -67,6 +68,34 @@ def windows(height: int, width: int, core: int, halo: int) -> list[Window]:
                 )
             )
     return out
+
+
+def stitched(
+    fn: Callable[..., tuple[np.ndarray, ...]],
+    arrays: tuple[np.ndarray, ...],
+    core: int,
+    halo: int,
+) -> tuple[np.ndarray, ...]:
+    """``fn`` run on the :func:`windows` of in-memory arrays, its outputs' cores stitched.
+
+    Args:
+        fn: ``fn(*windows) -> tuple of (..., h', w') arrays``, given each array's window over its
+            last two axes; its output at a pixel must depend on inputs within ``halo`` px.
+        arrays: inputs sharing their last two axes (h, w).
+        core, halo: as in :func:`windows`.
+
+    Returns:
+        ``fn``'s outputs over the whole (h, w), exactly as from one call on whole arrays.
+    """
+    h, w = arrays[0].shape[-2:]
+    outs: tuple[np.ndarray, ...] = ()
+    for read, crop, write in windows(h, w, core, halo):
+        parts = fn(*(a[(..., *read)] for a in arrays))
+        if not outs:
+            outs = tuple(np.empty(q.shape[:-2] + (h, w), q.dtype) for q in parts)
+        for out, part in zip(outs, parts):
+            out[(..., *write)] = part[(..., *crop)]
+    return outs
 
 
 def _check_sizes(chunk_size: int, halo: int) -> None:

@@ -245,3 +245,22 @@ def test_windows_write_every_pixel_once_from_its_own_window(h, w, core, halo):
         hits[write] += 1
     np.testing.assert_array_equal(out, a)
     assert (hits == 1).all()
+
+
+def test_stitched_windows_give_the_whole_result_for_every_output():
+    from scipy import ndimage
+
+    from geochange.tiling import stitched
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 41, 29)).astype(np.float32)
+    mask = rng.random((41, 29)) > 0.3
+
+    def fn(xw, mw):  # reaches 2 px: a 5x5 box mean, and a per-pixel output of another dtype
+        return ndimage.uniform_filter(xw, size=(1, 5, 5), mode="nearest"), mw & (xw[0] > 0)
+
+    whole = fn(x, mask)
+    parts = stitched(fn, (x, mask), core=8, halo=2)
+    assert [p.dtype for p in parts] == [w.dtype for w in whole]
+    for p, w in zip(parts, whole):
+        np.testing.assert_array_equal(p, w)
