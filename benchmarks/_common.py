@@ -33,11 +33,11 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from geochange import tiling
-from geochange.coregister import coregister as coregister_stack
 from geochange.evaluate import evaluate_arrays
 from geochange.grid import GridSpec
+from geochange.io.stack import open_stack
 from geochange.pipeline import stack_detector
-from geochange.stack import open_stack
+from geochange.stages.coregister import coregister as coregister_stack
 from geochange.synth import load_pair, make_scene, semi_synthetic, write_scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -453,15 +453,15 @@ def gdal_cache_workaround() -> str | None:
     ``GDALSetCacheMax64``), so ``256`` meant 256 bytes, not 256 MB: every decimated read
     (``read_sample``) then decodes each tile again for every output row, 10-100 s per date of a
     400 px tiled scene instead of milliseconds. Results are unchanged; only time is lost. Until
-    geochange/stack.py sets it in bytes, the benchmarks raise it here and report it.
+    geochange/io/stack.py sets it in bytes, the benchmarks raise it here and report it.
     """
-    from geochange import stack
+    from geochange.io import stack
 
     value = stack.GDAL_ENV.get("GDAL_CACHEMAX")
     if isinstance(value, int) and value < 2**20:
         stack.GDAL_ENV["GDAL_CACHEMAX"] = 256 * 2**20
         return (
-            f"geochange.stack.GDAL_ENV['GDAL_CACHEMAX'] = {value} is read by rasterio as bytes; "
+            f"geochange.io.stack.GDAL_ENV['GDAL_CACHEMAX'] = {value} is read by rasterio as bytes; "
             "this run set it to 256 MiB (268435456) to avoid 10-100 s per decimated read. "
             "Numbers are unaffected."
         )

@@ -100,9 +100,9 @@ def _baselines(case: C.Case, model: str | None) -> dict[str, Any]:
 def _adapted(
     case: C.Case, model: str | None, seed: int, minutes: float, max_steps: int | None, tmp: str
 ) -> dict[str, Any]:
-    from geochange.adapt import adapt_network, interpolate
+    from geochange.io.stack import open_stack
     from geochange.model import save_model
-    from geochange.stack import open_stack
+    from geochange.model.adapt import adapt_network, interpolate
 
     stack = open_stack(case.paths, dates=case.dates)
     t0 = time.perf_counter()
@@ -135,7 +135,7 @@ def _defaults() -> str:
     """The labelling defaults of ``adapt_network``, read from its signature (not restated)."""
     import inspect
 
-    from geochange.adapt import adapt_network
+    from geochange.model.adapt import adapt_network
 
     d = {k: v.default for k, v in inspect.signature(adapt_network).parameters.items()}
     return (

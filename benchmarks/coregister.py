@@ -7,7 +7,7 @@ One command, from the repository root::
 1. Held-out synthetic scenes (``make_scene``, seeds 5000+, never used in training), nuisance low,
    medium and high (shifts up to 0.3, 0.8 and 2 px, plus clouds, haze, illumination, noise and
    real changes), 8 dates, 4 bands, 128 and 512 px: the error of
-   :func:`geochange.coregister.estimate_shifts` against the scene's true shifts (taken relative
+   :func:`geochange.stages.coregister.estimate_shifts` against the scene's true shifts (taken relative
    to their mean, as the estimate is), per date, in pixels; and the seconds per scene.
 2. The real pairs in ../shared/data/real_samples (when present): the estimated relative shift
    of t1 against t0 and its peak score (no truth; these pairs were co-registered by their makers,
@@ -26,8 +26,8 @@ import _common as C
 import numpy as np
 
 import geochange.synth.scene as synth_scene
-from geochange.coregister import MIN_PEAK_SCORE, estimate_shifts
-from geochange.stack import open_stack
+from geochange.io.stack import open_stack
+from geochange.stages.coregister import MIN_PEAK_SCORE, estimate_shifts
 
 SEED = 5000
 

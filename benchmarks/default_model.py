@@ -203,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{BANDS} bands. Scores pooled over the scenes (confusion counts summed). Each scene "
         "is run twice, as `geochange detect` runs it (co-registered): as it is, where detect "
         "screens clouds and shadows from the dates themselves (`--cloud-screen auto`, "
-        "geochange/clouds.py), and with the scene's cloud/shadow masks given as "
+        "geochange/stages/clouds.py), and with the scene's cloud/shadow masks given as "
         "`detect --masks truth/clouds.tif` does (masked dates read as nodata; no screen on top), "
         "as a user does with Sentinel-2 SCL or Landsat QA masks. Both add the small persistent "
-        "changes of geochange/micro.py, as detect does by default (`--micro`); the last table "
+        "changes of geochange/stages/micro.py, as detect does by default (`--micro`); the last table "
         "shows the scenes as they are without them (`--no-micro`).",
         "- Real pairs: ../shared/data/real_samples as they are (2 dates), the files tagged with "
         "their sensor's band centres (`WAVELENGTHS_NM`, as `--wavelengths` does: Sentinel-2 "

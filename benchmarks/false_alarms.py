@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from geochange.coregister import estimate_shifts, shift_dates
-from geochange.predict import model_detector
+from geochange.shift import shift_dates
+from geochange.stages.coregister import estimate_shifts
+from geochange.stages.network import model_detector
 from geochange.synth import make_scene
 from geochange.synth.land import make_land
 

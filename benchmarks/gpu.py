@@ -83,8 +83,8 @@ def bench_detect(stack_dir: Path, size: int, runs: list[dict]) -> list[dict]:
 
 def model_floor(stack_dir: Path, chunk: int, batch_size: int, amp: bool) -> dict:
     """The CUDA detector alone on in-memory tiles (chunk + halo), one thread, synchronised."""
+    from geochange.io.stack import open_stack
     from geochange.pipeline import stack_detector
-    from geochange.stack import open_stack
 
     stack = open_stack(stack_dir, chunk_size=chunk)
     det = stack_detector(stack, device="cuda", batch_size=batch_size, amp=amp)
@@ -110,8 +110,8 @@ def model_floor(stack_dir: Path, chunk: int, batch_size: int, amp: bool) -> dict
 
 
 def bench_adapt(seconds: float) -> list[dict]:
-    from geochange.adapt import adapt_network
-    from geochange.stack import open_stack
+    from geochange.io.stack import open_stack
+    from geochange.model.adapt import adapt_network
 
     rows = []
     for device in ("cpu", "cuda"):
@@ -132,7 +132,7 @@ def bench_train(n_batches: int, steps: int) -> list[dict]:
     steps on batches already made, on CPU (all cores) and CUDA."""
     import yaml
 
-    from geochange.data import ChangeDataModule
+    from geochange.model.data import ChangeDataModule
     from geochange.model.task import ChangeTask
 
     cfg = yaml.safe_load((ROOT / "pipelines" / "default_model.yaml").read_text())

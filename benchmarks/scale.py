@@ -174,7 +174,7 @@ _FLOORS = textwrap.dedent(
     from geochange import tiling
     from geochange.cluster import threads_layout
     from geochange.pipeline import stack_detector
-    from geochange.stack import open_stack
+    from geochange.io.stack import open_stack
 
     stack_dir, model, chunk, sample_chunks = sys.argv[1], sys.argv[2] or None, int(sys.argv[3]), int(sys.argv[4])
     stack = open_stack(stack_dir, chunk_size=chunk)

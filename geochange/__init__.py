@@ -6,16 +6,34 @@ a change-probability Cloud-Optimized GeoTIFF and a change-date raster come out.
     >>> import geochange
     >>> stack = geochange.open_stack("data_samples/stack")
     >>> result = geochange.detect(stack, "changes.gpkg")
+
+The public names below are imported on first use, so ``import geochange`` stays light (no torch,
+rasterio or dask until a function that needs them is called).
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from geochange.errors import GeochangeError  # noqa: E402
-from geochange.grid import GridSpec  # noqa: E402
-from geochange.pipeline import DetectResult, detect  # noqa: E402
-from geochange.stack import Stack, open_stack, read_sample  # noqa: E402
+from geochange._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from geochange.errors import GeochangeError
+    from geochange.grid import GridSpec
+    from geochange.io.stack import Stack, open_stack, read_sample
+    from geochange.pipeline import DetectResult, detect
+
+#: public name -> module that defines it
+_EXPORTS = {
+    "DetectResult": "geochange.pipeline",
+    "GeochangeError": "geochange.errors",
+    "GridSpec": "geochange.grid",
+    "Stack": "geochange.io.stack",
+    "detect": "geochange.pipeline",
+    "open_stack": "geochange.io.stack",
+    "read_sample": "geochange.io.stack",
+}
 
 __all__ = [
     "DetectResult",
@@ -27,3 +45,15 @@ __all__ = [
     "open_stack",
     "read_sample",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'geochange' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

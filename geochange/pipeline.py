@@ -23,10 +23,11 @@ import dask.array as da
 import geopandas as gpd
 import numpy as np
 
-from geochange import __version__, clouds
-from geochange.coregister import coregister as coregister_stack
+from geochange._version import __version__
 from geochange.errors import InputError
-from geochange.stack import Stack, open_stack, read_sample
+from geochange.io.stack import Stack, open_stack, read_sample
+from geochange.stages import clouds
+from geochange.stages.coregister import coregister as coregister_stack
 
 __all__ = ["DetectResult", "Method", "detect", "make_detector", "output_paths", "stack_detector"]
 
@@ -129,15 +130,15 @@ def make_detector(
         wavelengths: band centres in nm (None = unknown) told to the deep model
             (``Stack.wavelengths``); the baselines do not use them.
         cloud_screen: screen clouds and shadows out of every tile first
-            (:class:`geochange.clouds.CloudScreen`), where the stack has enough dates and bands
-            (:func:`geochange.clouds.usable`); otherwise ignored.
+            (:class:`geochange.stages.clouds.CloudScreen`), where the stack has enough dates and bands
+            (:func:`geochange.stages.clouds.usable`); otherwise ignored.
         micro: add the small persistent changes the deep model's context misses
-            (:func:`geochange.micro.rescue`; 3 dates or more, ignored otherwise). The
+            (:func:`geochange.stages.micro.rescue`; 3 dates or more, ignored otherwise). The
             classical baselines judge every pixel alone already and ignore it.
         refine: sharpen the deep model's probability along the pixels' own series
-            (:func:`geochange.refine.refine`); the baselines ignore it.
+            (:func:`geochange.stages.refine.refine`); the baselines ignore it.
         emerge: add the objects that emerge from their surroundings at one date and stay
-            apart, which the deep model's context can veto (:func:`geochange.emerge.add`;
+            apart, which the deep model's context can veto (:func:`geochange.stages.emerge.add`;
             4 dates or more, ignored otherwise); the baselines ignore it.
 
     Returns:
@@ -149,7 +150,7 @@ def make_detector(
             "pick one of those (cnn-lstm is the default deep model)"
         )
     if method == "cnn-lstm":
-        from geochange.predict import model_detector
+        from geochange.stages.network import model_detector
 
         kwargs: dict[str, Any] = {
             "amp": bool(amp),
@@ -177,13 +178,13 @@ def make_detector(
             f"--model: a checkpoint was given but --method is {method!r}, a classical baseline "
             "without weights; drop --model or use --method cnn-lstm"
         )
-    from geochange.baselines import make_baseline
+    from geochange.stages.baselines import make_baseline
 
     return _screened(make_baseline(method, sample), sample, cloud_screen)
 
 
 def _screened(detector: Any, sample: np.ndarray, cloud_screen: bool) -> Any:
-    """``detector`` behind a :class:`~geochange.clouds.CloudScreen` when asked and usable."""
+    """``detector`` behind a :class:`~geochange.stages.clouds.CloudScreen` when asked and usable."""
     if not cloud_screen or not clouds.usable(*sample.shape[:2]):
         return detector
     return clouds.CloudScreen.from_sample(detector, sample)
@@ -263,24 +264,24 @@ def detect(
             fills a GPU better.
         amp: float16 autocast on CUDA (faster; not bit-identical to float32).
         adapt: first adapt the model (``model`` or the default) to this stack without labels
-            (:func:`geochange.adapt.adapt`, seed 0) into a temporary checkpoint, then detect
+            (:func:`geochange.model.adapt.adapt`, seed 0) into a temporary checkpoint, then detect
             with it; the ``runs`` record says ``adapted``. Only with ``method="cnn-lstm"``.
         adapt_minutes: wall-clock budget of that adaptation.
         coregister: estimate each date's whole shift (sub-pixel, up to 4 px) and resample it
-            away on every read (:mod:`geochange.coregister`); the ``runs`` record lists the
+            away on every read (:mod:`geochange.stages.coregister`); the ``runs`` record lists the
             shifts. A ``Stack`` whose ``shifts`` are set is used as it is.
         cloud_screen: flag clouds and cloud shadows from the dates themselves and read them as
-            nodata (:mod:`geochange.clouds`), as ``masks`` are; needs 3 dates and 4 bands.
+            nodata (:mod:`geochange.stages.clouds`), as ``masks`` are; needs 3 dates and 4 bands.
             None (auto) = only when no ``masks`` are given: a user's masks are trusted as they
             are (the screen on top of them was measured to remove real change).
         micro: with the deep model, also add small objects whose local contrast steps at one
-            date and stays (:mod:`geochange.micro`), which the model's context can miss; needs
+            date and stays (:mod:`geochange.stages.micro`), which the model's context can miss; needs
             3 dates. The ``runs`` record says whether it ran.
         refine: with the deep model, sharpen its probability along the pixels' own series
-            (:mod:`geochange.refine`: outlines move to where the series changes, specks whose
+            (:mod:`geochange.stages.refine`: outlines move to where the series changes, specks whose
             series matches their surroundings go). The ``runs`` record says whether it ran.
         emerge: with the deep model, also add the objects that emerge from their
-            surroundings (:mod:`geochange.emerge`: alike the pixels around them before one
+            surroundings (:mod:`geochange.stages.emerge`: alike the pixels around them before one
             date, apart from them on every date after it), such as a roof inside a field that
             the model's context can veto; needs 4 dates. The ``runs`` record says whether it
             ran.
@@ -290,7 +291,7 @@ def detect(
         the change polygons and the written paths.
     """
     from geochange import cluster, tiling, vectorize
-    from geochange import output as out_io
+    from geochange.io import rasters as out_io
 
     if not 0.0 < threshold < 1.0:
         raise InputError(
@@ -460,7 +461,7 @@ def _adapted_model(
             f"--adapt: given but --method is {method!r}, a classical baseline without weights; "
             "drop --adapt or use --method cnn-lstm"
         )
-    from geochange.adapt import adapt as _adapt
+    from geochange.model.adapt import adapt as _adapt
 
     with tempfile.TemporaryDirectory(prefix="geochange-adapt-") as tmp:
         path = _adapt(
@@ -484,7 +485,7 @@ def _date_raster(prob: da.Array, interval: da.Array, threshold: float) -> da.Arr
 
 def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso, overwrite):
     """Write both rasters from one pass over the graph; return them re-read lazily from disk."""
-    from geochange import output as out_io
+    from geochange.io import rasters as out_io
 
     tags = {
         "geochange_version": __version__,

@@ -314,7 +314,7 @@ def window_map(
 
     Args:
         reader: picklable array-like (t, c, y, x) sliced with ``[...]`` inside the task, e.g.
-            :meth:`geochange.stack.Stack.reader`.
+            :meth:`geochange.io.stack.Stack.reader`.
         chunks: ``(y_chunks, x_chunks)`` of the output, e.g. from :func:`plan_chunks`.
         fn, halo, out_bands, dtype, name: as in :func:`overlap_map`.
 

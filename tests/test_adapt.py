@@ -9,7 +9,11 @@ import torch
 from click.testing import CliRunner
 from helpers import write_geotiff, write_stack
 
-from geochange.adapt import (
+from geochange.cli import cli
+from geochange.errors import InputError, OutputExistsError
+from geochange.io.stack import open_stack
+from geochange.model import load_model
+from geochange.model.adapt import (
     FOOTPRINTS,
     _batch,
     _ScenePool,
@@ -23,12 +27,8 @@ from geochange.adapt import (
     paste_changes,
     red_nir_bands,
 )
-from geochange.cli import cli
-from geochange.errors import InputError, OutputExistsError
-from geochange.model import load_model
 from geochange.model.losses import IGNORE
 from geochange.pipeline import detect
-from geochange.stack import open_stack
 
 torch.set_num_threads(1)
 
@@ -169,7 +169,7 @@ def test_batch_ignores_the_real_change_and_labels_pasted_ones(stack_dir):
 
 
 def test_a_large_scene_is_sampled_through_windows(stack_dir, tiny_model, monkeypatch):
-    import geochange.adapt as ad
+    import geochange.model.adapt as ad
 
     monkeypatch.setattr(ad, "WHOLE_SCENE_BYTES", 3 * 3 * 16 * 16 * 4 * 5)
     stack = open_stack(stack_dir)

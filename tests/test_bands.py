@@ -11,11 +11,11 @@ from helpers import write_geotiff, write_stack
 from geochange.bands import band_wavelengths, parse_wavelengths, wavelength_from_name
 from geochange.cli import main
 from geochange.errors import InputError
+from geochange.io.stack import open_stack
 from geochange.model import CNNLSTM, load_model, save_model
 from geochange.model.cnn_lstm import encode_wavelengths
 from geochange.pipeline import detect
-from geochange.predict import model_detector
-from geochange.stack import open_stack
+from geochange.stages.network import model_detector
 
 DATES = ["2023-01-15", "2023-03-16", "2023-05-15"]
 
@@ -168,7 +168,7 @@ def test_detect_tells_the_model_the_stack_wavelengths(tmp_path) -> None:
 
 
 def test_adapt_trains_the_wavelength_code_and_records_the_wavelengths(tmp_path) -> None:
-    from geochange.adapt import adapt
+    from geochange.model.adapt import adapt
 
     torch.manual_seed(0)
     base = save_model(

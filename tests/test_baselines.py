@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
-from geochange.baselines import CVA, IRMAD, Diff, irmad, make_baseline, otsu_threshold
 from geochange.errors import InputError
+from geochange.stages.baselines import CVA, IRMAD, Diff, irmad, make_baseline, otsu_threshold
 
 H = W = 64
 C = 4

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from geochange.cli import cli
 from geochange.errors import InputError, OutputExistsError
 from geochange.model import load_model
-from geochange.model.calibrate import calibrate_checkpoint, calibration_of, fit_platt
-from geochange.predict import ModelDetector
+from geochange.model.calibrate import calibrate_checkpoint, fit_platt
+from geochange.model.checkpoint import calibration_of
+from geochange.stages.network import ModelDetector
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")

@@ -11,7 +11,9 @@ import pytest
 from helpers import write_stack
 
 from geochange import tiling
-from geochange.clouds import (
+from geochange.model.normalize import scene_stats
+from geochange.pipeline import detect, make_detector
+from geochange.stages.clouds import (
     GROW,
     REACH,
     CloudScreen,
@@ -21,8 +23,6 @@ from geochange.clouds import (
     screen,
     usable,
 )
-from geochange.model.normalize import scene_stats
-from geochange.pipeline import detect, make_detector
 from geochange.synth import make_scene
 
 DATES = ["2023-03-01", "2023-05-10", "2023-07-02", "2023-09-15", "2023-10-20"]
@@ -201,7 +201,7 @@ def test_detect_screens_by_default_without_masks_and_records_it(tmp_path):
 
 @pytest.mark.parametrize("t", [2, 3, 4, 7, 8])
 def test_reference_is_the_median_of_the_other_dates(t):
-    from geochange.clouds import _medians_of_others
+    from geochange.stages.clouds import _medians_of_others
 
     y = np.random.default_rng(t).normal(size=(t, 3, 9, 9)).astype(np.float32)
     y[:, 0, :4] = 1.0  # ties

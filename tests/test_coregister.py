@@ -10,15 +10,10 @@ import pytest
 from helpers import write_stack
 
 from geochange import open_stack
-from geochange.coregister import (
-    MIN_PEAK_SCORE,
-    coregister,
-    estimate_shifts,
-    shift_bilinear,
-    shift_dates,
-)
-from geochange.data import scene_from_arrays
+from geochange.model.data import scene_from_arrays
 from geochange.pipeline import detect
+from geochange.shift import shift_bilinear, shift_dates
+from geochange.stages.coregister import MIN_PEAK_SCORE, coregister, estimate_shifts
 from geochange.synth import make_scene
 
 DATES = ["2023-03-01", "2023-05-10", "2023-07-02", "2023-09-15"]

@@ -20,8 +20,8 @@ from helpers import write_stack
 
 from geochange.cli import cli
 from geochange.errors import InputError
+from geochange.io.stack import open_stack, read_sample
 from geochange.pipeline import detect, make_detector
-from geochange.stack import open_stack, read_sample
 
 DATES = ["2022-03-01", "2022-05-17", "2022-08-02", "2022-10-20"]
 START_TIMEOUT = 60  # s: a loaded 2-core machine starts processes slowly
@@ -155,7 +155,7 @@ def test_cluster_workers_loaded_the_model_once(dask_cluster, stack_dir, tiny_mod
     detect(stack, method="cnn-lstm", model=tiny_model, device="cpu", scheduler=dask_cluster)
 
     def cached_nets() -> int:
-        from geochange import predict
+        from geochange.stages import network as predict
 
         return len(predict._NETS)
 

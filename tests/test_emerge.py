@@ -1,12 +1,13 @@
-"""Objects that emerge from their surroundings (geochange.emerge)."""
+"""Objects that emerge from their surroundings (geochange.stages.emerge)."""
 
 from __future__ import annotations
 
 import dask
 import numpy as np
 
-from geochange import emerge, tiling
+from geochange import tiling
 from geochange.pipeline import make_detector
+from geochange.stages import emerge
 
 
 def _fields(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

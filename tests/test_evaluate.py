@@ -442,7 +442,7 @@ def test_evaluate_arrays_matches_files(tmp_path):
 
 def test_detect_geopackage_dates_from_runs_layer(tmp_path):
     """A GeoPackage written like detect's (layers changes + runs) carries the stack dates."""
-    from geochange.output import write_gpkg
+    from geochange.io.rasters import write_gpkg
 
     lab = np.zeros((2, 10, 10), np.uint8)
     lab[0, 2:6, 2:6] = 1

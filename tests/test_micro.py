@@ -11,9 +11,9 @@ from helpers import write_stack
 from scipy import ndimage
 
 from geochange import tiling
-from geochange.micro import HIGH, LOW, MAX_PIXELS, REACH, rescue, step_score, usable
 from geochange.pipeline import detect, make_detector
-from geochange.predict import ModelDetector
+from geochange.stages.micro import HIGH, LOW, MAX_PIXELS, REACH, rescue, step_score, usable
+from geochange.stages.network import ModelDetector
 
 DATES = ["2023-03-01", "2023-05-10", "2023-07-02", "2023-09-15", "2023-10-20", "2023-12-01"]
 

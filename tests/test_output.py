@@ -1,4 +1,4 @@
-"""Tests of geochange.output: COG / GeoTIFF writers, GeoPackage, atomic outputs."""
+"""Tests of geochange.io.rasters: COG / GeoTIFF writers, GeoPackage, atomic outputs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from shapely.geometry import box
 
 from geochange.errors import InputError, OutputExistsError
 from geochange.grid import GridSpec
-from geochange.output import (
+from geochange.io.rasters import (
     atomic_path,
     check_writable,
     read_raster_lazy,

@@ -18,7 +18,7 @@ from shapely.geometry import box
 from geochange import plots
 from geochange.cli import cli, main
 from geochange.errors import InputError, OutputExistsError
-from geochange.stack import open_stack
+from geochange.io.stack import open_stack
 
 DATES = ["2022-03-01", "2022-05-10", "2022-07-02", "2022-09-20"]
 H, W = 48, 64

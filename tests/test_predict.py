@@ -12,7 +12,7 @@ import torch
 from geochange.errors import ModelError
 from geochange.model import CNNLSTM, DEFAULT_MODEL_PATH, save_model
 from geochange.model.normalize import scene_stats
-from geochange.predict import ModelDetector, model_detector
+from geochange.stages.network import ModelDetector, model_detector
 from geochange.tiling import overlap_map
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""The edge-aware refinement of the change probability (geochange.refine)."""
+"""The edge-aware refinement of the change probability (geochange.stages.refine)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from geochange import tiling
 from geochange.pipeline import make_detector
-from geochange.refine import REACH, refine
+from geochange.stages.refine import REACH, refine
 
 
 def _scene(size: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Tests of geochange.stack on small real GeoTIFFs written with rasterio in tmp_path."""
+"""Tests of geochange.io.stack on small real GeoTIFFs written with rasterio in tmp_path."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from helpers import DEFAULT_TRANSFORM, write_geotiff, write_stack
 from rasterio.warp import transform_bounds
 
 from geochange.errors import AlignmentError, DateError, InputError
-from geochange.stack import GDAL_ENV, Stack, open_stack, parse_dates, read_sample
+from geochange.io.stack import GDAL_ENV, Stack, open_stack, parse_dates, read_sample
 
 T, C, H, W = 3, 3, 64, 80
 DATES = ["2023-01-15", "2023-02-14", "2023-03-16"]

@@ -17,7 +17,9 @@ from shapely.geometry import box
 from torch.utils.data import DataLoader
 
 from geochange.cli import cli
-from geochange.data import (
+from geochange.errors import InputError
+from geochange.model import load_model
+from geochange.model.data import (
     ChangeDataModule,
     ChipBatches,
     _subset_labels,
@@ -25,8 +27,6 @@ from geochange.data import (
     sample_batch,
     scene_from_arrays,
 )
-from geochange.errors import InputError
-from geochange.model import load_model
 from geochange.model.task import ChangeTask, OneCycleByProgress
 
 torch.set_num_threads(1)

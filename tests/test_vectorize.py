@@ -22,7 +22,7 @@ from shapely.geometry import MultiPolygon, Polygon, box
 
 from geochange.errors import InputError
 from geochange.grid import GridSpec
-from geochange.output import write_gpkg
+from geochange.io.rasters import write_gpkg
 from geochange.vectorize import COLUMNS, geodesic_area, polygons_from_rasters
 
 DATES = [dt.date(2023, 1, 1), dt.date(2023, 3, 1), dt.date(2023, 5, 2), dt.date(2023, 8, 30)]

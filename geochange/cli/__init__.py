@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from geochange import __version__
+from geochange._version import __version__
 from geochange.errors import GeochangeError
 
 __all__ = ["main", "cli"]

@@ -83,8 +83,8 @@ def command(
       geochange adapt stack/ -o scene.ckpt --masks clouds/ --mask-values 3,8,9,10
     """
     start = time.monotonic()  # the budget includes importing torch
-    from geochange.adapt import adapt
     from geochange.model import load_model
+    from geochange.model.adapt import adapt
 
     path = adapt(
         list(inputs),

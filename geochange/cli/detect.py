@@ -68,21 +68,21 @@ from geochange.cli import options
     default=True,
     show_default=True,
     help="Add small objects (<= 12 px) whose local contrast steps at one date and stays "
-    "(geochange.micro), which the deep model's context can miss. Needs 3 dates.",
+    "(geochange.stages.micro), which the deep model's context can miss. Needs 3 dates.",
 )
 @click.option(
     "--refine/--no-refine",
     default=True,
     show_default=True,
     help="Sharpen the deep model's change probability along the pixels' own series "
-    "(geochange.refine): outlines follow where the series changes, specks that look like "
+    "(geochange.stages.refine): outlines follow where the series changes, specks that look like "
     "their surroundings go. --no-refine writes the model's raw probability.",
 )
 @click.option(
     "--emerge/--no-emerge",
     default=True,
     show_default=True,
-    help="Add objects that emerge from their surroundings (geochange.emerge): alike the "
+    help="Add objects that emerge from their surroundings (geochange.stages.emerge): alike the "
     "pixels around them before one date, apart from them on every date after it, such as a "
     "new roof inside a field, which the deep model's context can veto. Needs 4 dates.",
 )

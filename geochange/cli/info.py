@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from geochange.stack import Stack, open_stack
+from geochange.io.stack import Stack, open_stack
 
 __all__ = ["command", "describe"]
 

@@ -77,9 +77,9 @@ def command(
       geochange series data_samples/stack --at 500125 4999875 --changes changes.gpkg -o s.png
       geochange series data_samples/stack --polygon 3 --changes changes.gpkg -o polygon3.png
     """
+    from geochange.io.stack import open_stack
     from geochange.pipeline import output_paths
     from geochange.plots import series
-    from geochange.stack import open_stack
 
     if at is None and polygon_id is None:
         raise InputError(

@@ -10,10 +10,10 @@ A logistic fit of the truth on the raw logit, ``p = sigmoid(scale * logit + bias
 scaling), over whole scenes with their natural change prior, repairs both: the calibrated
 probability means what it says (pixels near 0.5 changed about half of the time) and the default
 threshold 0.5 lands near the F1 optimum. The two numbers live in the checkpoint's metadata
-(``meta["calibration"]``) and :class:`geochange.predict.ModelDetector` applies them; a
+(``meta["calibration"]``) and :class:`geochange.stages.network.ModelDetector` applies them; a
 checkpoint without them gives raw probabilities as before.
 
-The scenes come from :func:`geochange.data.synthetic_scene` with validation seeds (the
+The scenes come from :func:`geochange.model.data.synthetic_scene` with validation seeds (the
 training seeds never), whole, at the sizes a user's chunks have.
 """
 
@@ -34,7 +34,6 @@ from geochange.model.cnn_lstm import CNNLSTM
 __all__ = [
     "DEFAULTS",
     "calibrate_checkpoint",
-    "calibration_of",
     "fit_model_calibration",
     "fit_platt",
 ]
@@ -52,12 +51,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _EPS = 1e-7
-
-
-def calibration_of(meta: dict | None) -> tuple[float, float]:
-    """(scale, bias) from a model's metadata; (1, 0) = raw probabilities."""
-    cal = (meta or {}).get("calibration") or {}
-    return float(cal.get("scale", 1.0)), float(cal.get("bias", 0.0))
 
 
 def fit_platt(logits: np.ndarray, truth: np.ndarray, iters: int = 50) -> tuple[float, float]:
@@ -103,8 +96,8 @@ def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def _scene_logits(net: CNNLSTM, seed: int, size: int, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     """Raw change logits and truth on the labelled, valid pixels of one whole scene."""
-    from geochange.data import synthetic_scene
-    from geochange.predict import ModelDetector
+    from geochange.model.data import synthetic_scene
+    from geochange.stages.network import ModelDetector
 
     scene = synthetic_scene(seed, size, cfg["dates"], cfg["bands"], cfg["nuisance"])
     det = ModelDetector(net, scene.stats, device="cpu", meta={}, wavelengths=scene.wavelengths)

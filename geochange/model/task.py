@@ -1,6 +1,6 @@
 """LightningModule for the CNN-LSTM: losses, metrics, optimizer (the network lives apart).
 
-Batches are dicts from :mod:`geochange.data`: ``x`` (b, t, c, h, w) float32 normalised,
+Batches are dicts from :mod:`geochange.model.data`: ``x`` (b, t, c, h, w) float32 normalised,
 ``valid`` (b, t, h, w) bool, ``change`` (b, h, w) uint8 (255 = ignore), ``date_index`` (b, h, w)
 long (j in 1..t-1 = change first seen on date j; 0 none; 255 unknown); optionally ``clouds``
 (b, t, h, w) uint8 (1 cloud or shadow, 0 clear, 255 unknown) for a cloud head and ``weight``
@@ -249,7 +249,7 @@ class ChangeTask(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from geochange import __version__
+        from geochange._version import __version__
 
         checkpoint["geochange_meta"] = {
             "name": self.hparams.name,

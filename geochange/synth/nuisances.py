@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 
-from geochange.coregister import shift_bilinear
+from geochange.shift import shift_bilinear
 from geochange.synth._noise import fbm, smooth_noise
 
 __all__ = [

@@ -23,19 +23,19 @@ import numpy as np
 import torch
 
 from geochange.bands import wavelength_array
-from geochange.emerge import REACH as EMERGE_REACH
-from geochange.emerge import add as emerge_add
-from geochange.emerge import usable as emerge_usable
 from geochange.errors import ModelError
-from geochange.micro import REACH as MICRO_REACH
-from geochange.micro import rescue
-from geochange.micro import usable as micro_usable
 from geochange.model import DEFAULT_MODEL_PATH, load_model
-from geochange.model.calibrate import calibration_of
+from geochange.model.checkpoint import calibration_of
 from geochange.model.cnn_lstm import CNNLSTM
 from geochange.model.normalize import apply, scene_stats
-from geochange.refine import REACH as REFINE_REACH
-from geochange.refine import refine as refine_prob
+from geochange.stages.emerge import REACH as EMERGE_REACH
+from geochange.stages.emerge import add as emerge_add
+from geochange.stages.emerge import usable as emerge_usable
+from geochange.stages.micro import REACH as MICRO_REACH
+from geochange.stages.micro import rescue
+from geochange.stages.micro import usable as micro_usable
+from geochange.stages.refine import REACH as REFINE_REACH
+from geochange.stages.refine import refine as refine_prob
 from geochange.tiling import Window, windows
 
 __all__ = ["Device", "ModelDetector", "model_detector", "resolve_device"]
@@ -109,12 +109,12 @@ class ModelDetector:
         num_threads: torch intra-op threads used in ``__call__`` (None = leave as is).
         wavelengths: band centres in nm, one per band (None items or NaN = unknown), told to
             a model that uses them (see ``Stack.wavelengths``); None = all unknown.
-        micro: add the small persistent changes of :func:`geochange.micro.rescue` to the
+        micro: add the small persistent changes of :func:`geochange.stages.micro.rescue` to the
             model's result (needs 3 dates; ignored with fewer).
         refine: sharpen the probability along the pixels' own series before the rescue
-            (:func:`geochange.refine.refine`).
+            (:func:`geochange.stages.refine.refine`).
         emerge: add the pixels that emerge from their surroundings at one date and stay apart
-            (:func:`geochange.emerge.add`, after the rescue; needs 4 dates, ignored with fewer).
+            (:func:`geochange.stages.emerge.add`, after the rescue; needs 4 dates, ignored with fewer).
     """
 
     def __init__(

@@ -40,11 +40,12 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
 from geochange.bands import wavelength_array
-from geochange.coregister import coregister as coregister_stack
-from geochange.coregister import estimate_shifts, shift_dates
 from geochange.errors import InputError
 from geochange.model.losses import IGNORE
 from geochange.model.normalize import apply, scene_stats
+from geochange.shift import shift_dates
+from geochange.stages.coregister import coregister as coregister_stack
+from geochange.stages.coregister import estimate_shifts
 from geochange.synth.changes import MICRO_MAX_PX
 
 __all__ = [
@@ -150,7 +151,7 @@ def scene_from_arrays(
         clouds: optional (t, h, w) bool.
         nodata: source nodata value, e.g. 0 for the synthetic uint16 scenes.
         wavelengths: band centres in nm (None items = unknown); None = all unknown.
-        coregister: estimate and undo whole-date shifts (:mod:`geochange.coregister`), as
+        coregister: estimate and undo whole-date shifts (:mod:`geochange.stages.coregister`), as
             ``detect`` does; cloud masks move with their dates.
     """
     arr = np.asarray(raw).astype(np.float32)
@@ -307,7 +308,7 @@ def load_labelled_stack(
     Raises:
         InputError: missing labels, labels on another grid, change dates outside the series.
     """
-    from geochange.stack import open_stack, read_sample
+    from geochange.io.stack import open_stack, read_sample
 
     labels = str(labels)
     if not Path(labels).is_file():

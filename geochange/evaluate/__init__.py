@@ -925,7 +925,7 @@ def error_map(a: Aligned, path: PathLike, *, overwrite: bool = False) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from geochange.output import atomic_path, check_writable
+    from geochange.io.rasters import atomic_path, check_writable
 
     path = Path(path)
     check_writable([path], overwrite)

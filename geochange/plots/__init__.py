@@ -33,7 +33,7 @@ from rasterio.enums import Resampling
 from geochange.bands import wavelength_from_name
 from geochange.errors import InputError, OutputExistsError
 from geochange.grid import GridSpec
-from geochange.stack import GDAL_ENV, Stack
+from geochange.io.stack import GDAL_ENV, Stack
 
 __all__ = ["quicklook", "series", "series_values", "SeriesValues"]
 

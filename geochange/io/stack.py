@@ -35,7 +35,7 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geochange import coregister as coreg
+from geochange import shift
 from geochange.bands import band_wavelengths, parse_wavelengths
 from geochange.errors import AlignmentError, DateError, InputError
 from geochange.grid import GridSpec
@@ -100,7 +100,7 @@ class Stack:
         mask_values: mask values that mean "masked"; None = any non-zero value.
         shifts: per date (dy, dx) pixels resampled away on every read (bilinear; output pixel
             (y, x) takes the date's (y - dy, x - dx)), set by
-            :func:`geochange.coregister.coregister`; () = read as stored.
+            :func:`geochange.stages.coregister.coregister`; () = read as stored.
     """
 
     paths: tuple[str, ...]
@@ -265,13 +265,13 @@ class _StackReader:
         (clipped at the grid edge, where edges are replicated), so any window gives the same
         pixels."""
         dy, dx = self.shifts[t]
-        if max(abs(dy), abs(dx)) < coreg.MIN_APPLIED:
+        if max(abs(dy), abs(dx)) < shift.MIN_APPLIED:
             return _read_window(self.sources[t], Window(x0, y0, x1 - x0, y1 - y0))
-        m = coreg.margin(np.asarray(self.shifts[t]))
+        m = shift.margin(np.asarray(self.shifts[t]))
         ya, yb = max(0, y0 - m), min(self.height, y1 + m)
         xa, xb = max(0, x0 - m), min(self.width, x1 + m)
         img = _read_window(self.sources[t], Window(xa, ya, xb - xa, yb - ya))
-        return coreg.shift_bilinear(img, dy, dx)[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
+        return shift.shift_bilinear(img, dy, dx)[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
 
 
 def _bounding(key: Any, size: int) -> tuple[tuple[int, int], Any]:

@@ -59,14 +59,14 @@ import torch
 from scipy import ndimage
 
 from geochange.bands import wavelength_array
-from geochange.coregister import coregister as coregister_stack
 from geochange.errors import InputError, ModelError, OutputExistsError
+from geochange.io.stack import Stack, open_stack, read_sample
 from geochange.model import load_model, save_model
 from geochange.model.cnn_lstm import CNNLSTM
 from geochange.model.losses import IGNORE, dice_loss, focal_loss, interval_loss
 from geochange.model.normalize import apply, scene_stats
 from geochange.model.task import OneCycleByProgress
-from geochange.stack import Stack, open_stack, read_sample
+from geochange.stages.coregister import coregister as coregister_stack
 
 __all__ = [
     "AdaptResult",
@@ -142,7 +142,7 @@ def ignore_threshold(magnitude: np.ndarray, top: float = 0.08) -> float:
             dropped).
         top: share of the pixels always ignored (0..1).
     """
-    from geochange.baselines import otsu_threshold
+    from geochange.stages.baselines import otsu_threshold
 
     m = np.asarray(magnitude, np.float64).ravel()
     m = m[np.isfinite(m) & (m > 0)]
@@ -580,7 +580,7 @@ def adapt_network(
         ModelError: unreadable model, or a band count the model does not take.
         InputError: fewer than two dates, or a non-positive budget.
     """
-    from geochange.predict import resolve_device
+    from geochange.stages.network import resolve_device
 
     t0 = time.monotonic() if start_time is None else start_time
     budget = 60.0 * float(minutes)

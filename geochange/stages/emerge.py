@@ -32,18 +32,18 @@ no change, the change date ``k``; nothing the model found is removed. A field pi
 the share: of its alike neighbours, at most the ones across one edge lie in another field.
 
 Chosen on synthetic validation scenes (seeds 1000-1039 at nuisance high, 256², 8 dates,
-4 bands, as ``detect`` runs them, after :func:`geochange.micro.rescue`; session 14) among
+4 bands, as ``detect`` runs them, after :func:`geochange.stages.micro.rescue`; session 14) among
 ALIKE 0.05-0.2, APART 0.4-1, SHARE 0.6-0.8, MIN_ALIKE 3-18, radii from 2 to 25 px and 8 or 12
 directions, by the most F1: radii 3-15 gave +0.004, 10-20 +0.009 (12-24 or 10-25 the same),
 and APART 0.4 as much as 0.6 (0.8: -0.002, 1.0: -0.006) but more micro-changes (recall +0.02),
-which let :data:`geochange.micro.HIGH` rise from 2.2 to 2.5 at the micro recall of before.
+which let :data:`geochange.stages.micro.HIGH` rise from 2.2 to 2.5 at the micro recall of before.
 Together, against no emergence and HIGH 2.2: F1 as is 0.844 -> 0.856, with the cloud masks
 given 0.863 -> 0.873, micro recall 0.584 -> 0.584 and 0.606 -> 0.617; at nuisance medium
 (seeds 1000-1009) 0.849 -> 0.869, micro 0.604 -> 0.597, and low 0.882 -> 0.901, micro 0.716 ->
 0.701. With radii 3-15, the added pixels were right 58 % (share 0.7-0.8), 51 % (0.8-0.9) and
 30 % (0.9-1, mostly beside clouds the screen missed; MIN_ALIKE 10 instead of 6 cut those) of
 the time, hence one modest :data:`PROBABILITY` for all. Also tried and dropped: running it
-before :func:`geochange.refine.refine` (+0.001 F1, micro-changes smoothed away), an outline
+before :func:`geochange.stages.refine.refine` (+0.001 F1, micro-changes smoothed away), an outline
 rule for the 1-px mixed rim it adds around objects, and keeping only added pixels with an
 alike neighbour after the change (both +0.000). Held-out figures:
 ``benchmarks/DEFAULT_MODEL.md``. Cost: 1.5 s per 512² tile of 8 dates x 4 bands on one core

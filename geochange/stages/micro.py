@@ -47,7 +47,7 @@ F1 at every nuisance level. HIGH/LOW 2.2/1.3 (high: micro recall 0.40 -> 0.63, F
 0.809, false alarms 0.70 -> 0.81 % of unchanged pixels; medium 0.43 -> 0.62, F1 -0.008; low
 0.48 -> 0.75, F1 -0.005); 2.5/1.5 gave 0.59 at F1 0.810 (high), 3.0/1.8 0.56 at 0.813, and
 2.0/1.2 cost 0.013. CONSISTENCY 0.6 or 0.7 and two dates after every change (even the last)
-scored no better. Session 14: :mod:`geochange.emerge` now runs after the rescue and finds
+scored no better. Session 14: :mod:`geochange.stages.emerge` now runs after the rescue and finds
 some of the same objects (those alike their surroundings before and apart from them after by
 0.4 scene spreads² at 10-20 px), so HIGH went up from 2.2 to 2.5, by the rule "the most F1
 that keeps micro recall at least where it was" (validation seeds 1000-1039, nuisance high, as

@@ -24,7 +24,7 @@ issue's 0.6. A plain Gaussian (no guide) lost 0.01-0.02 F1 and most micro-change
 gave +0.002 F1 more but micro recall 0.586; radius 3 / sigma 0.2 scored the same as the
 shipped 2 / 0.25. Shipped, against no refinement: F1 as is 0.827 -> 0.838, with the cloud
 masks given 0.839 -> 0.851; false alarms (as is) 0.62 -> 0.51 % of unchanged pixels; micro
-recall 0.625 -> 0.608 (as is), which is also why it runs before :func:`geochange.micro.rescue`
+recall 0.625 -> 0.608 (as is), which is also why it runs before :func:`geochange.stages.micro.rescue`
 (after it, the rescued objects were smoothed away too). Zero-shot on the real pairs of
 ../shared/data/real_samples, mean F1 0.303 -> 0.311 (7 of 9 up, Landsat 0.861 -> 0.892; the two
 DSIFN scenes where a third or more of the pixels changed lose 0.014 and 0.018). Held-out
