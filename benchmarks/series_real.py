@@ -1,0 +1,297 @@
+"""More dates must never hurt: real pairs as date series, side by side with the pair itself.
+
+Writes benchmarks/SERIES_REAL.md. One command, from the repository root::
+
+    OMP_NUM_THREADS=1 python benchmarks/series_real.py           # full run (~25 min, 2 cores)
+    OMP_NUM_THREADS=1 python benchmarks/series_real.py --quick   # 2 samples, 1 seed, T = 6
+
+Every shared real pair (../shared/data/real_samples) is scored
+
+- as it is, 2 dates (the pair),
+- as semi-synthetic series of T = 3, 6 and 12 dates (``_series.make_series``: the first image
+  repeated up to the change date, the second from it on; per-date gain, offset, haze and
+  sub-pixel shift), with the change on an early date (index 1), a middle date (T // 2) and the
+  last date (T - 1), over several seeds, with the default chain,
+- and, for T = 6, with each stage of the chain switched off in turn (coregister, clouds,
+  refine, micro, emerge).
+
+Change-date exactness is scored on the true positives of the series (the reference date is the
+change date). Every run is ``geochange detect``'s production path in memory
+(``_common.run_method``); the real samples are read from ../shared and never copied. Each run's
+scores are appended to a JSON-lines file beside the report (``--rows``), so a report can be
+rebuilt without running again (``--report-only``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+import _series as S  # noqa: E402
+
+log = logging.getLogger("series_real")
+
+STAGES = ("coregister", "clouds", "refine", "micro", "emerge")
+POSITIONS = ("early", "middle", "last")
+SEED = 2800
+
+
+def change_index(position: str, dates: int) -> int:
+    """Date index of the change: early 1, middle T // 2, last T - 1."""
+    return {"early": 1, "middle": dates // 2, "last": dates - 1}[position]
+
+
+def _positions(dates: int) -> list[str]:
+    """With 3 dates, early and middle are the same date (index 1): only early is run."""
+    return ["early", "last"] if dates == 3 else list(POSITIONS)
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="2 samples, 1 seed, T = 6: smoke run")
+    p.add_argument("--out", default=str(C.ROOT / "benchmarks" / "SERIES_REAL.md"))
+    p.add_argument("--rows", default=None, help="JSON-lines of every run (default: beside --out)")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from --rows")
+    p.add_argument("--samples", nargs="*", default=None, help="only these real sample names")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per sample, length and position")
+    p.add_argument("--dates", type=int, nargs="*", default=[3, 6, 12], help="series lengths")
+    p.add_argument("--ablate", type=int, default=6, help="series length of the stage-off runs")
+    p.add_argument("--ablate-seeds", type=int, default=1, help="seeds of the stage-off runs")
+    p.add_argument("--crop", type=int, default=None, help="centre crop (pixels) of every pair")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (fixed for determinism)")
+    p.add_argument("--chunk-size", type=int, default=256, help="chunk edge in pixels")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.samples = a.samples or ["oscd_rennes", "dsifn_0_2"]
+        a.seeds, a.dates, a.ablate_seeds = 1, [6], 1
+    return a
+
+
+def _run(case: C.Case, off: str | None, chunk_size: int) -> tuple[dict[str, Any], float]:
+    """Default chain (``off`` None) or the chain with stage ``off`` switched off."""
+    kw: dict[str, Any] = {}
+    if off == "coregister":
+        kw["coregister"] = False
+    elif off == "clouds":
+        kw["cloud_screen"] = False
+    elif off in ("refine", "micro", "emerge"):
+        kw[off] = False
+    prob, interval, secs, _ = C.run_method("cnn-lstm", case, chunk_size=chunk_size, **kw)
+    return C.score(prob, interval, case), secs
+
+
+def series_case(
+    tmp: Path, sample: Path, *, dates: int, position: str, seed: int, crop: int | None
+) -> C.Case:
+    """A ``dates``-date series of a real pair with its change at ``position``."""
+    t0, t1, label, grid = C._load(sample, crop)
+    wl = C.SENSOR_WAVELENGTHS.get(sample.name.split("_")[0])
+    wl = wl if wl is not None and len(wl) == t0.shape[0] else None
+    k = change_index(position, dates)
+    images = S.make_series(t0, t1, dates=dates, change_at=k, seed=seed, wavelengths=wl)
+    pd = C._pair_dates(sample)
+    iso = S.series_dates(pd[0], pd[1], dates)
+    folder = tmp / f"{sample.name}_T{dates}_{position}_{seed}"
+    paths = S.write_series(images, iso, folder, name=sample.name, grid=grid, wavelengths=wl)
+    ref = label == 1
+    ref_date = np.where(ref, k, 0).astype(np.uint8)
+    ref_date[label == 255] = 255
+    return C.Case(
+        group="series",
+        name=sample.name,
+        paths=paths,
+        dates=iso,
+        ref=ref,
+        labelled=label != 255,
+        ref_date=ref_date,
+        info={"dates": dates, "position": position, "change index": k, "seed": seed},
+    )
+
+
+def _seed(sample_i: int, dates: int, position: str, s: int) -> int:
+    return SEED + 1000 * s + 100 * sample_i + 10 * dates + POSITIONS.index(position)
+
+
+def run_all(a: argparse.Namespace, rows_path: Path) -> None:
+    samples = C.sample_dirs(a.samples)
+    if not samples:
+        raise SystemExit(f"no real samples under {C.REAL_SAMPLES}")
+    rows_path.write_text("")
+    with tempfile.TemporaryDirectory(prefix="series_real_") as td:
+        tmp = Path(td)
+        for si, sample in enumerate(samples):
+            jobs: list[tuple[str, C.Case | None, int, str, int]] = [("pair", None, 2, "-", 0)]
+            for t in a.dates:
+                for pos in _positions(t):
+                    for s in range(a.seeds):
+                        jobs.append(("default", None, t, pos, _seed(si, t, pos, s)))
+            for pos in _positions(a.ablate):
+                for s in range(a.ablate_seeds):
+                    for stage in STAGES:
+                        jobs.append((stage, None, a.ablate, pos, _seed(si, a.ablate, pos, s)))
+            for chain, _, t, pos, seed in jobs:
+                if chain == "pair":
+                    case = C.real_case(tmp, sample, crop=a.crop)
+                else:
+                    case = series_case(tmp, sample, dates=t, position=pos, seed=seed, crop=a.crop)
+                r, secs = _run(case, None if chain in ("pair", "default") else chain, a.chunk_size)
+                row = {
+                    "sample": sample.name,
+                    "chain": chain,
+                    "dates": t,
+                    "position": pos,
+                    "seed": seed,
+                    "seconds": round(secs, 2),
+                    **r,
+                }
+                with rows_path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                log.info(
+                    "%s %s T=%d %s seed %d: F1 %.3f (%.1f s)",
+                    sample.name, chain, t, pos, seed, r["f1"], secs,
+                )
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+
+
+def _nanmean(v: list[float]) -> float:
+    v = [x for x in v if x is not None and not np.isnan(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) -> str:
+    f = C.fmt
+    pair = {r["sample"]: r for r in rows if r["chain"] == "pair"}
+    samples = sorted(pair)
+    default = [r for r in rows if r["chain"] == "default"]
+    lengths = sorted({r["dates"] for r in default})
+    pair_mean = _nanmean([pair[s]["f1"] for s in samples])
+    _, model = C.model_description(None)
+    lines = [
+        "# Real pairs as date series: do more dates hurt?",
+        "",
+        f"- Command: `{' '.join(shlex.quote(x) for x in ['python', *sys.argv])}`",
+        f"- Commit: {C.git_commit()}",
+        f"- Model: {model}",
+        f"- Machine: {C.machine()}",
+        f"- Samples: {', '.join(samples)} (../shared/data/real_samples, read in place; Landsat "
+        "scored on its labelled pixels only).",
+        f"- Series: `benchmarks/_series.py` (not the training generator): T = "
+        f"{', '.join(map(str, lengths))}; change at index 1 (early), T // 2 (middle), T - 1 "
+        "(last); with T = 3 early and middle are the same date and only early is run; per date "
+        f"gain {S.GAIN[0]}-{S.GAIN[1]} (band jitter ±{S.BAND_JITTER:.0%}), offset "
+        f"±{S.OFFSET:.0%} of the band mean, haze up to {S.HAZE:.0%} of the mean (blue-weighted), "
+        f"shift ±{S.SHIFT} px; {a.seeds} seed(s) per sample, length and position; stage-off "
+        f"runs at T = {a.ablate}, {a.ablate_seeds} seed(s).",
+        "- Each run: `geochange detect`'s production path in memory (`_common.run_method`, "
+        f"cnn-lstm, threshold {C.THRESHOLD}, chunk {a.chunk_size} px, {a.threads} torch "
+        "thread(s), deterministic).",
+        "- F1 is the change class's pixel F1 per run; means are over samples (and seeds) with "
+        "equal weight. 'Pair' is the same pair as 2 dates, as it is.",
+        "",
+        "## Series against the pair, default chain",
+        "",
+    ]
+    header = ["T", "change", "runs", "F1 series", "F1 pair", "series - pair", "worst run - pair",
+              "runs below pair by > 0.05", "date exact % (TP)"]
+    body = []
+    for t in lengths:
+        for pos in POSITIONS:
+            rs = [r for r in default if r["dates"] == t and r["position"] == pos]
+            if not rs:
+                continue
+            diffs = [r["f1"] - pair[r["sample"]]["f1"] for r in rs]
+            ok = sum(r["date_ok"] for r in rs)
+            n = sum(r["date_n"] for r in rs)
+            body.append([
+                str(t), pos, str(len(rs)), f(_nanmean([r["f1"] for r in rs])),
+                f(_nanmean([pair[r["sample"]]["f1"] for r in rs])), f"{_nanmean(diffs):+.3f}",
+                f"{min(diffs):+.3f}", str(sum(d < -0.05 for d in diffs)),
+                f(ok / n if n else float("nan"), pct=True),
+            ])
+    lines += C.md_table(header, body)
+    lines += ["", f"Pair mean F1 over the {len(samples)} samples: {f(pair_mean)}.", ""]
+
+    # Per stage off.
+    t = a.ablate
+    abl = [r for r in rows if r["dates"] == t and r["chain"] in (*STAGES,)]
+    if abl:
+        lines += [f"## Each stage switched off (T = {t})", "",
+                  "Same series (same seeds) as the default chain's first seed(s); the difference "
+                  "is to the default chain on those very series.", ""]
+        key = {(r["sample"], r["dates"], r["position"], r["seed"]): r for r in default}
+        header = ["change", "default", *[f"{s} off" for s in STAGES], "pair"]
+        body = []
+        for pos in POSITIONS:
+            ab = [r for r in abl if r["position"] == pos]
+            if not ab:
+                continue
+            base_keys = {(r["sample"], r["dates"], r["position"], r["seed"]) for r in ab}
+            base = [key[k]["f1"] for k in sorted(base_keys) if k in key]
+            cells = [pos, f(_nanmean(base))]
+            for s in STAGES:
+                v = [r["f1"] for r in ab if r["chain"] == s]
+                d = [r["f1"] - key[(r["sample"], r["dates"], r["position"], r["seed"])]["f1"]
+                     for r in ab if r["chain"] == s]
+                cells.append(f"{f(_nanmean(v))} ({_nanmean(d):+.3f})")
+            cells.append(f(_nanmean([pair[k[0]]["f1"] for k in sorted(base_keys)])))
+            body.append(cells)
+        lines += C.md_table(header, body)
+        lines.append("")
+
+    # Per sample.
+    lines += ["## Per sample (default chain, mean over seeds)", ""]
+    cols = [(tt, pos) for tt in lengths for pos in POSITIONS
+            if any(r["dates"] == tt and r["position"] == pos for r in default)]
+    header = ["sample", "pair", *[f"T{tt} {pos}" for tt, pos in cols]]
+    body = []
+    for s in samples:
+        cells = [s, f(pair[s]["f1"])]
+        for tt, pos in cols:
+            v = [r["f1"] for r in default if r["sample"] == s and r["dates"] == tt
+                 and r["position"] == pos]
+            cells.append(f(_nanmean(v)))
+        body.append(cells)
+    lines += C.md_table(header, body)
+    lines += ["", "## Runtime", "",
+              f"{len(rows)} runs, {seconds:.0f} s in all (this run; varies between runs).", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(a.out)
+    rows_path = Path(a.rows) if a.rows else out.with_suffix(".jsonl")
+    C.setup_determinism(a.threads)
+    note = C.gdal_cache_workaround()
+    if note:
+        log.info(note)
+    start = time.perf_counter()
+    if not a.report_only:
+        run_all(a, rows_path)
+    rows = [json.loads(x) for x in rows_path.read_text().splitlines() if x.strip()]
+    seconds = time.perf_counter() - start if not a.report_only else sum(r["seconds"] for r in rows)
+    C.write_text(out, report(a, rows, seconds))
+    log.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
