@@ -7,7 +7,8 @@ Writes benchmarks/SERIES_REAL.md. One command, from the repository root::
 
 Every shared real pair (../shared/data/real_samples) is scored
 
-- as it is, 2 dates (the pair),
+- as it is, 2 dates (the pair), centre-cropped to 320 px (``--crop``; DSIFN pairs are 256 px) so a
+  full run stays near 25 minutes on 2 cores,
 - as semi-synthetic series of T = 3, 6 and 12 dates (``_series.make_series``: the first image
   repeated up to the change date, the second from it on; per-date gain, offset, haze and
   sub-pixel shift), with the change on an early date (index 1), a middle date (T // 2) and the
@@ -31,7 +32,6 @@ import shlex
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +70,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dates", type=int, nargs="*", default=[3, 6, 12], help="series lengths")
     p.add_argument("--ablate", type=int, default=6, help="series length of the stage-off runs")
     p.add_argument("--ablate-seeds", type=int, default=1, help="seeds of the stage-off runs")
-    p.add_argument("--crop", type=int, default=None, help="centre crop (pixels) of every pair")
+    p.add_argument("--crop", type=int, default=320, help="centre crop (px) of every pair (0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (fixed for determinism)")
     p.add_argument("--chunk-size", type=int, default=256, help="chunk edge in pixels")
     a = p.parse_args(argv)
+    a.crop = a.crop or None
     if a.quick:
         a.samples = a.samples or ["oscd_rennes", "dsifn_0_2"]
         a.seeds, a.dates, a.ablate_seeds = 1, [6], 1
@@ -161,7 +162,13 @@ def run_all(a: argparse.Namespace, rows_path: Path) -> None:
                     f.write(json.dumps(row) + "\n")
                 log.info(
                     "%s %s T=%d %s seed %d: F1 %.3f (%.1f s)",
-                    sample.name, chain, t, pos, seed, r["f1"], secs,
+                    sample.name,
+                    chain,
+                    t,
+                    pos,
+                    seed,
+                    r["f1"],
+                    secs,
                 )
 
 
@@ -202,14 +209,24 @@ def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) ->
         "- Each run: `geochange detect`'s production path in memory (`_common.run_method`, "
         f"cnn-lstm, threshold {C.THRESHOLD}, chunk {a.chunk_size} px, {a.threads} torch "
         "thread(s), deterministic).",
+        f"- Pairs centre-cropped to {a.crop} px (series and pair alike).\n"
         "- F1 is the change class's pixel F1 per run; means are over samples (and seeds) with "
         "equal weight. 'Pair' is the same pair as 2 dates, as it is.",
         "",
         "## Series against the pair, default chain",
         "",
     ]
-    header = ["T", "change", "runs", "F1 series", "F1 pair", "series - pair", "worst run - pair",
-              "runs below pair by > 0.05", "date exact % (TP)"]
+    header = [
+        "T",
+        "change",
+        "runs",
+        "F1 series",
+        "F1 pair",
+        "series - pair",
+        "worst run - pair",
+        "runs below pair by > 0.05",
+        "date exact % (TP)",
+    ]
     body = []
     for t in lengths:
         for pos in POSITIONS:
@@ -219,12 +236,19 @@ def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) ->
             diffs = [r["f1"] - pair[r["sample"]]["f1"] for r in rs]
             ok = sum(r["date_ok"] for r in rs)
             n = sum(r["date_n"] for r in rs)
-            body.append([
-                str(t), pos, str(len(rs)), f(_nanmean([r["f1"] for r in rs])),
-                f(_nanmean([pair[r["sample"]]["f1"] for r in rs])), f"{_nanmean(diffs):+.3f}",
-                f"{min(diffs):+.3f}", str(sum(d < -0.05 for d in diffs)),
-                f(ok / n if n else float("nan"), pct=True),
-            ])
+            body.append(
+                [
+                    str(t),
+                    pos,
+                    str(len(rs)),
+                    f(_nanmean([r["f1"] for r in rs])),
+                    f(_nanmean([pair[r["sample"]]["f1"] for r in rs])),
+                    f"{_nanmean(diffs):+.3f}",
+                    f"{min(diffs):+.3f}",
+                    str(sum(d < -0.05 for d in diffs)),
+                    f(ok / n if n else float("nan"), pct=True),
+                ]
+            )
     lines += C.md_table(header, body)
     lines += ["", f"Pair mean F1 over the {len(samples)} samples: {f(pair_mean)}.", ""]
 
@@ -232,9 +256,13 @@ def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) ->
     t = a.ablate
     abl = [r for r in rows if r["dates"] == t and r["chain"] in (*STAGES,)]
     if abl:
-        lines += [f"## Each stage switched off (T = {t})", "",
-                  "Same series (same seeds) as the default chain's first seed(s); the difference "
-                  "is to the default chain on those very series.", ""]
+        lines += [
+            f"## Each stage switched off (T = {t})",
+            "",
+            "Same series (same seeds) as the default chain's first seed(s); the difference "
+            "is to the default chain on those very series.",
+            "",
+        ]
         key = {(r["sample"], r["dates"], r["position"], r["seed"]): r for r in default}
         header = ["change", "default", *[f"{s} off" for s in STAGES], "pair"]
         body = []
@@ -247,8 +275,11 @@ def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) ->
             cells = [pos, f(_nanmean(base))]
             for s in STAGES:
                 v = [r["f1"] for r in ab if r["chain"] == s]
-                d = [r["f1"] - key[(r["sample"], r["dates"], r["position"], r["seed"])]["f1"]
-                     for r in ab if r["chain"] == s]
+                d = [
+                    r["f1"] - key[(r["sample"], r["dates"], r["position"], r["seed"])]["f1"]
+                    for r in ab
+                    if r["chain"] == s
+                ]
                 cells.append(f"{f(_nanmean(v))} ({_nanmean(d):+.3f})")
             cells.append(f(_nanmean([pair[k[0]]["f1"] for k in sorted(base_keys)])))
             body.append(cells)
@@ -257,20 +288,32 @@ def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) ->
 
     # Per sample.
     lines += ["## Per sample (default chain, mean over seeds)", ""]
-    cols = [(tt, pos) for tt in lengths for pos in POSITIONS
-            if any(r["dates"] == tt and r["position"] == pos for r in default)]
+    cols = [
+        (tt, pos)
+        for tt in lengths
+        for pos in POSITIONS
+        if any(r["dates"] == tt and r["position"] == pos for r in default)
+    ]
     header = ["sample", "pair", *[f"T{tt} {pos}" for tt, pos in cols]]
     body = []
     for s in samples:
         cells = [s, f(pair[s]["f1"])]
         for tt, pos in cols:
-            v = [r["f1"] for r in default if r["sample"] == s and r["dates"] == tt
-                 and r["position"] == pos]
+            v = [
+                r["f1"]
+                for r in default
+                if r["sample"] == s and r["dates"] == tt and r["position"] == pos
+            ]
             cells.append(f(_nanmean(v)))
         body.append(cells)
     lines += C.md_table(header, body)
-    lines += ["", "## Runtime", "",
-              f"{len(rows)} runs, {seconds:.0f} s in all (this run; varies between runs).", ""]
+    lines += [
+        "",
+        "## Runtime",
+        "",
+        f"{len(rows)} runs, {seconds:.0f} s in all (this run; varies between runs).",
+        "",
+    ]
     return "\n".join(lines)
 
 
