@@ -4,10 +4,9 @@ A *case* is one scene to score: dated GeoTIFFs written to a temporary folder (so
 reading path, ``stack.open_stack``, is exercised) plus its reference change mask, the labelled
 pixels and, where known, the reference change date index (label encoding of docs/DESIGN.md).
 
-Every method runs the way ``geochange detect`` runs it, in memory: ``stack_detector`` (scene
-statistics fitted once on ``read_sample``, band wavelengths) → ``tiling.overlap_map`` chunk by
-chunk with the detector's halo, computed with dask's synchronous scheduler and a fixed number of
-torch threads so a re-run gives the same numbers.
+Every method runs through :func:`geochange.detect` in memory, the production path of ``geochange
+detect`` (the chain of stages fitted once on ``read_sample``, ``tiling.window_map`` chunk by chunk
+with the chain's halo), with a fixed number of torch threads so a re-run gives the same numbers.
 
 Run the scripts from the repository root; they are not part of the package.
 """
@@ -26,18 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
-from geochange import tiling
 from geochange.evaluate import evaluate_arrays
 from geochange.grid import GridSpec
 from geochange.io.stack import open_stack
-from geochange.pipeline import stack_detector
-from geochange.stages.coregister import coregister as coregister_stack
+from geochange.pipeline import detect
 from geochange.synth import load_pair, make_scene, semi_synthetic, write_scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,21 +247,12 @@ def run_method(
     model: str | None = None,
     chunk_size: int = 256,
     use_masks: bool = False,
-    coregister: bool = True,
-    cloud_screen: bool | None = None,
-    micro: bool = True,
-    refine: bool = True,
-    emerge: bool = True,
+    skip: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """Run ``method`` on a case chunk by chunk, as ``geochange detect`` does, in memory.
+    """Run ``method`` on a case as ``geochange detect`` does (:func:`geochange.detect`, in memory).
 
-    ``use_masks`` gives the case's cloud masks to ``open_stack`` (``detect --masks``);
-    ``coregister`` undoes whole-date shifts first and ``cloud_screen`` screens clouds and shadows
-    from the dates themselves (None: when no masks are used), as ``detect`` does by default,
-    for every method; ``micro`` adds the deep model's small persistent changes
-    (``detect --micro``, the default), ``refine`` sharpens its probability along the
-    pixels' series (``detect --refine``, the default) and ``emerge`` adds the objects that
-    emerge from their surroundings (``detect --emerge``, the default).
+    ``use_masks`` gives the case's cloud masks (``detect --masks``; the cloud screen then stays
+    off); ``skip`` leaves stages out (``detect --skip``). Every other stage runs as by default.
 
     Returns:
         prob (h, w) float32 (NaN = nodata), interval (h, w) float32 (k in 0..T-2), seconds,
@@ -276,21 +263,17 @@ def run_method(
         raise ValueError(f"{case.name}: no cloud masks known for this case")
     masks = case.masks if use_masks else None
     stack = open_stack(case.paths, dates=case.dates, chunk_size=chunk_size, masks=masks)
-    if coregister:
-        stack = coregister_stack(stack)
-    kwargs: dict[str, Any] = (
-        {"model": model, "device": "cpu", "micro": micro, "refine": refine, "emerge": emerge}
-        if method == "cnn-lstm"
-        else {}
-    )
-    detector = stack_detector(stack, method, cloud_screen=cloud_screen, **kwargs)  # type: ignore[arg-type]
-    halo = int(detector.halo)
-    ych, xch = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
-    data = stack.data.rechunk({0: -1, 1: -1, 2: ych, 3: xch})
-    out = tiling.overlap_map(data, detector, halo, out_bands=2, dtype=np.float32)
-    with dask.config.set(scheduler="synchronous"):
-        result = np.asarray(out.compute())
-    return result[0], result[1], time.perf_counter() - start, halo
+    options: dict[str, Any] = {"model": model, "device": "cpu"} if method == "cnn-lstm" else {}
+    result = detect(stack, None, method=method, skip=tuple(skip), chunk_size=chunk_size, **options)
+    prob = np.asarray(result.prob.compute())
+    chain_interval = _interval(result.date_index.compute(), prob)
+    return prob, chain_interval, time.perf_counter() - start, int(result.run["halo"])
+
+
+def _interval(date_index: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """Interval k (0..T-2) from the date raster where it shows a change, else 0; NaN = nodata."""
+    k = np.where((date_index > 0) & (date_index < 255), date_index.astype(np.float32) - 1, 0.0)
+    return np.where(np.isnan(prob), np.nan, k).astype(np.float32)
 
 
 def score(prob: np.ndarray, interval: np.ndarray, case: Case) -> dict[str, Any]:

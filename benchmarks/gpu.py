@@ -84,11 +84,11 @@ def bench_detect(stack_dir: Path, size: int, runs: list[dict]) -> list[dict]:
 def model_floor(stack_dir: Path, chunk: int, batch_size: int, amp: bool) -> dict:
     """The CUDA detector alone on in-memory tiles (chunk + halo), one thread, synchronised."""
     from geochange.io.stack import open_stack
-    from geochange.pipeline import stack_detector
+    from geochange.pipeline import stack_chain
 
     stack = open_stack(stack_dir, chunk_size=chunk)
-    det = stack_detector(stack, device="cuda", batch_size=batch_size, amp=amp)
-    det.tile_size = chunk
+    det = stack_chain(stack, device="cuda", batch_size=batch_size, amp=amp)
+    det.detector.tile_size = chunk
     h, w = stack.grid.shape
     read = stack.reader()
     halo = det.halo

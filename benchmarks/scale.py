@@ -173,12 +173,12 @@ _FLOORS = textwrap.dedent(
     import dask, dask.array as da, numpy as np
     from geochange import tiling
     from geochange.cluster import threads_layout
-    from geochange.pipeline import stack_detector
+    from geochange.pipeline import stack_chain
     from geochange.io.stack import open_stack
 
     stack_dir, model, chunk, sample_chunks = sys.argv[1], sys.argv[2] or None, int(sys.argv[3]), int(sys.argv[4])
     stack = open_stack(stack_dir, chunk_size=chunk)
-    det = stack_detector(stack, model=model, device="cpu")
+    det = stack_chain(stack, model=model, device="cpu")
     halo = det.halo
     yc, xc = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk, halo)
     n = len(yc) * len(xc)

@@ -1,7 +1,8 @@
 """The detect pipeline: a multi-date stack in, change rasters and dated change polygons out.
 
-``detect`` glues the one-way flow of docs/DESIGN.md together: open the stack lazily, fit the
-detector's scene-wide statistics once on a decimated sample, run it chunk by chunk with a halo
+``detect`` glues the one-way flow of docs/DESIGN.md together: open the stack lazily, apply the
+stack stages (co-registration), fit the chain of stages once on a decimated scene sample
+(:func:`geochange.stages.build_chain`), run it chunk by chunk with the chain's halo
 (``tiling.window_map``), write the probability and change-date rasters block by block, vectorise
 per chunk and merge across chunk borders, and write the GeoPackage with its provenance.
 """
@@ -9,6 +10,7 @@ per chunk and merge across chunk borders, and write the GeoPackage with its prov
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -16,7 +18,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import dask
 import dask.array as da
@@ -24,18 +26,27 @@ import geopandas as gpd
 import numpy as np
 
 from geochange._version import __version__
+from geochange.config import (
+    ConfigError,
+    DetectConfig,
+    RuntimeConfig,
+    StackConfig,
+    split_options,
+)
 from geochange.errors import InputError
 from geochange.io.stack import Stack, open_stack, read_sample
-from geochange.stages import clouds
-from geochange.stages.coregister import coregister as coregister_stack
+from geochange.stages import Chain, Context, build_chain, prepare_stack
 
-__all__ = ["DetectResult", "Method", "detect", "make_detector", "output_paths", "stack_detector"]
+__all__ = [
+    "DATE_NODATA",
+    "DetectResult",
+    "detect",
+    "output_paths",
+    "stack_chain",
+]
 
 log = logging.getLogger(__name__)
 
-Method = Literal["cnn-lstm", "cva", "irmad", "diff"]
-METHODS: tuple[str, ...] = ("cnn-lstm", "cva", "irmad", "diff")
-Device = Literal["auto", "cpu", "cuda"]
 
 #: Value of the change-date raster where the pixel is nodata (see DESIGN.md encodings).
 DATE_NODATA = 255
@@ -86,149 +97,41 @@ def output_paths(output: str | os.PathLike, *, quicklook: bool = False) -> dict[
     return paths
 
 
-def stack_detector(
-    stack: Stack, method: Method = "cnn-lstm", cloud_screen: bool | None = None, **kwargs: Any
-):
-    """:func:`make_detector` fitted on a whole stack: its decimated scene sample and its band
-    wavelengths (told to the deep model). ``cloud_screen`` None (auto) = screen only when the
-    stack has no masks (a user's masks are trusted as they are). ``kwargs`` as
-    :func:`make_detector`."""
-    if cloud_screen is None:
-        cloud_screen = not any(stack.masks)
-    return make_detector(
-        method,
-        read_sample(stack),
-        wavelengths=stack.wavelengths,
-        cloud_screen=cloud_screen,
-        **kwargs,
-    )
+def stack_chain(
+    stack: Stack,
+    config: DetectConfig | None = None,
+    runtime: RuntimeConfig | None = None,
+    stack_stages: Sequence[tuple[str, dict]] = (),
+    **options: Any,
+) -> Chain:
+    """The chain of ``config`` fitted on a stack: its decimated scene sample, its band
+    wavelengths (told to the deep model) and whether it carries the user's masks.
 
-
-def make_detector(
-    method: Method,
-    sample: np.ndarray,
-    *,
-    model: str | os.PathLike | None = None,
-    device: Device = "auto",
-    batch_size: int | None = None,
-    amp: bool = False,
-    wavelengths: Sequence[float | None] | None = None,
-    cloud_screen: bool = False,
-    micro: bool = True,
-    refine: bool = True,
-    emerge: bool = True,
-):
-    """A block detector for ``method`` with scene-wide parameters fitted on ``sample``.
-
-    Args:
-        method: "cnn-lstm" (the deep model), or a classical baseline "cva", "irmad", "diff".
-        sample: (t, c, n) float32 decimated read of the whole scene, NaN = nodata.
-        model: checkpoint path for "cnn-lstm"; None = the shipped default model.
-        device: "auto", "cpu" or "cuda" for the deep model.
-        batch_size: sub-tiles per forward pass of the deep model (None = its default).
-        amp: float16 autocast on CUDA for the deep model.
-        wavelengths: band centres in nm (None = unknown) told to the deep model
-            (``Stack.wavelengths``); the baselines do not use them.
-        cloud_screen: screen clouds and shadows out of every tile first
-            (:class:`geochange.stages.clouds.CloudScreen`), where the stack has enough dates and bands
-            (:func:`geochange.stages.clouds.usable`); otherwise ignored.
-        micro: add the small persistent changes the deep model's context misses
-            (:func:`geochange.stages.micro.rescue`; 3 dates or more, ignored otherwise). The
-            classical baselines judge every pixel alone already and ignore it.
-        refine: sharpen the deep model's probability along the pixels' own series
-            (:func:`geochange.stages.refine.refine`); the baselines ignore it.
-        emerge: add the objects that emerge from their surroundings at one date and stay
-            apart, which the deep model's context can veto (:func:`geochange.stages.emerge.add`;
-            4 dates or more, ignored otherwise); the baselines ignore it.
-
-    Returns:
-        An object with ``.halo`` (pixels) and ``__call__(tile (t, c, h, w)) -> (2, h, w)``.
+    ``options`` are fields of :class:`DetectConfig` or :class:`RuntimeConfig` put into them
+    (e.g. ``method="cva"``, ``device="cuda"``); ``stack_stages`` are those already applied
+    (:func:`geochange.stages.prepare_stack`), for the ``runs`` record.
     """
-    if method not in METHODS:
-        raise InputError(
-            f"--method: found {method!r}, expected one of {', '.join(METHODS)}; "
-            "pick one of those (cnn-lstm is the default deep model)"
-        )
-    if method == "cnn-lstm":
-        from geochange.stages.network import model_detector
-
-        kwargs: dict[str, Any] = {
-            "amp": bool(amp),
-            "wavelengths": wavelengths or None,
-            "micro": bool(micro),
-            "refine": bool(refine),
-            "emerge": bool(emerge),
-        }
-        if batch_size is not None:
-            if int(batch_size) != batch_size or batch_size < 1:
-                raise InputError(
-                    f"--batch-size: found {batch_size!r}, expected a whole number of tiles >= 1"
-                )
-            kwargs["batch_size"] = int(batch_size)
-        detector = model_detector(sample, model_path=model, device=device, **kwargs)
-        return _screened(detector, sample, cloud_screen)
-    for flag, value in (("--batch-size", batch_size), ("--amp", amp or None)):
-        if value is not None:
-            raise InputError(
-                f"{flag}: given but --method is {method!r}, a classical baseline that runs "
-                f"on numpy; drop {flag} or use --method cnn-lstm"
-            )
-    if model is not None:
-        raise InputError(
-            f"--model: a checkpoint was given but --method is {method!r}, a classical baseline "
-            "without weights; drop --model or use --method cnn-lstm"
-        )
-    from geochange.stages.baselines import make_baseline
-
-    return _screened(make_baseline(method, sample), sample, cloud_screen)
-
-
-def _screened(detector: Any, sample: np.ndarray, cloud_screen: bool) -> Any:
-    """``detector`` behind a :class:`~geochange.stages.clouds.CloudScreen` when asked and usable."""
-    if not cloud_screen or not clouds.usable(*sample.shape[:2]):
-        return detector
-    return clouds.CloudScreen.from_sample(detector, sample)
-
-
-def _threads_layout(n_chunks: int) -> tuple[int, int]:
-    """(dask threads, torch threads per task) so their product does not exceed the cores."""
-    from geochange.cluster import threads_layout
-
-    return threads_layout(n_chunks)
+    _, config, runtime = split_options(options, None, config, runtime)
+    context = Context(
+        wavelengths=tuple(stack.wavelengths) if stack.wavelengths else None,
+        masks=any(stack.masks),
+        model=None if config.model is None else str(config.model),
+        device=runtime.device,
+        batch_size=runtime.batch_size,
+        amp=runtime.amp,
+    )
+    return build_chain(read_sample(stack), config.method, config.skip, context, stack_stages)
 
 
 def detect(
     inputs: str | os.PathLike | Sequence[str | os.PathLike] | Stack,
     output: str | os.PathLike | None = None,
+    config: DetectConfig | None = None,
+    runtime: RuntimeConfig | None = None,
     *,
-    dates: Sequence[str | _dt.date] | None = None,
-    method: Method = "cnn-lstm",
-    model: str | os.PathLike | None = None,
-    threshold: float = 0.5,
-    min_area: float = 0.0,
-    simplify: float = 0.0,
-    chunk_size: int = 512,
-    align: bool = False,
-    masks: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-    mask_values: Sequence[float] | str | None = None,
-    wavelengths: Sequence[float | None] | str | None = None,
-    device: Device = "auto",
+    stack_config: StackConfig | None = None,
     overwrite: bool = False,
-    progress: bool = False,
-    quicklook: bool = True,
-    rgb_bands: Sequence[int] | None = None,
-    scheduler: str | None = None,
-    workers: int | None = None,
-    threads_per_worker: int | None = None,
-    batch_size: int | None = None,
-    amp: bool = False,
-    adapt: bool = False,
-    adapt_minutes: float = 3.0,
-    coregister: bool = True,
-    cloud_screen: bool | None = None,
-    micro: bool = True,
-    refine: bool = True,
-    emerge: bool = True,
+    **options: Any,
 ) -> DetectResult:
     """Detect changes in a multi-date stack.
 
@@ -236,73 +139,32 @@ def detect(
         inputs: GeoTIFF files (one per date), a directory, a glob, or an opened ``Stack``.
         output: GeoPackage path; the probability COG and date raster are written beside it.
             None = compute in memory and write nothing.
-        dates: one date per file, overriding tags and file names.
-        method: "cnn-lstm" (default deep model), "cva", "irmad" or "diff".
-        model: checkpoint of a model trained with ``geochange train``; None = shipped default.
-        threshold: probability from which a pixel counts as change.
-        min_area: smallest polygon kept, in m².
-        simplify: polygon simplification tolerance in CRS units (0 = none).
-        chunk_size: chunk edge in pixels; memory per task grows with its square.
-        align: resample every date onto the first date's grid.
-        masks: cloud / validity masks per date, read as nodata (see ``open_stack``).
-        mask_values: mask values that mean masked (None = any non-zero), e.g. "3,8,9,10".
-        wavelengths: band centres in nm, e.g. "490,560,665,842" (see ``open_stack``); default
-            from the files' ``WAVELENGTHS_NM`` tag or band descriptions.
-        device: "auto" (CUDA when present), "cpu" or "cuda".
+        config: what is computed and written (:class:`geochange.config.DetectConfig`).
+        runtime: where and how it runs (:class:`geochange.config.RuntimeConfig`).
+        stack_config: how ``inputs`` are opened (:class:`geochange.config.StackConfig`;
+            ignored for an opened ``Stack``).
         overwrite: replace existing outputs.
-        progress: show a progress bar over chunks.
-        quicklook: also write OUT_quicklook.png (first/last date, probability, polygons, dates).
-        rgb_bands: 1-based bands shown as red, green, blue in the quicklook (default: guessed).
-        scheduler: None or "threads" (dask threads in this process, the default), a
-            dask.distributed scheduler address "tcp://HOST:PORT", or a scheduler file (.json).
-            On a cluster the workers read the inputs and write the outputs themselves: they must
-            see both under the same paths (or GDAL URLs) as this process. See docs/CLUSTER.md.
-        workers: run on a local cluster of this many worker processes (not with an address).
-        threads_per_worker: dask threads per worker process (threaded scheduler: dask threads).
-            Default: cores // workers; torch threads are set to cores // all dask threads.
-        batch_size: sub-tiles per forward pass of the deep model (None = its default); larger
-            fills a GPU better.
-        amp: float16 autocast on CUDA (faster; not bit-identical to float32).
-        adapt: first adapt the model (``model`` or the default) to this stack without labels
-            (:func:`geochange.model.adapt.adapt`, seed 0) into a temporary checkpoint, then detect
-            with it; the ``runs`` record says ``adapted``. Only with ``method="cnn-lstm"``.
-        adapt_minutes: wall-clock budget of that adaptation.
-        coregister: estimate each date's whole shift (sub-pixel, up to 4 px) and resample it
-            away on every read (:mod:`geochange.stages.coregister`); the ``runs`` record lists the
-            shifts. A ``Stack`` whose ``shifts`` are set is used as it is.
-        cloud_screen: flag clouds and cloud shadows from the dates themselves and read them as
-            nodata (:mod:`geochange.stages.clouds`), as ``masks`` are; needs 3 dates and 4 bands.
-            None (auto) = only when no ``masks`` are given: a user's masks are trusted as they
-            are (the screen on top of them was measured to remove real change).
-        micro: with the deep model, also add small objects whose local contrast steps at one
-            date and stays (:mod:`geochange.stages.micro`), which the model's context can miss; needs
-            3 dates. The ``runs`` record says whether it ran.
-        refine: with the deep model, sharpen its probability along the pixels' own series
-            (:mod:`geochange.stages.refine`: outlines move to where the series changes, specks whose
-            series matches their surroundings go). The ``runs`` record says whether it ran.
-        emerge: with the deep model, also add the objects that emerge from their
-            surroundings (:mod:`geochange.stages.emerge`: alike the pixels around them before one
-            date, apart from them on every date after it), such as a roof inside a field that
-            the model's context can veto; needs 4 dates. The ``runs`` record says whether it
-            ran.
+        **options: fields of any of the three configurations, put into them, e.g.
+            ``threshold=0.6, skip=("clouds",), chunk_size=1024, dates=[...]``.
 
     Returns:
         A ``DetectResult`` with lazy rasters (or rasters re-read from the written files),
-        the change polygons and the written paths.
+        the change polygons and the written paths. Its ``run`` record lists the stages that
+        ran with their parameters.
     """
     from geochange import cluster, tiling, vectorize
     from geochange.io import rasters as out_io
 
-    if not 0.0 < threshold < 1.0:
-        raise InputError(
-            f"--threshold: found {threshold}, expected a probability strictly between 0 and 1"
-        )
-    if min_area < 0:
-        raise InputError(f"--min-area: found {min_area}, expected an area in m² >= 0")
-    if chunk_size < 16:
-        raise InputError(f"--chunk-size: found {chunk_size}, expected at least 16 pixels")
-
-    paths = output_paths(output, quicklook=quicklook) if output is not None else {}
+    stack_config, config, runtime = split_options(options, stack_config, config, runtime)
+    if config.method != "cnn-lstm":
+        for name, value in (("batch_size", runtime.batch_size), ("amp", runtime.amp or None)):
+            if value is not None:
+                raise ConfigError(
+                    name,
+                    f"given but method is {config.method!r}, a classical baseline that runs "
+                    "on numpy; drop it or use method cnn-lstm",
+                )
+    paths = output_paths(output, quicklook=config.quicklook) if output is not None else {}
     if paths and paths["gpkg"].parent.is_dir():
         # A missing output folder is created once the inputs have passed validation.
         out_io.check_writable(list(paths.values()), overwrite=overwrite)
@@ -310,71 +172,45 @@ def detect(
     stack = (
         inputs
         if isinstance(inputs, Stack)
-        else open_stack(
-            inputs,
-            dates=dates,
-            chunk_size=chunk_size,
-            align=align,
-            masks=masks,
-            mask_values=mask_values,
-            wavelengths=wavelengths,
-        )
+        else open_stack(inputs, chunk_size=runtime.chunk_size, **dataclasses.asdict(stack_config))
     )
-    if coregister:
-        stack = coregister_stack(stack)
-    if adapt:
-        with _adapted_model(stack, method, model, adapt_minutes, device) as adapted:
-            return detect(
-                stack, output, method=method, model=adapted, threshold=threshold,
-                min_area=min_area, simplify=simplify, chunk_size=chunk_size, device=device,
-                overwrite=overwrite, progress=progress, quicklook=quicklook,
-                rgb_bands=rgb_bands, scheduler=scheduler, workers=workers,
-                threads_per_worker=threads_per_worker, batch_size=batch_size, amp=amp,
-                coregister=coregister, cloud_screen=cloud_screen, micro=micro, refine=refine,
-                emerge=emerge,
-            )  # fmt: skip
-    detector = stack_detector(
-        stack,
-        method,
-        model=model,
-        device=device,
-        batch_size=batch_size,
-        amp=amp,
-        cloud_screen=cloud_screen,
-        micro=micro,
-        refine=refine,
-        emerge=emerge,
-    )
-    halo = int(detector.halo)
+    stack, stack_stages = prepare_stack(stack, config.skip)
+    if config.adapt:
+        with _adapted_model(stack, config, runtime) as adapted:
+            taught = dataclasses.replace(config, model=adapted, adapt=False)
+            return detect(stack, output, taught, runtime, overwrite=overwrite)
+    chain = stack_chain(stack, config, runtime, stack_stages)
+    halo = int(chain.halo)
+    chunk_size = runtime.chunk_size
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
     n_chunks = len(ychunks) * len(xchunks)
     with cluster.runtime(
-        scheduler,
-        workers,
-        threads_per_worker,
+        runtime.scheduler,
+        runtime.workers,
+        runtime.threads_per_worker,
         n_chunks=n_chunks,
-        torch_threads=method == "cnn-lstm",
+        torch_threads=config.method == "cnn-lstm",
     ) as rt:
         if paths:
             paths["gpkg"].parent.mkdir(parents=True, exist_ok=True)
-        if hasattr(detector, "num_threads"):
-            # On a cluster each worker's torch threads are set by the worker plugin.
-            detector.num_threads = None if rt.distributed else rt.layout.torch_threads
+        # On a cluster each worker's torch threads are set by the worker plugin.
+        chain.num_threads = None if rt.distributed else rt.layout.torch_threads
         log.info(
-            "%d dates, %d bands, %dx%d px, %d chunks, halo %d px; %s",
+            "%d dates, %d bands, %dx%d px, %d chunks, halo %d px, stages %s; %s",
             stack.T,
             stack.band_count,
             stack.grid.width,
             stack.grid.height,
             n_chunks,
             halo,
+            ", ".join(chain.names),
             rt.layout.describe(),
         )
         if rt.distributed:
-            _check_shipping(detector)
+            _check_shipping(chain)
 
         annotations = {}
-        if rt.distributed and str(getattr(detector, "device", "cpu")).startswith("cuda"):
+        if rt.distributed and chain.device.startswith("cuda"):
             if rt.gpu_workers():
                 # One GPU per worker: a worker started with `--resources GPU=1` runs one model
                 # task at a time.
@@ -385,24 +221,24 @@ def detect(
             result = tiling.window_map(
                 stack.reader(),
                 (ychunks, xchunks),
-                detector,
+                chain,
                 halo,
                 out_bands=2,
                 dtype=np.float32,
                 name="geochange-detect",
             )
         prob = result[0]
-        date_index = _date_raster(result[0], result[1], threshold)
+        date_index = _date_raster(result[0], result[1], config.threshold)
 
-        run = _provenance(stack, method, model, threshold, min_area, simplify, chunk_size, detector)
+        run = _provenance(stack, config, chunk_size, chain)
         run["scheduler"] = rt.layout.kind
         dates_iso = [d.isoformat() for d in stack.dates]
 
         with rt.compute():
-            with rt.progress(result.name, n_chunks, enabled=progress):
+            with rt.progress(result.name, n_chunks, enabled=runtime.progress):
                 if paths:
                     prob, date_index = _write_rasters(
-                        prob, date_index, stack, paths, threshold, dates_iso, overwrite
+                        prob, date_index, stack, paths, config.threshold, dates_iso, overwrite
                     )
                 elif rt.distributed:
                     # The cluster may be gone after this block: bring the rasters home.
@@ -417,9 +253,9 @@ def detect(
                 date_index,
                 stack.grid,
                 stack.dates,
-                threshold=threshold,
-                min_area=min_area,
-                simplify=simplify,
+                threshold=config.threshold,
+                min_area=config.min_area,
+                simplify=config.simplify,
                 chunk_size=chunk_size,
             )
     if paths:
@@ -433,7 +269,7 @@ def detect(
                     date_index,
                     changes,
                     paths["quicklook"],
-                    rgb_bands=rgb_bands,
+                    rgb_bands=config.rgb_bands,
                     overwrite=True,
                 )
             out_io.write_gpkg(changes, paths["gpkg"], runs=run, overwrite=overwrite)
@@ -447,27 +283,23 @@ def detect(
 
 
 @contextlib.contextmanager
-def _adapted_model(
-    stack: Stack, method: str, model: str | os.PathLike | None, minutes: float, device: str
-) -> Iterator[Path]:
-    """``detect(adapt=True)``: adapt the model to ``stack`` into a temporary checkpoint.
+def _adapted_model(stack: Stack, config: DetectConfig, runtime: RuntimeConfig) -> Iterator[Path]:
+    """``adapt=True``: adapt the model to ``stack`` into a temporary checkpoint.
 
     The checkpoint lives in a temporary folder of this machine for the duration of the run (a
     cluster's workers must see it: with remote workers, run ``geochange adapt`` to a shared path
-    and pass ``--model`` instead).
+    and pass ``model`` instead).
     """
-    if method != "cnn-lstm":
-        raise InputError(
-            f"--adapt: given but --method is {method!r}, a classical baseline without weights; "
-            "drop --adapt or use --method cnn-lstm"
-        )
     from geochange.model.adapt import adapt as _adapt
 
     with tempfile.TemporaryDirectory(prefix="geochange-adapt-") as tmp:
-        path = _adapt(
-            stack, Path(tmp) / "adapted.ckpt", model=model, minutes=minutes, device=device
+        yield _adapt(
+            stack,
+            Path(tmp) / "adapted.ckpt",
+            model=config.model,
+            minutes=config.adapt_minutes,
+            device=runtime.device,
         )
-        yield path
 
 
 def _date_raster(prob: da.Array, interval: da.Array, threshold: float) -> da.Array:
@@ -527,9 +359,11 @@ def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso, overwri
     )
 
 
-def _provenance(stack, method, model, threshold, min_area, simplify, chunk_size, detector) -> dict:
-    meta = getattr(detector, "meta", {}) or {}
-    return {
+def _provenance(stack: Stack, config: DetectConfig, chunk_size: int, chain: Chain) -> dict:
+    meta = chain.meta
+    method = config.method
+    model = config.model
+    run = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "geochange_version": __version__,
         "inputs": [str(p) for p in stack.paths],
@@ -540,29 +374,27 @@ def _provenance(stack, method, model, threshold, min_area, simplify, chunk_size,
         "model_name": str(meta.get("name", method)),
         "model_version": str(meta.get("version", __version__)),
         "adapted": bool(meta.get("adapted", False)),
-        "device": str(getattr(detector, "device", "cpu")),
-        "threshold": float(threshold),
-        "min_area_m2": float(min_area),
-        "simplify": float(simplify),
+        "device": chain.device,
+        "threshold": float(config.threshold),
+        "min_area_m2": float(config.min_area),
+        "simplify": float(config.simplify),
         "chunk_size": int(chunk_size),
-        "halo": int(detector.halo),
+        "halo": int(chain.halo),
         "align": bool(stack.align),
         "masks": stack.mask_names,
         "mask_values": list(stack.mask_values) if stack.mask_values else [],
         "wavelengths_nm": list(stack.wavelengths),
         "shifts_px": [list(s) for s in stack.shifts],
-        "cloud_screen": isinstance(detector, clouds.CloudScreen),
-        "micro": bool(getattr(detector, "micro", False)),
-        "refine": bool(getattr(detector, "refine", False)),
-        "emerge": bool(getattr(detector, "emerge", False)),
     }
+    run.update(chain.record())
+    return run
 
 
 #: A pickled detector larger than this is shipped with every task: warn (bytes).
 _SHIP_WARN_BYTES = 1 << 20
 
 
-def _check_shipping(detector: object) -> None:
+def _check_shipping(chain: Chain) -> None:
     """Log the pickled size of the detector that goes with every task to the workers.
 
     A ``ModelDetector`` built from a checkpoint pickles its path and scene statistics, and each
@@ -570,12 +402,12 @@ def _check_shipping(detector: object) -> None:
     """
     import pickle
 
-    size = len(pickle.dumps(detector, protocol=pickle.HIGHEST_PROTOCOL))
+    size = len(pickle.dumps(chain, protocol=pickle.HIGHEST_PROTOCOL))
     if size > _SHIP_WARN_BYTES:
         log.warning(
-            "the detector pickles to %.1f MB and is sent with every task; save the model to a "
+            "the chain pickles to %.1f MB and is sent with every task; save the model to a "
             "file (geochange train -o) so workers load it once from its path",
             size / 1e6,
         )
     else:
-        log.info("detector pickles to %d bytes per task", size)
+        log.info("the chain pickles to %d bytes per task", size)

@@ -14,7 +14,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 
-__all__ = ["DEFAULT_TRANSFORM", "write_geotiff", "write_stack"]
+__all__ = ["DEFAULT_TRANSFORM", "run_cli", "write_geotiff", "write_stack"]
 
 # 10 m pixels somewhere in UTM zone 33N (EPSG:32633).
 DEFAULT_TRANSFORM = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 5_000_000.0)
@@ -125,3 +125,25 @@ def write_stack(
         )
         paths.append(path)
     return paths
+
+
+def run_cli(*args: object) -> tuple[int, str, str]:
+    """Run ``geochange ARGS`` in this process through :func:`geochange.cli.main`, the entry point
+    a user's shell calls, so exit codes and messages are the user's.
+
+    Returns:
+        (exit code, stdout, stderr).
+    """
+    import contextlib
+    import io
+
+    from geochange.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import write_geotiff, write_stack
+from helpers import run_cli, write_geotiff, write_stack
 
 from geochange.cli import cli
 from geochange.errors import InputError, OutputExistsError
@@ -301,8 +301,12 @@ def test_detect_adapt_in_one_run_says_adapted(stack_dir, tiny_model, tmp_path):
     assert bool(runs.loc[0, "adapted"]) is True
     plain = detect(stack_dir, tmp_path / "p.gpkg", model=tiny_model, quicklook=False)
     assert plain.run["adapted"] is False
-    with pytest.raises(InputError, match="--adapt"):
+    with pytest.raises(InputError, match="adapt: given but method is 'cva'"):
         detect(stack_dir, method="cva", adapt=True)
+    b = tmp_path / "b.gpkg"
+    code, _, err = run_cli("detect", stack_dir, "-o", b, "--method", "cva", "--adapt")
+    assert code == 2 and err.startswith("Error: --adapt: given but method is 'cva'"), err
+    assert not b.exists()
 
 
 def test_adapt_refuses_a_bad_budget(stack_dir, tiny_model, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import dask
@@ -12,11 +13,12 @@ from helpers import write_stack
 
 from geochange import tiling
 from geochange.model.normalize import scene_stats
-from geochange.pipeline import detect, make_detector
+from geochange.pipeline import detect
+from geochange.stages import build_chain
 from geochange.stages.clouds import (
     GROW,
     REACH,
-    CloudScreen,
+    Clouds,
     _matched,
     refit,
     scene_spectra,
@@ -29,7 +31,7 @@ DATES = ["2023-03-01", "2023-05-10", "2023-07-02", "2023-09-15", "2023-10-20"]
 
 
 def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The screen's scene-wide parameters, fitted as ``CloudScreen.from_sample`` fits them."""
+    """The screen's scene-wide parameters, fitted as ``Clouds.from_sample`` fits them."""
     sample = x.reshape(*x.shape[:2], -1)
     stats = scene_stats(sample)
     fit = refit(sample, stats)
@@ -165,8 +167,8 @@ def test_a_faint_fringe_joins_its_cloud_an_isolated_faint_veil_does_not():
 def test_screened_tiles_are_seam_free_and_pickle():
     scene = make_scene(size=128, dates=6, bands=4, seed=11, nuisance="medium")
     x = scene.images.astype(np.float32)
-    det = make_detector("cva", x.reshape(6, 4, -1), cloud_screen=True)
-    assert isinstance(det, CloudScreen) and det.halo == det.inner.halo + REACH
+    det = build_chain(x.reshape(6, 4, -1), "cva")
+    assert isinstance(det.stages[0], Clouds) and det.halo == REACH
     whole = det(x)
     tiled = tiling.overlap_map(
         dask.array.from_array(x, chunks=(6, 4, 48, 40)), det, det.halo, out_bands=2
@@ -181,7 +183,7 @@ def test_screened_tiles_are_seam_free_and_pickle():
 def test_too_few_dates_or_bands_leave_the_detector_unscreened(dates, bands):
     assert not usable(dates, bands)
     sample = np.random.default_rng(0).uniform(100, 200, (dates, bands, 500)).astype(np.float32)
-    assert not isinstance(make_detector("cva", sample, cloud_screen=True), CloudScreen)
+    assert "clouds" not in build_chain(sample, "cva").names
 
 
 def test_detect_screens_by_default_without_masks_and_records_it(tmp_path):
@@ -191,9 +193,9 @@ def test_detect_screens_by_default_without_masks_and_records_it(tmp_path):
     write_stack(tmp_path / "s", np.clip(x, 1, 65535).astype(np.uint16), DATES, nodata=0)
     on = detect(tmp_path / "s", tmp_path / "on.gpkg", method="cva", quicklook=False)
     off = detect(tmp_path / "s", tmp_path / "off.gpkg", method="cva", quicklook=False,
-                 cloud_screen=False)  # fmt: skip
-    assert bool(gpd.read_file(on.paths["gpkg"], layer="runs").cloud_screen[0])
-    assert not bool(gpd.read_file(off.paths["gpkg"], layer="runs").cloud_screen[0])
+                 skip=["clouds"])  # fmt: skip
+    assert "clouds" in json.loads(gpd.read_file(on.paths["gpkg"], layer="runs").stages[0])
+    assert "clouds" not in json.loads(gpd.read_file(off.paths["gpkg"], layer="runs").stages[0])
     # The veil is a change to CVA without the screen, and nothing with it.
     assert off.prob.compute()[15:35, 15:35].mean() > 0.4
     assert on.prob.compute()[15:35, 15:35].mean() < 0.2

@@ -84,7 +84,7 @@ def test_detect_records_the_shifts_and_can_skip_them(tmp_path):
     np.testing.assert_allclose(shifts, result.stack.shifts)
     np.testing.assert_allclose(np.array(shifts), -(truth - truth.mean(axis=0)), atol=0.1)
     off = detect(tmp_path / "s", tmp_path / "off.gpkg", method="cva", quicklook=False,
-                 coregister=False)  # fmt: skip
+                 skip=["coregister"])  # fmt: skip
     assert json.loads(gpd.read_file(off.paths["gpkg"], layer="runs").shifts_px[0]) == []
     # Aligned dates: CVA sees (almost) no change; misregistered it fires along edges.
     assert off.prob.compute().mean() > 5 * result.prob.compute().mean()

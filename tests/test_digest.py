@@ -24,14 +24,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "synthetic-cnn-lstm": ("synthetic", {"chunk_size": 96}),
     "synthetic-cnn-lstm-bare": (
         "synthetic",
-        {
-            "chunk_size": 96,
-            "coregister": False,
-            "cloud_screen": False,
-            "micro": False,
-            "refine": False,
-            "emerge": False,
-        },
+        {"chunk_size": 96, "skip": ("coregister", "clouds", "refine", "micro", "emerge")},
     ),
     "synthetic-cva": ("synthetic", {"method": "cva", "chunk_size": 96}),
     "synthetic-irmad": ("synthetic", {"method": "irmad", "chunk_size": 96}),

@@ -20,8 +20,8 @@ from helpers import write_stack
 
 from geochange.cli import cli
 from geochange.errors import InputError
-from geochange.io.stack import open_stack, read_sample
-from geochange.pipeline import detect, make_detector
+from geochange.io.stack import open_stack
+from geochange.pipeline import detect, stack_chain
 
 DATES = ["2022-03-01", "2022-05-17", "2022-08-02", "2022-10-20"]
 START_TIMEOUT = 60  # s: a loaded 2-core machine starts processes slowly
@@ -150,7 +150,7 @@ def test_cluster_workers_loaded_the_model_once(dask_cluster, stack_dir, tiny_mod
     from distributed import Client
 
     stack = open_stack(stack_dir, chunk_size=32)
-    det = make_detector("cnn-lstm", read_sample(stack), model=tiny_model, device="cpu")
+    det = stack_chain(stack, model=tiny_model, device="cpu")
     assert len(pickle.dumps(det)) < 10_000
     detect(stack, method="cnn-lstm", model=tiny_model, device="cpu", scheduler=dask_cluster)
 
@@ -191,8 +191,8 @@ def test_in_memory_run_on_a_cluster(dask_cluster, stack_dir):
             {"scheduler": "tcp://127.0.0.1:8786", "workers": 2},
             "--workers: given together with --scheduler",
         ),
-        ({"batch_size": 4}, "--batch-size: given but --method is 'cva'"),
-        ({"amp": True}, "--amp: given but --method is 'cva'"),
+        ({"batch_size": 4}, "batch_size: given but method is 'cva'"),
+        ({"amp": True}, "amp: given but method is 'cva'"),
     ],
 )
 def test_bad_cluster_arguments_name_the_flag(stack_dir, kwargs, match):

@@ -6,8 +6,7 @@ import dask
 import numpy as np
 
 from geochange import tiling
-from geochange.pipeline import make_detector
-from geochange.stages import emerge
+from geochange.stages import Context, build_chain, emerge
 
 
 def _fields(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -68,10 +67,10 @@ def test_model_detector_adds_emerged_objects_seam_free(tiny_model) -> None:
     x, _ = _fields(size=72, seed=2)
     x = (x * 300 + 2000).astype(np.float32)  # DN-like source units
     sample = x.reshape(8, 3, -1)
-    kw = {"model": tiny_model, "device": "cpu", "micro": False, "refine": False}
-    on = make_detector("cnn-lstm", sample, **kw)
-    off = make_detector("cnn-lstm", sample, emerge=False, **kw)
-    assert on.emerge and not off.emerge and on.halo >= emerge.REACH
+    context = Context(model=str(tiny_model), device="cpu")
+    on = build_chain(sample, skip={"micro", "refine"}, context=context)
+    off = build_chain(sample, skip={"micro", "refine", "emerge"}, context=context)
+    assert "emerge" in on.names and "emerge" not in off.names and on.halo >= emerge.REACH
     assert dask.base.tokenize(on) != dask.base.tokenize(off)
     p_on, p_off = on(x)[0], off(x)[0]
     assert (p_on >= p_off).all() and (p_on[20:30, 40:52] >= 0.5).all()
@@ -80,5 +79,5 @@ def test_model_detector_adds_emerged_objects_seam_free(tiny_model) -> None:
     )
     with dask.config.set(scheduler="synchronous"):
         np.testing.assert_allclose(np.asarray(tiled.compute()), on(x), atol=1e-5)
-    three = make_detector("cnn-lstm", sample.reshape(8, 3, -1)[:3], **kw)
-    assert not three.emerge
+    three = build_chain(sample[:3], context=context)
+    assert "emerge" not in three.names

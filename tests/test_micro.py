@@ -3,6 +3,8 @@ changes as a whole; seam-free; added to the model's result, never taken from it.
 
 from __future__ import annotations
 
+import json
+
 import dask
 import geopandas as gpd
 import numpy as np
@@ -11,9 +13,9 @@ from helpers import write_stack
 from scipy import ndimage
 
 from geochange import tiling
-from geochange.pipeline import detect, make_detector
+from geochange.pipeline import detect
+from geochange.stages import Context, build_chain
 from geochange.stages.micro import HIGH, LOW, MAX_PIXELS, REACH, rescue, step_score, usable
-from geochange.stages.network import ModelDetector
 
 DATES = ["2023-03-01", "2023-05-10", "2023-07-02", "2023-09-15", "2023-10-20", "2023-12-01"]
 
@@ -145,9 +147,10 @@ def test_model_detector_with_micro_is_seam_free_and_adds_halo(tiny_model):
     x = (x * 300 + 2000).astype(np.float32)  # DN-like source units
     x[3:, :2, 30:32, 40:42] += 900
     sample = x.reshape(6, 4, -1)
-    off = make_detector("cnn-lstm", sample, model=tiny_model, device="cpu", micro=False)
-    on = make_detector("cnn-lstm", sample, model=tiny_model, device="cpu")
-    assert on.micro and not off.micro and on.halo >= REACH
+    context = Context(model=str(tiny_model), device="cpu")
+    off = build_chain(sample, skip={"micro"}, context=context)
+    on = build_chain(sample, context=context)
+    assert "micro" in on.names and "micro" not in off.names and on.halo >= REACH
     assert dask.base.tokenize(on) != dask.base.tokenize(off)
     p_on, p_off = on(x)[0], off(x)[0]
     assert (p_on >= p_off).all() and (p_on[30:32, 40:42] >= 0.5).all()
@@ -156,7 +159,7 @@ def test_model_detector_with_micro_is_seam_free_and_adds_halo(tiny_model):
     )
     with dask.config.set(scheduler="synchronous"):
         np.testing.assert_allclose(np.asarray(tiled.compute()), on(x), atol=1e-5)
-    assert not ModelDetector(None, on.stats[:2], model_path=tiny_model, micro=True).micro
+    assert "micro" not in build_chain(sample[:2], context=context).names
 
 
 @pytest.mark.parametrize("flag", ["micro", "refine", "emerge"])
@@ -166,8 +169,10 @@ def test_detect_records_micro_refine_and_emerge_in_the_runs_layer(tmp_path, tiny
     write_stack(tmp_path / "s", x, DATES, nodata=0)
     kw = {"model": tiny_model, "device": "cpu", "quicklook": False}
     on = detect(tmp_path / "s", tmp_path / "on.gpkg", **kw)
-    off = detect(tmp_path / "s", tmp_path / "off.gpkg", **{flag: False}, **kw)
-    assert bool(gpd.read_file(on.paths["gpkg"], layer="runs")[flag][0])
-    assert not bool(gpd.read_file(off.paths["gpkg"], layer="runs")[flag][0])
+    off = detect(tmp_path / "s", tmp_path / "off.gpkg", skip=[flag], **kw)
     cva = detect(tmp_path / "s", tmp_path / "cva.gpkg", method="cva", quicklook=False)
-    assert not bool(gpd.read_file(cva.paths["gpkg"], layer="runs")[flag][0])
+
+    def stages(result) -> list[str]:
+        return json.loads(gpd.read_file(result.paths["gpkg"], layer="runs").stages[0])
+
+    assert flag in stages(on) and flag not in stages(off) and flag not in stages(cva)

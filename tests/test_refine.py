@@ -7,7 +7,7 @@ import numpy as np
 from scipy import ndimage
 
 from geochange import tiling
-from geochange.pipeline import make_detector
+from geochange.stages import Context, build_chain
 from geochange.stages.refine import REACH, refine
 
 
@@ -69,10 +69,11 @@ def test_model_detector_refines_seam_free_with_its_halo(tiny_model) -> None:
     x, _, _ = _scene(size=72, seed=2)
     x = (x * 300 + 2000).astype(np.float32)  # DN-like source units
     sample = x.reshape(6, 3, -1)
-    kw = {"model": tiny_model, "device": "cpu", "micro": False, "emerge": False}
-    on = make_detector("cnn-lstm", sample, **kw)
-    off = make_detector("cnn-lstm", sample, refine=False, **kw)
-    assert on.refine and not off.refine and on.halo == off.halo + REACH
+    context = Context(model=str(tiny_model), device="cpu")
+    on = build_chain(sample, skip={"micro", "emerge"}, context=context)
+    off = build_chain(sample, skip={"micro", "emerge", "refine"}, context=context)
+    assert "refine" in on.names and "refine" not in off.names
+    assert on.halo == off.halo + REACH
     assert dask.base.tokenize(on) != dask.base.tokenize(off)
     assert np.abs(on(x)[0] - off(x)[0]).max() > 1e-4
     tiled = tiling.overlap_map(

@@ -13,6 +13,7 @@ import sys
 import click
 
 from geochange._version import __version__
+from geochange.config import ConfigError
 from geochange.errors import GeochangeError
 
 __all__ = ["main", "cli"]
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `geochange` script."""
     try:
         cli.main(args=argv, prog_name="geochange", standalone_mode=False)
+    except ConfigError as exc:  # named by its flag, not by its configuration field
+        click.echo(f"Error: {exc.for_flag()}", err=True)
+        sys.exit(2)
     except GeochangeError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)

@@ -42,7 +42,7 @@ from geochange.cli import options
 @options.device_option("Where the model trains.")
 @options.dates_option
 @options.align_option
-@options.coregister_option
+@options.skip_option
 @options.masks_option
 @options.mask_values_option
 @options.wavelengths_option
@@ -58,7 +58,7 @@ def command(
     device,
     dates,
     align,
-    coregister,
+    skip,
     masks,
     mask_values,
     wavelengths,
@@ -81,6 +81,7 @@ def command(
       geochange adapt a.tif b.tif --dates 2021-06-01,2022-06-03 -o ab.ckpt --model my.ckpt
       geochange adapt stack/ -o scene.ckpt --device cuda --overwrite
       geochange adapt stack/ -o scene.ckpt --masks clouds/ --mask-values 3,8,9,10
+      geochange adapt stack/ -o scene.ckpt --skip coregister
     """
     start = time.monotonic()  # the budget includes importing torch
     from geochange.model import load_model
@@ -96,7 +97,7 @@ def command(
         device=device,
         dates=dates,
         align=align,
-        coregister=coregister,
+        skip=skip,
         masks=list(masks) or None,
         mask_values=mask_values,
         wavelengths=wavelengths,

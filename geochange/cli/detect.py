@@ -54,38 +54,7 @@ from geochange.cli import options
 )
 @options.chunk_size_option
 @options.align_option
-@options.coregister_option
-@click.option(
-    "--cloud-screen",
-    type=click.Choice(["auto", "on", "off"]),
-    default="auto",
-    show_default=True,
-    help="Flag clouds and cloud shadows from the dates themselves (spectra and time) and read "
-    "them as nodata. auto: on when no --masks are given. Needs 3 dates and 4 bands.",
-)
-@click.option(
-    "--micro/--no-micro",
-    default=True,
-    show_default=True,
-    help="Add small objects (<= 12 px) whose local contrast steps at one date and stays "
-    "(geochange.stages.micro), which the deep model's context can miss. Needs 3 dates.",
-)
-@click.option(
-    "--refine/--no-refine",
-    default=True,
-    show_default=True,
-    help="Sharpen the deep model's change probability along the pixels' own series "
-    "(geochange.stages.refine): outlines follow where the series changes, specks that look like "
-    "their surroundings go. --no-refine writes the model's raw probability.",
-)
-@click.option(
-    "--emerge/--no-emerge",
-    default=True,
-    show_default=True,
-    help="Add objects that emerge from their surroundings (geochange.stages.emerge): alike the "
-    "pixels around them before one date, apart from them on every date after it, such as a "
-    "new roof inside a field, which the deep model's context can veto. Needs 4 dates.",
-)
+@options.skip_option
 @options.masks_option
 @options.mask_values_option
 @options.wavelengths_option
@@ -158,11 +127,7 @@ def command(
     simplify,
     chunk_size,
     align,
-    coregister,
-    cloud_screen,
-    micro,
-    refine,
-    emerge,
+    skip,
     masks,
     mask_values,
     wavelengths,
@@ -197,40 +162,44 @@ def command(
       geochange detect /shared/stack -o /shared/out/changes.gpkg --scheduler tcp://10.0.0.5:8786
       geochange detect stack/ -o changes.gpkg --device cuda --batch-size 16 --amp
       geochange detect stack/ -o changes.gpkg --adapt --adapt-minutes 5
+      geochange detect stack/ -o changes.gpkg --skip clouds,emerge
     """
+    from geochange.config import DetectConfig, RuntimeConfig, StackConfig
     from geochange.pipeline import detect
 
     result = detect(
         list(inputs),
         output,
-        dates=dates,
-        method=method,
-        model=model,
-        threshold=threshold,
-        min_area=min_area,
-        simplify=simplify,
-        chunk_size=chunk_size,
-        align=align,
-        coregister=coregister,
-        cloud_screen={"auto": None, "on": True, "off": False}[cloud_screen],
-        micro=micro,
-        refine=refine,
-        emerge=emerge,
-        masks=list(masks) or None,
-        mask_values=mask_values,
-        wavelengths=wavelengths,
-        device=device,
+        DetectConfig(
+            method=method,
+            model=model,
+            skip=skip,
+            threshold=threshold,
+            min_area=min_area,
+            simplify=simplify,
+            adapt=adapt,
+            adapt_minutes=adapt_minutes,
+            quicklook=quicklook,
+            rgb_bands=options.parse_int_list(rgb_bands, "--rgb-bands"),
+        ),
+        RuntimeConfig(
+            chunk_size=chunk_size,
+            device=device,
+            batch_size=batch_size,
+            amp=amp,
+            scheduler=scheduler,
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+            progress=progress,
+        ),
+        stack_config=StackConfig(
+            dates=dates,
+            align=align,
+            masks=list(masks) or None,
+            mask_values=mask_values,
+            wavelengths=wavelengths,
+        ),
         overwrite=overwrite,
-        progress=progress,
-        quicklook=quicklook,
-        rgb_bands=options.parse_int_list(rgb_bands, "--rgb-bands"),
-        scheduler=scheduler,
-        workers=workers,
-        threads_per_worker=threads_per_worker,
-        batch_size=batch_size,
-        amp=amp,
-        adapt=adapt,
-        adapt_minutes=adapt_minutes,
     )
     click.echo(
         f"{len(result.changes)} change polygons over {result.stack.T} dates "

@@ -63,12 +63,25 @@ align_option = click.option(
 )
 
 
-coregister_option = click.option(
-    "--coregister/--no-coregister",
-    default=True,
-    show_default=True,
-    help="Estimate each date's whole shift against the others (phase correlation, sub-pixel, "
-    "up to 4 px) and resample it away before detecting.",
+def _split_skip(ctx, param, value):
+    from geochange.stages import parse_skip
+
+    return parse_skip(value)
+
+
+def _skip_help() -> str:
+    from geochange.stages import REGISTRY
+
+    lines = "; ".join(f"{s.name}: {s.summary}" for s in REGISTRY if s.role != "detector")
+    return f"Stages to leave out, comma-separated. {lines}."
+
+
+skip_option = click.option(
+    "--skip",
+    default=None,
+    metavar="STAGE,...",
+    callback=_split_skip,
+    help=_skip_help(),
 )
 
 

@@ -66,7 +66,7 @@ from geochange.model.cnn_lstm import CNNLSTM
 from geochange.model.losses import IGNORE, dice_loss, focal_loss, interval_loss
 from geochange.model.normalize import apply, scene_stats
 from geochange.model.task import OneCycleByProgress
-from geochange.stages.coregister import coregister as coregister_stack
+from geochange.stages import prepare_stack
 
 __all__ = [
     "AdaptResult",
@@ -730,7 +730,7 @@ def adapt(
     masks: Any = None,
     mask_values: Any = None,
     wavelengths: Any = None,
-    coregister: bool = True,
+    skip: frozenset[str] | Sequence[str] = frozenset(),
     **kwargs: Any,
 ) -> Path:
     """Adapt a change model to a stack without labels and write the adapted checkpoint.
@@ -754,8 +754,9 @@ def adapt(
         masks, mask_values: cloud / validity masks read as nodata (see ``open_stack``): masked
             dates are left out of the adaptation, never learnt as change.
         wavelengths: band centres in nm (see ``open_stack``).
-        coregister: undo whole-date shifts first, as ``detect`` does (a ``Stack`` whose
-            ``shifts`` are set is used as it is).
+        skip: stack stages left out (``{"coregister"}`` reads the dates as they are; by default
+            whole-date shifts are undone first, as ``detect`` does; a ``Stack`` whose ``shifts``
+            are set is used as it is).
         **kwargs: further options of :func:`adapt_network` (batch_size, lr, max_steps, ...).
 
     Returns:
@@ -781,8 +782,7 @@ def adapt(
             wavelengths=wavelengths,
         )
     )
-    if coregister:
-        stack = coregister_stack(stack)
+    stack, _ = prepare_stack(stack, skip)
     res = adapt_network(
         stack,
         model=model,

@@ -42,20 +42,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple
 
 import numpy as np
 from scipy import stats as _stats
 
 from geochange.errors import InputError
+from geochange.stages import Block, Context, Reach
 
 __all__ = [
     "CVA",
     "IRMAD",
-    "Detector",
     "Diff",
     "IRMADFit",
     "irmad",
+    "fit",
     "make_baseline",
     "otsu_threshold",
 ]
@@ -70,16 +71,6 @@ _MIN_THRESHOLD = 1e-3
 _MIN_COMMON = 1000
 #: Chi-square quantile used as the IR-MAD threshold.
 IRMAD_P = 0.99
-
-
-class Detector(Protocol):
-    """The detector interface of ``docs/DESIGN.md``."""
-
-    halo: int
-
-    def __call__(self, tile: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
-        """(t, c, h, w) float32 NaN-nodata → (2, h, w) float32 [prob, interval]."""
-        ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,6 +356,16 @@ class _Standardised:
     threshold: float  # score at which p = 0.5
 
     halo = 0  # per-pixel methods read no neighbours
+    name = ""  # the detector's registry name, set by each method
+
+    def reach(self, n_dates: int) -> Reach:
+        return Reach(input=0)
+
+    def params(self) -> dict:
+        return {"threshold": round(float(self.threshold), 6)}
+
+    def run(self, block: Block) -> None:
+        block.prob, block.interval = self(block.tile)
 
     def _scores(self, z: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -385,6 +386,8 @@ class _Standardised:
 class CVA(_Standardised):
     """Change vector analysis: magnitude of the standardised difference vector, Otsu threshold."""
 
+    name = "cva"
+
     def _scores(self, z: np.ndarray) -> np.ndarray:
         return np.sqrt(np.sum((z[1:] - z[:-1]) ** 2, axis=1))
 
@@ -392,6 +395,8 @@ class CVA(_Standardised):
 @dataclass
 class Diff(_Standardised):
     """Image differencing: mean absolute standardised difference, threshold mean + 2σ."""
+
+    name = "diff"
 
     def _scores(self, z: np.ndarray) -> np.ndarray:
         return np.mean(np.abs(z[1:] - z[:-1]), axis=1)
@@ -412,6 +417,8 @@ class IRMAD(_Standardised):
     mean1: np.ndarray | None = None
     mad_center: np.ndarray | None = None
     sigma: np.ndarray | None = None
+
+    name = "irmad"
 
     def _scores(self, z: np.ndarray) -> np.ndarray:
         out = np.empty((z.shape[0] - 1, *z.shape[2:]))
@@ -501,3 +508,8 @@ def _require(scores: np.ndarray, method: str) -> None:
             f"{method}: found no sample pixel with two valid dates; expected some to fit the "
             "threshold; fix: check nodata/cloud masks or sample more pixels."
         )
+
+
+def fit(sample: np.ndarray, context: Context, name: str) -> CVA | IRMAD | Diff:
+    """The baseline ``name`` fitted on the scene sample (:func:`make_baseline`)."""
+    return make_baseline(name, sample)  # type: ignore[arg-type]

@@ -64,7 +64,10 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["REACH", "CloudScreen", "refit", "scene_spectra", "screen", "usable"]
+from geochange.model.normalize import scene_stats
+from geochange.stages import Block, Context, Reach
+
+__all__ = ["REACH", "Clouds", "fit", "refit", "scene_spectra", "screen", "usable"]
 
 #: A cloud's least opacity, as a fraction of the way from the ground to the cloud spectrum.
 MIN_OPACITY = 0.07
@@ -389,71 +392,55 @@ def _medians_of_others(y: np.ndarray) -> np.ndarray:
     return out
 
 
-class CloudScreen:
-    """A block detector that screens clouds and shadows out of each tile, then runs ``inner``.
-
-    ``tile (t, c, h, w) -> (2, h, w)`` like any detector; flagged pixels are NaN (nodata) on
-    their date for ``inner``. The halo is ``inner``'s plus :data:`REACH`. Other attributes
-    (``device``, ``meta``, ``num_threads``, ...) are those of ``inner``.
+class Clouds:
+    """The ``clouds`` stage: flagged pixels of each tile become nodata on their date.
 
     Args:
-        inner: the detector (``geochange.pipeline.make_detector``).
         stats: (t, c, 2) scene statistics of the stack's sample.
         spectra: (2, c) cloud and dark spectra of the same sample (:func:`scene_spectra`).
         fit: (t, c, 2) clear-pixel matching of the same sample (:func:`refit`), or None.
     """
 
+    name = "clouds"
+
     def __init__(
-        self,
-        inner: object,
-        stats: np.ndarray,
-        spectra: np.ndarray,
-        fit: np.ndarray | None = None,
+        self, stats: np.ndarray, spectra: np.ndarray, fit: np.ndarray | None = None
     ) -> None:
-        self.inner = inner
         self.stats = np.asarray(stats, dtype=np.float32)
         self.spectra = np.asarray(spectra, dtype=np.float32)
         self.fit = None if fit is None else np.asarray(fit, dtype=np.float32)
-        self.halo = int(inner.halo) + REACH  # type: ignore[attr-defined]
 
     @classmethod
-    def from_sample(cls, inner: object, sample: np.ndarray) -> CloudScreen:
+    def from_sample(cls, sample: np.ndarray) -> Clouds:
         """Fit the scene-wide parameters on a decimated scene sample (t, c, n)."""
-        from geochange.model.normalize import scene_stats
-
         stats = scene_stats(sample)
         fit = refit(sample, stats)
-        return cls(inner, stats, scene_spectra(sample, stats, fit), fit)
+        return cls(stats, scene_spectra(sample, stats, fit), fit)
 
-    def __getattr__(self, name: str) -> object:
-        if name == "inner":  # not set yet (unpickling fills __dict__ directly): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    def reach(self, n_dates: int) -> Reach:
+        return Reach(input=REACH)
 
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in ("inner", "stats", "spectra", "fit", "halo"):
-            object.__setattr__(self, name, value)
-        else:  # e.g. num_threads, set by the pipeline on the detector
-            setattr(self.inner, name, value)
+    def params(self) -> dict:
+        return {"refit": self.fit is not None}
 
     def __dask_tokenize__(self) -> tuple:
-        from dask.base import tokenize
-
         fit = b"" if self.fit is None else self.fit.tobytes()
-        return (
-            "CloudScreen",
-            tokenize(self.inner),
-            self.stats.tobytes(),
-            self.spectra.tobytes(),
-            fit,
-        )
+        return ("Clouds", self.stats.tobytes(), self.spectra.tobytes(), fit)
 
     def mask(self, tile: np.ndarray) -> np.ndarray:
         """(t, h, w) bool cloud/shadow mask of a tile (see :func:`screen`)."""
         return screen(tile, self.stats, self.spectra, self.fit)
 
-    def __call__(self, tile: np.ndarray) -> np.ndarray:
-        tile = np.array(tile, dtype=np.float32)  # a copy: the caller's tile stays as read
+    def run(self, block: Block) -> None:
+        tile = np.array(block.tile, dtype=np.float32)  # a copy: the tile as read stays
         flagged = self.mask(tile)
         tile[np.broadcast_to(flagged[:, None], tile.shape)] = np.nan
-        return self.inner(tile)  # type: ignore[operator]
+        block.tile = tile
+
+
+def fit(sample: np.ndarray, context: Context, name: str = "clouds") -> Clouds | None:
+    """The screen fitted on the scene sample; None when the user gave cloud masks (trusted as
+    they are) or the stack has too few dates or bands (:func:`usable`)."""
+    if context.masks or not usable(*sample.shape[:2]):
+        return None
+    return Clouds.from_sample(sample)

@@ -185,3 +185,10 @@ def coregister(stack, window: int = WINDOW, max_shift: float = MAX_SHIFT):
     shifts = tuple((round(float(dy), 3), round(float(dx), 3)) for dy, dx in reg.shifts)
     log.info("co-registration shifts (dy, dx px): %s", shifts)
     return dataclasses.replace(stack, shifts=shifts)
+
+
+def fit_stack(stack):
+    """The ``coregister`` stage: the stack with its shifts estimated (:func:`coregister`) and the
+    parameters for the ``runs`` record."""
+    stack = coregister(stack)
+    return stack, {"shifts_px": [list(s) for s in stack.shifts]}

@@ -57,12 +57,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from geochange.stages import Block, Context, Reach
 from geochange.tiling import stitched
 
 __all__ = [
     "ALIKE",
     "APART",
     "DIRECTIONS",
+    "Emerge",
     "MIN_ALIKE",
     "PROBABILITY",
     "RADII",
@@ -70,6 +72,7 @@ __all__ = [
     "SHARE",
     "add",
     "emergence",
+    "fit",
     "usable",
 ]
 
@@ -188,3 +191,24 @@ def add(
     out_p[new] = PROBABILITY
     out_k[new] = date[new] - 1
     return out_p, out_k
+
+
+class Emerge:
+    """The ``emerge`` stage: :func:`add` of the objects that emerge from their surroundings."""
+
+    name = "emerge"
+
+    def reach(self, n_dates: int) -> Reach:
+        # Reads the series REACH px around; the probability at the pixel only.
+        return Reach(input=REACH)
+
+    def params(self) -> dict:
+        return {"radii": list(RADII), "alike": ALIKE, "apart": APART, "share": SHARE}
+
+    def run(self, block: Block) -> None:
+        block.prob, block.interval = add(block.x, block.valid, block.prob, block.interval)
+
+
+def fit(sample: np.ndarray, context: Context, name: str = "emerge") -> Emerge | None:
+    """None when the stack has too few dates (:func:`usable`)."""
+    return Emerge() if usable(sample.shape[0]) else None

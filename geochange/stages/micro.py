@@ -63,9 +63,21 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from geochange.stages import Block, Context, Reach
 from geochange.tiling import stitched
 
-__all__ = ["HIGH", "LOW", "MAX_PIXELS", "MIN_PIXELS", "REACH", "rescue", "step_score", "usable"]
+__all__ = [
+    "HIGH",
+    "LOW",
+    "MAX_PIXELS",
+    "MIN_PIXELS",
+    "REACH",
+    "Micro",
+    "fit",
+    "rescue",
+    "step_score",
+    "usable",
+]
 
 #: Inner and outer width (px) of the ring whose mean a pixel's local contrast is taken against.
 RING = (3, 9)
@@ -195,3 +207,24 @@ def _objects(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     by_object = np.zeros(n + 1, np.float32)
     by_object[1:] = np.where(keep, 1.0 / (1.0 + np.exp(-(top - HIGH))), 0.0)
     return by_object[objects], when
+
+
+class Micro:
+    """The ``micro`` stage: :func:`rescue` of small persistent changes."""
+
+    name = "micro"
+
+    def reach(self, n_dates: int) -> Reach:
+        # Reads the series REACH px around; the probability at the pixel only.
+        return Reach(input=REACH)
+
+    def params(self) -> dict:
+        return {"low": LOW, "high": HIGH, "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}
+
+    def run(self, block: Block) -> None:
+        block.prob, block.interval = rescue(block.x, block.valid, block.prob, block.interval)
+
+
+def fit(sample: np.ndarray, context: Context, name: str = "micro") -> Micro | None:
+    """None when the stack has too few dates (:func:`usable`)."""
+    return Micro() if usable(sample.shape[0]) else None

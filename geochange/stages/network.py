@@ -1,4 +1,4 @@
-"""Checkpoint → numpy block function for seam-free tiling.
+"""The ``cnn-lstm`` detector stage: a checkpoint as a numpy block function for seam-free tiling.
 
 :class:`ModelDetector` wraps a CNN-LSTM and the scene statistics computed ONCE from a decimated
 sample of the stack; called on a tile (t, c, h, w) it returns the change probability and the
@@ -28,17 +28,10 @@ from geochange.model import DEFAULT_MODEL_PATH, load_model
 from geochange.model.checkpoint import calibration_of
 from geochange.model.cnn_lstm import CNNLSTM
 from geochange.model.normalize import apply, scene_stats
-from geochange.stages.emerge import REACH as EMERGE_REACH
-from geochange.stages.emerge import add as emerge_add
-from geochange.stages.emerge import usable as emerge_usable
-from geochange.stages.micro import REACH as MICRO_REACH
-from geochange.stages.micro import rescue
-from geochange.stages.micro import usable as micro_usable
-from geochange.stages.refine import REACH as REFINE_REACH
-from geochange.stages.refine import refine as refine_prob
+from geochange.stages import Block, Context, Reach
 from geochange.tiling import Window, windows
 
-__all__ = ["Device", "ModelDetector", "model_detector", "resolve_device"]
+__all__ = ["Device", "ModelDetector", "fit", "model_detector", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +102,6 @@ class ModelDetector:
         num_threads: torch intra-op threads used in ``__call__`` (None = leave as is).
         wavelengths: band centres in nm, one per band (None items or NaN = unknown), told to
             a model that uses them (see ``Stack.wavelengths``); None = all unknown.
-        micro: add the small persistent changes of :func:`geochange.stages.micro.rescue` to the
-            model's result (needs 3 dates; ignored with fewer).
-        refine: sharpen the probability along the pixels' own series before the rescue
-            (:func:`geochange.stages.refine.refine`).
-        emerge: add the pixels that emerge from their surroundings at one date and stay apart
-            (:func:`geochange.stages.emerge.add`, after the rescue; needs 4 dates, ignored with fewer).
     """
 
     def __init__(
@@ -129,9 +116,6 @@ class ModelDetector:
         meta: dict | None = None,
         num_threads: int | None = None,
         wavelengths: Sequence[float | None] | None = None,
-        micro: bool = False,
-        refine: bool = False,
-        emerge: bool = False,
     ) -> None:
         self.stats = np.asarray(stats, dtype=np.float32)
         if self.stats.ndim != 3 or self.stats.shape[2] != 2:
@@ -155,15 +139,8 @@ class ModelDetector:
             raise ModelError(f"stack: {t} date(s), at least 2 are needed to detect change")
         if self.net.in_bands is not None and self.net.in_bands != c:
             raise ModelError(_band_message(self.net.in_bands, c))
-        self.micro = bool(micro) and micro_usable(t)
-        self.refine = bool(refine)
-        # The refinement needs the model's probability exact REFINE_REACH px around the core.
-        self.halo = int(self.net.halo(t)) + (REFINE_REACH if self.refine else 0)
-        if self.micro:
-            self.halo = max(self.halo, MICRO_REACH)
-        self.emerge = bool(emerge) and emerge_usable(t)
-        if self.emerge:
-            self.halo = max(self.halo, EMERGE_REACH)
+        #: context each sub-tile carries when the detector runs alone (a chain passes its own)
+        self.halo = int(self.net.halo(t))
         if wavelengths is not None and len(wavelengths) != c:
             raise ModelError(f"wavelengths: got {len(wavelengths)} values for {c} bands")
         self.wavelengths = wavelength_array(wavelengths, c)
@@ -193,14 +170,40 @@ class ModelDetector:
             self.device,
             self.amp,
             self.calibration,
-            self.micro,
-            self.refine,
-            self.emerge,
         )
+
+    # -- the stage ---------------------------------------------------------------------------
+    name = "cnn-lstm"
+
+    def reach(self, n_dates: int) -> Reach:
+        return Reach(input=int(self.net.halo(n_dates)))
+
+    def params(self) -> dict:
+        return {
+            "model": self.model_path or "",
+            "model_name": str(self.meta.get("name", "")),
+            "device": self.device,
+            "amp": self.amp,
+            "calibration": list(self.calibration),
+        }
+
+    def run(self, block: Block) -> None:
+        """Set the block's normalised input, validity, probability and interval; sub-tiles
+        carry ``block.halo`` px of context (the context the chain's later stages need)."""
+        block.x, block.valid = self._normalised(block.tile)
+        block.prob, block.interval = self._infer(block.x, block.valid, block.halo)
 
     # -- inference ------------------------------------------------------------------------------
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         """Run on one tile (t, c, h, w) float32 NaN-nodata; returns (2, h, w) float32."""
+        x, valid = self._normalised(tile)
+        prob, interval = self._infer(x, valid, self.halo)
+        nodata = valid.sum(axis=0) < 2
+        prob[nodata] = np.nan
+        interval[nodata] = np.nan
+        return np.stack([prob, interval])
+
+    def _normalised(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tile = np.asarray(tile, dtype=np.float32)
         if tile.ndim != 4 or tile.shape[:2] != self.stats.shape[:2]:
             raise ModelError(
@@ -209,14 +212,16 @@ class ModelDetector:
             )
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))
-        x, valid = apply(tile, self.stats)
+        return apply(tile, self.stats)
+
+    def _infer(self, x: np.ndarray, valid: np.ndarray, halo: int) -> tuple[np.ndarray, ...]:
+        """(prob, interval) of a normalised tile, in sub-tiles of ``tile_size`` px with a halo
+        of ``halo`` px clipped at the tile edge (exact, like tiling), batched by shape."""
         h, w = x.shape[2:]
         prob = np.empty((h, w), np.float32)
         interval = np.empty((h, w), np.float32)
-        # Sub-tiles: core windows plus a halo clipped at the tile edge (exact, like tiling),
-        # batched by window shape.
         groups: dict[tuple[int, int], list[Window]] = {}
-        for win in windows(h, w, self.tile_size, self.halo):
+        for win in windows(h, w, self.tile_size, halo):
             rows, cols = win[0]
             groups.setdefault((rows.stop - rows.start, cols.stop - cols.start), []).append(win)
         for items in groups.values():
@@ -228,16 +233,7 @@ class ModelDetector:
                 for (_, crop, write), pb, ib in zip(batch, p, iv):
                     prob[write] = pb[crop]
                     interval[write] = ib[crop]
-        if self.refine:
-            prob = refine_prob(prob, x, valid)
-        if self.micro:
-            prob, interval = rescue(x, valid, prob, interval)
-        if self.emerge:
-            prob, interval = emerge_add(x, valid, prob, interval)
-        nodata = valid.sum(axis=0) < 2
-        prob[nodata] = np.nan
-        interval[nodata] = np.nan
-        return np.stack([prob, interval])
+        return prob, interval
 
     def _forward(self, xs: np.ndarray, vs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = torch.from_numpy(xs).to(self.device)
@@ -293,3 +289,12 @@ def model_detector(
         "model %s (%s), %d dates, %d bands", meta.get("name"), meta.get("path"), *sample.shape[:2]
     )
     return ModelDetector(net, stats, device=dev, model_path=meta.get("path"), meta=meta, **kwargs)
+
+
+def fit(sample: np.ndarray, context: Context, name: str = "cnn-lstm") -> ModelDetector:
+    """The deep model's detector for a scene: :func:`model_detector` with the context's model,
+    device, batch size, precision and wavelengths."""
+    kwargs: dict[str, object] = {"amp": bool(context.amp), "wavelengths": context.wavelengths}
+    if context.batch_size is not None:
+        kwargs["batch_size"] = int(context.batch_size)
+    return model_detector(sample, model_path=context.model, device=context.device, **kwargs)

@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from geochange.stages import Block, Context, Reach
 from geochange.tiling import stitched
 
-__all__ = ["ITERATIONS", "RADIUS", "REACH", "SIGMA", "refine"]
+__all__ = ["ITERATIONS", "RADIUS", "REACH", "SIGMA", "Refine", "fit", "refine"]
 
 #: Neighbourhood radius (px): a (2 RADIUS + 1)² window, distance weights a Gaussian this wide.
 RADIUS = 2
@@ -125,3 +126,24 @@ def _refine(
         # A pixel without weight (all its neighbours nodata) keeps its own value.
         p = np.where(total > 0, acc / np.maximum(total, 1e-12), p).astype(np.float32)
     return np.where(np.isfinite(prob), p, np.nan).astype(np.float32)
+
+
+class Refine:
+    """The ``refine`` stage: :func:`refine` of the detector's probability."""
+
+    name = "refine"
+
+    def reach(self, n_dates: int) -> Reach:
+        # Reads the model's probability and the series REACH px around each pixel.
+        return Reach(input=REACH, result=REACH)
+
+    def params(self) -> dict:
+        return {"radius": RADIUS, "sigma": SIGMA, "iterations": ITERATIONS}
+
+    def run(self, block: Block) -> None:
+        block.prob = refine(block.prob, block.x, block.valid)
+
+
+def fit(sample: np.ndarray, context: Context, name: str = "refine") -> Refine:
+    """The stage has no scene-wide parameters."""
+    return Refine()

@@ -1,0 +1,210 @@
+"""What a detection run is asked to do, as frozen values checked once.
+
+- :class:`StackConfig`: how the stack is opened (dates, alignment, masks, wavelengths).
+- :class:`DetectConfig`: what is computed and written (method, model, stages, threshold,
+  polygons, adaptation, quicklook).
+- :class:`RuntimeConfig`: where and how it runs (chunks, device, batch, dask scheduler).
+
+:func:`geochange.detect` takes them, or their fields as keyword arguments
+(``detect(stack, out, threshold=0.6, skip=("clouds",))``); a derived run is a
+``dataclasses.replace`` of them. A bad value raises :class:`ConfigError` naming the field; the
+command line names the matching flag instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from geochange.errors import InputError
+
+__all__ = [
+    "ConfigError",
+    "DetectConfig",
+    "Device",
+    "Method",
+    "RuntimeConfig",
+    "StackConfig",
+    "split_options",
+]
+
+Method = Literal["cnn-lstm", "cva", "irmad", "diff"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ConfigError(InputError):
+    """A configuration field has a bad value.
+
+    ``str()`` names the field (``threshold: found 2.0, ...``); :meth:`for_flag` names the
+    command-line flag (``--threshold: found 2.0, ...``).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+    def for_flag(self) -> str:
+        return f"--{self.field.replace('_', '-')}: {self.message}"
+
+
+def _finite(name: str, value: float, expected: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"found {value!r}, expected {expected}") from None
+    if not math.isfinite(v):
+        raise ConfigError(name, f"found {value!r}, expected {expected} (a finite number)")
+    return v
+
+
+def _whole(name: str, value: int | None, least: int, expected: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or int(value) != value or value < least:
+        raise ConfigError(name, f"found {value!r}, expected {expected}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StackConfig:
+    """How the stack is opened (see :func:`geochange.io.stack.open_stack`).
+
+    Attributes:
+        dates: one date per file, overriding tags and file names.
+        align: resample every date onto the first date's grid.
+        masks: cloud / validity masks per date, read as nodata.
+        mask_values: mask values that mean masked (None = any non-zero), e.g. "3,8,9,10".
+        wavelengths: band centres in nm, e.g. "490,560,665,842"; default from the files.
+    """
+
+    dates: Sequence[Any] | None = None
+    align: bool = False
+    masks: str | os.PathLike | Sequence[str | os.PathLike] | None = None
+    mask_values: Sequence[float] | str | None = None
+    wavelengths: Sequence[float | None] | str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectConfig:
+    """What a run computes and writes.
+
+    Attributes:
+        method: "cnn-lstm" (the deep model) or a classical baseline "cva", "irmad", "diff".
+        model: checkpoint of ``geochange train``/``adapt`` for "cnn-lstm"; None = shipped default.
+        skip: optional stages left out of the chain (:data:`geochange.stages.OPTIONAL`:
+            coregister, clouds, refine, micro, emerge).
+        threshold: probability from which a pixel counts as change, in (0, 1).
+        min_area: smallest polygon kept, in m² (>= 0).
+        simplify: polygon simplification tolerance in CRS units (0 = none).
+        adapt: first adapt the model to the stack without labels (:mod:`geochange.model.adapt`).
+        adapt_minutes: wall-clock budget of that adaptation.
+        quicklook: also write OUT_quicklook.png.
+        rgb_bands: 1-based bands shown as red, green, blue in the quicklook (None = guessed).
+    """
+
+    method: Method = "cnn-lstm"
+    model: str | os.PathLike | None = None
+    skip: frozenset[str] = frozenset()
+    threshold: float = 0.5
+    min_area: float = 0.0
+    simplify: float = 0.0
+    adapt: bool = False
+    adapt_minutes: float = 3.0
+    quicklook: bool = True
+    rgb_bands: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        from geochange.stages import DETECTORS, parse_skip
+
+        if self.method not in DETECTORS:
+            raise ConfigError(
+                "method",
+                f"found {self.method!r}, expected one of {', '.join(DETECTORS)}; pick one of "
+                "those (cnn-lstm is the default deep model)",
+            )
+        object.__setattr__(self, "skip", parse_skip(self.skip, "skip"))
+        t = _finite("threshold", self.threshold, "a probability strictly between 0 and 1")
+        if not 0.0 < t < 1.0:
+            raise ConfigError(
+                "threshold", f"found {self.threshold}, expected a probability strictly between "
+                "0 and 1",
+            )  # fmt: skip
+        if _finite("min_area", self.min_area, "an area in m² >= 0") < 0:
+            raise ConfigError("min_area", f"found {self.min_area}, expected an area in m² >= 0")
+        if _finite("simplify", self.simplify, "a tolerance in CRS units >= 0") < 0:
+            raise ConfigError(
+                "simplify", f"found {self.simplify}, expected a tolerance in CRS units >= 0"
+            )
+        if _finite("adapt_minutes", self.adapt_minutes, "minutes > 0") <= 0:
+            raise ConfigError("adapt_minutes", f"found {self.adapt_minutes}, expected minutes > 0")
+        if self.method != "cnn-lstm":
+            for name, value in (("model", self.model), ("adapt", self.adapt or None)):
+                if value is not None:
+                    raise ConfigError(
+                        name,
+                        f"given but method is {self.method!r}, a classical baseline without "
+                        "weights; drop it or use method cnn-lstm",
+                    )
+        if self.rgb_bands is not None:
+            object.__setattr__(self, "rgb_bands", tuple(self.rgb_bands))
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how a run computes; none of it changes the result (``amp`` aside).
+
+    Attributes:
+        chunk_size: chunk edge in pixels (>= 16); memory per task grows with its square.
+        device: "auto" (CUDA when present), "cpu" or "cuda".
+        batch_size: sub-tiles per forward pass of the deep model (None = its default).
+        amp: float16 autocast on CUDA (faster; not bit-identical to float32).
+        scheduler: None or "threads" (dask threads here), a dask.distributed scheduler
+            address "tcp://HOST:PORT", or a scheduler file (.json). See docs/CLUSTER.md.
+        workers: run on a local cluster of this many worker processes.
+        threads_per_worker: dask threads per worker process.
+        progress: show a progress bar over chunks.
+    """
+
+    chunk_size: int = 512
+    device: Device = "auto"
+    batch_size: int | None = None
+    amp: bool = False
+    scheduler: str | None = None
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        _whole("chunk_size", self.chunk_size, 16, "at least 16 pixels")
+        _whole("batch_size", self.batch_size, 1, "a whole number of tiles >= 1")
+        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
+            raise ConfigError("device", f"found {self.device!r}, expected auto, cpu or cuda")
+
+
+_CONFIGS = (StackConfig, DetectConfig, RuntimeConfig)
+_FIELDS = {f.name: cls for cls in _CONFIGS for f in dataclasses.fields(cls)}
+
+
+def split_options(
+    options: dict[str, Any],
+    stack: StackConfig | None = None,
+    detect: DetectConfig | None = None,
+    runtime: RuntimeConfig | None = None,
+) -> tuple[StackConfig, DetectConfig, RuntimeConfig]:
+    """The three configurations with ``options`` (field names of any of them) put in.
+
+    Raises:
+        TypeError: an option that is no field of any configuration.
+    """
+    unknown = sorted(set(options) - set(_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown detect options {unknown}; fields are {sorted(_FIELDS)}")
+    out = []
+    for cls, base in zip(_CONFIGS, (stack, detect, runtime)):
+        mine = {k: v for k, v in options.items() if _FIELDS[k] is cls}
+        base = base if base is not None else cls()
+        out.append(dataclasses.replace(base, **mine) if mine else base)
+    return out[0], out[1], out[2]

@@ -1,0 +1,144 @@
+"""The stage contract, checked for every registered stage.
+
+Each stage alone (with the detector it follows) must give, chunk by chunk with the chain's halo,
+what it gives on the whole scene; never turn nodata into change; and pickle for dask workers.
+A new stage gets these checks by being registered.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import dask
+import dask.array
+import geopandas as gpd
+import numpy as np
+import pytest
+from helpers import run_cli, write_geotiff, write_stack
+
+from geochange import open_stack, tiling
+from geochange.pipeline import detect
+from geochange.stages import (
+    DETECTORS,
+    OPTIONAL,
+    REGISTRY,
+    Context,
+    build_chain,
+    parse_skip,
+)
+from geochange.synth import make_scene
+
+STAGES = [s for s in REGISTRY if s.role != "stack"]
+DATES = ["2023-01-15", "2023-03-02", "2023-05-20", "2023-07-11", "2023-09-03", "2023-11-08"]
+
+
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    """(6, 4, 96, 96) float32 DN with a block of nodata and pixels valid on one date only."""
+    x = make_scene(size=96, dates=6, bands=4, seed=21, nuisance="medium").images
+    x = x.astype(np.float32)
+    x[:, :, 40:52, 10:30] = np.nan  # nodata on every date
+    x[1:, :, 70:74, 60:64] = np.nan  # valid on the first date only
+    return x
+
+
+def _chain(spec, scene, tiny_model):
+    """A chain where ``spec`` is the only optional stage (with the detector it needs)."""
+    method = spec.name if spec.role == "detector" else (spec.after or ("cva",))[0]
+    skip = set(OPTIONAL) - {spec.name}
+    context = Context(model=str(tiny_model), device="cpu")
+    return build_chain(scene.reshape(*scene.shape[:2], -1), method, skip, context)
+
+
+@pytest.mark.parametrize("spec", STAGES, ids=[s.name for s in STAGES])
+def test_stage_contract(spec, scene, tiny_model) -> None:
+    chain = _chain(spec, scene, tiny_model)
+    assert spec.name in chain.names
+    stage = next(s for s in chain.stages if s.name == spec.name)
+    assert stage.reach(scene.shape[0]).input >= 0
+    json.dumps(chain.record())  # the runs record can hold it
+
+    whole = chain(scene)
+    # Halo honoured: chunk by chunk equals the whole scene.
+    tiled = tiling.overlap_map(
+        dask.array.from_array(scene, chunks=(6, 4, 40, 36)), chain, chain.halo, out_bands=2
+    )
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_allclose(np.asarray(tiled.compute()), whole, atol=1e-5)
+    # Nodata never becomes change.
+    assert np.isnan(whole[0, 40:52, 10:30]).all()
+    assert np.isnan(whole[0, 70:74, 60:64]).all()
+    assert np.isfinite(whole[0]).mean() > 0.9
+    # Pickles for dask: the same result and the same token.
+    again = pickle.loads(pickle.dumps(chain))
+    np.testing.assert_array_equal(again(scene), whole)
+    assert dask.base.tokenize(again) == dask.base.tokenize(chain)
+
+
+PASSES = [s for s in STAGES if s.role != "detector"]
+
+
+@pytest.mark.parametrize("spec", PASSES, ids=[s.name for s in PASSES])
+def test_each_stage_changes_the_chains_token(spec, scene, tiny_model) -> None:
+    chain = _chain(spec, scene, tiny_model)
+    without = build_chain(
+        scene.reshape(6, 4, -1),
+        chain.method,
+        OPTIONAL,
+        Context(model=str(tiny_model), device="cpu"),
+    )
+    assert spec.name not in without.names
+    assert dask.base.tokenize(chain) != dask.base.tokenize(without)
+
+
+def test_coregister_is_a_stack_stage_tiled_like_the_whole(tmp_path) -> None:
+    scene = make_scene(size=80, dates=4, bands=4, seed=5, nuisance="high")
+    write_stack(tmp_path / "s", scene.images, DATES[:4], nodata=0)
+    small = detect(tmp_path / "s", None, method="cva", chunk_size=32, skip=["clouds"])
+    large = detect(tmp_path / "s", None, method="cva", chunk_size=512, skip=["clouds"])
+    assert small.run["stages"] == ["coregister", "cva"]
+    assert np.any(np.abs(small.stack.shifts) > 0.05)
+    np.testing.assert_array_equal(small.prob.compute(), large.prob.compute())
+
+
+def test_registry_entries_build_what_they_name() -> None:
+    assert DETECTORS == ("cnn-lstm", "cva", "irmad", "diff")
+    assert OPTIONAL == ("coregister", "clouds", "refine", "micro", "emerge")
+    for spec in REGISTRY:
+        module = spec.load()
+        assert hasattr(module, "fit_stack" if spec.role == "stack" else "fit"), spec.name
+
+
+def test_skip_names_are_checked() -> None:
+    assert parse_skip("clouds, micro") == {"clouds", "micro"}
+    with pytest.raises(ValueError, match="--skip: found 'cloud', expected stage names among"):
+        parse_skip("cloud")
+
+
+def test_cli_skip_reaches_the_chain_and_the_runs_record(tmp_path) -> None:
+    scene = make_scene(size=64, dates=4, bands=4, seed=3, nuisance="low")
+    write_stack(tmp_path / "s", scene.images, DATES[:4], nodata=0)
+    out = tmp_path / "c.gpkg"
+    code, _, err = run_cli(
+        "detect", tmp_path / "s", "-o", out, "--method", "cva", "--skip", "clouds,coregister",
+        "--no-quicklook", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    runs = gpd.read_file(out, layer="runs")
+    assert json.loads(runs.stages[0]) == ["cva"]
+    assert set(json.loads(runs.stage_params[0])) == {"cva"}
+    code, _, err = run_cli("detect", tmp_path / "s", "-o", tmp_path / "d.gpkg", "--skip", "cloud")
+    assert code == 2 and "--skip: found 'cloud'" in err and err.count("\n") == 1
+    assert not (tmp_path / "d.gpkg").exists()
+
+
+def test_masks_keep_the_cloud_screen_off(tmp_path) -> None:
+    scene = make_scene(size=64, dates=4, bands=4, seed=3, nuisance="low")
+    write_stack(tmp_path / "s", scene.images, DATES[:4], nodata=0)
+    masks = np.zeros((4, 64, 64), np.uint8)
+    write_geotiff(tmp_path / "m.tif", masks)
+    stack = open_stack(tmp_path / "s", masks=tmp_path / "m.tif")
+    result = detect(stack, None, method="cva")
+    assert "clouds" not in result.run["stages"]
+    assert "clouds" in detect(tmp_path / "s", None, method="cva").run["stages"]
