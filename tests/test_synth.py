@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 from pathlib import Path
 
 import geopandas as gpd
@@ -26,7 +27,9 @@ from geochange.synth import (
 )
 from geochange.synth.nuisances import shift_bilinear
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_samples"
+#: Folder of real labelled pairs (research licences, not in the repository), if one is given.
+_REAL = os.environ.get("GEOCHANGE_REAL_SAMPLES")
+REAL = Path(_REAL) if _REAL else None
 SIZE = 96
 
 
@@ -206,7 +209,10 @@ def test_load_pair_missing_folder(tmp_path: Path) -> None:
         load_pair(tmp_path)
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="needs ../shared/data/real_samples")
+@pytest.mark.skipif(
+    REAL is None or not REAL.is_dir(),
+    reason="set GEOCHANGE_REAL_SAMPLES to a folder of real labelled pairs",
+)
 @pytest.mark.parametrize("name", ["landsat_taizhou", "dsifn_0_2"])
 def test_semi_synthetic_from_real_pair(name: str, tmp_path: Path) -> None:
     sample = REAL / name

@@ -11,7 +11,7 @@ scaling), over whole scenes with their natural change prior, repairs both: the c
 probability means what it says (pixels near 0.5 changed about half of the time) and the default
 threshold 0.5 lands near the F1 optimum. The two numbers live in the checkpoint's metadata
 (``meta["calibration"]``) and :class:`geochange.stages.network.ModelDetector` applies them; a
-checkpoint without them gives raw probabilities as before.
+checkpoint without them gives raw probabilities.
 
 The scenes come from :func:`geochange.model.data.synthetic_scene` with validation seeds (the
 training seeds never), whole, at the sizes a user's chunks have.

@@ -41,20 +41,13 @@ All parameters are scene-wide (statistics and spectra come from the decimated sc
 every step looks at most :data:`REACH` px away, so a tile read with that much more halo gives
 exactly the whole-scene result: tiles stay seam-free.
 
-``geochange detect`` screens by default when the user gives no masks (``--cloud-screen``). On
-the held-out synthetic scenes of ``benchmarks/default_model.py`` (nuisance high, seeds 5000-5004,
-which also served to design it) it took the session-8 default model's change F1 from 0.53 to
-0.83 and its false alarms from 5.2 % to 0.7 % of unchanged pixels; on fresh seeds 7000-7004,
-0.56 to 0.78 (session-8 weights) and 0.68 to 0.82 (session-9 weights). Session 12 (shipped
-weights, with ``--micro``) added the dark-spectrum shadow test, the run rule of step 5 and the
-faint fringes, chosen on validation seeds 1000-1019: F1 as is 0.812/0.806 -> 0.828/0.826 on
-1000-1009/1010-1019 (masks given: 0.836/0.842), fresh seeds 7000-7009 0.827 -> 0.838 (masks
-0.851), held-out 0.815 -> 0.829 (masks 0.860); screen recall of the true cloud/shadow pixels
-0.79/0.83 -> 0.88/0.92 on validation. It needs 3 dates
-and 4 bands: with 2 dates there is no temporal evidence (a cloud and a new bright roof on the
-second date are the same thing), and with RGB alone a thin cloud and a grey roof have the same
-spectral shape (measured: on semi-synthetic series from the RGB DSIFN pairs it removed real
-change), so it stays off there.
+``geochange detect`` runs the screen unless the user gives masks or skips it (``--skip
+clouds``). It needs 3 dates and 4 bands: with 2 dates there is no temporal evidence (a cloud and
+a new bright roof on the second date are the same thing), and with RGB alone a thin cloud and a
+grey roof have the same spectral shape (on semi-synthetic series from RGB pairs it removed real
+change), so it does not apply there. The thresholds were chosen on synthetic validation scenes
+(seeds 1000-1019, nuisance high); what the screen adds on held-out scenes and real pairs is in
+benchmarks/README.md and benchmarks/DEFAULT_MODEL.md.
 """
 
 from __future__ import annotations

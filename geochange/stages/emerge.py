@@ -4,8 +4,7 @@ context vetoes, at any size.
 The CNN-LSTM's context decoder learned that most change on farmland is not change: a field
 harvested, greening up or ploughed changes as a whole. It pays for that with whole new objects
 inside such a field: on synthetic validation scenes (seeds 1000-1019, nuisance high, cloud masks
-given, shipped model; session 14) it missed 29 % of the pixels of new buildings and 41 % of new
-roads, among them roofs of 100-400 px with a contrast of 0.1-0.2 in reflectance that the model
+given) it missed 29 % of the pixels of new buildings and 41 % of new roads, among them roofs of 100-400 px with a contrast of 0.1-0.2 in reflectance that the model
 gave a probability of 0.02-0.15, while it missed 2 % of clearings.
 
 What tells such an object from a harvest is its neighbourhood. Before the change the object's
@@ -19,34 +18,25 @@ its field. A pixel *emerges* at date ``k`` from its neighbour ``q`` when
 - from ``k`` on they are apart: **every** valid date differs by at least ``APART`` (a cloud,
   a shadow or a wet day that passes does not);
 - with at least ``MIN_BEFORE`` valid dates before ``k`` and ``MIN_AFTER`` from ``k`` on (two
-  each: one date after, even on the series' last date, was mostly cloud edges).
+  each: with one date after, even on the series' last date, the additions were mostly cloud
+  edges).
 
 The neighbours are :data:`DIRECTIONS` directions at each of :data:`RADII` px: far enough that the
-middle of a roof up to 20 px across compares with the field around it too (with
-radii of 3-15 px the middle of a larger roof had half its neighbours on the roof itself, alike
-after as before, and stayed below the share). A pixel's **share** at ``k`` is the part of the
+middle of a roof up to 20 px across compares with the field around it too (at radii of 3-15 px
+the middle of a larger roof has half its neighbours on the roof itself, alike after as before,
+and stays below the share). A pixel's **share** at ``k`` is the part of the
 neighbours alike before ``k`` that it emerges from, when at least ``MIN_ALIKE`` are alike
 (fewer, around clouds or nodata, said too little). A pixel with a share of at least ``SHARE``
 is added to the model's result with the probability :data:`PROBABILITY` and, where the model saw
 no change, the change date ``k``; nothing the model found is removed. A field pixel stays below
 the share: of its alike neighbours, at most the ones across one edge lie in another field.
 
-Chosen on synthetic validation scenes (seeds 1000-1039 at nuisance high, 256², 8 dates,
-4 bands, as ``detect`` runs them, after :func:`geochange.stages.micro.rescue`; session 14) among
-ALIKE 0.05-0.2, APART 0.4-1, SHARE 0.6-0.8, MIN_ALIKE 3-18, radii from 2 to 25 px and 8 or 12
-directions, by the most F1: radii 3-15 gave +0.004, 10-20 +0.009 (12-24 or 10-25 the same),
-and APART 0.4 as much as 0.6 (0.8: -0.002, 1.0: -0.006) but more micro-changes (recall +0.02),
-which let :data:`geochange.stages.micro.HIGH` rise from 2.2 to 2.5 at the micro recall of before.
-Together, against no emergence and HIGH 2.2: F1 as is 0.844 -> 0.856, with the cloud masks
-given 0.863 -> 0.873, micro recall 0.584 -> 0.584 and 0.606 -> 0.617; at nuisance medium
-(seeds 1000-1009) 0.849 -> 0.869, micro 0.604 -> 0.597, and low 0.882 -> 0.901, micro 0.716 ->
-0.701. With radii 3-15, the added pixels were right 58 % (share 0.7-0.8), 51 % (0.8-0.9) and
-30 % (0.9-1, mostly beside clouds the screen missed; MIN_ALIKE 10 instead of 6 cut those) of
-the time, hence one modest :data:`PROBABILITY` for all. Also tried and dropped: running it
-before :func:`geochange.stages.refine.refine` (+0.001 F1, micro-changes smoothed away), an outline
-rule for the 1-px mixed rim it adds around objects, and keeping only added pixels with an
-alike neighbour after the change (both +0.000). Held-out figures:
-``benchmarks/DEFAULT_MODEL.md``. Cost: 1.5 s per 512² tile of 8 dates x 4 bands on one core
+The constants were chosen on synthetic validation scenes (seeds 1000-1039, nuisance high,
+256², 8 dates, 4 bands, as ``detect`` runs them) by the most F1; added pixels are right about
+half of the time, hence one modest :data:`PROBABILITY` for all. It runs after
+:func:`geochange.stages.micro.rescue` and after :func:`geochange.stages.refine.refine`, which
+would smooth its small additions away. The figures are in benchmarks/TUNING.md, held-out ones
+in benchmarks/DEFAULT_MODEL.md. Cost: 1.5 s per 512² tile of 8 dates x 4 bands on one core
 (about a quarter of the model's), 3 s with 10 dates x 13 bands.
 
 It needs 4 dates (2 before, 2 after). Every step looks at most :data:`REACH` px away, so a tile

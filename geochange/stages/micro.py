@@ -3,8 +3,8 @@
 The CNN-LSTM judges a pixel with a 15-px context decoder over its states. That decoder learned,
 rightly, that most "change" on vegetation is not change (a field harvested, a shadow, a crop
 greening up), and it vetoes a 2-4 px object there even when the pixel's own interval head sees a
-clean step that lasts for the rest of the series (measured in session 10: the interval evidence
-of missed micro objects reached the level of detected ones, the context term stayed at the
+clean step that lasts for the rest of the series (on validation scenes the interval evidence of
+missed micro objects reached the level of detected ones; the context term stayed at the
 background's). This module finds exactly those objects with a plain, explainable test and adds
 them to the model's result (:func:`rescue`); it never removes anything the model found.
 
@@ -40,22 +40,12 @@ The rescue needs 3 dates (2 before, 1 after); with 2 dates a step is any differe
 tells a small change from noise. All steps look at most :data:`REACH` px away, so a tile read
 with that much halo gives exactly the whole-scene result.
 
-The thresholds were chosen on synthetic validation scenes (seeds 1000-1019 at nuisance high,
-1000-1009 at low and medium; 256², 8 dates, 4 bands, run as ``detect`` runs them with the
-shipped model; session 11) by one rule: the most micro-change recall for at most 0.01 of pixel
-F1 at every nuisance level. HIGH/LOW 2.2/1.3 (high: micro recall 0.40 -> 0.63, F1 0.816 ->
-0.809, false alarms 0.70 -> 0.81 % of unchanged pixels; medium 0.43 -> 0.62, F1 -0.008; low
-0.48 -> 0.75, F1 -0.005); 2.5/1.5 gave 0.59 at F1 0.810 (high), 3.0/1.8 0.56 at 0.813, and
-2.0/1.2 cost 0.013. CONSISTENCY 0.6 or 0.7 and two dates after every change (even the last)
-scored no better. Session 14: :mod:`geochange.stages.emerge` now runs after the rescue and finds
-some of the same objects (those alike their surroundings before and apart from them after by
-0.4 scene spreads² at 10-20 px), so HIGH went up from 2.2 to 2.5, by the rule "the most F1
-that keeps micro recall at least where it was" (validation seeds 1000-1039, nuisance high, as
-is: micro recall 0.584 before emerge; with it, measured on cached model outputs, HIGH 2.2
-0.613, 2.35 0.604, 2.5 0.593, 3.0 with LOW 1.8 0.586, and F1 0.853, 0.856, 0.857, 0.859; the
-shipped code at 2.5 through ``detect``'s path: F1 0.844 -> 0.856, micro 0.584 -> 0.584).
-Held-out figures: ``benchmarks/DEFAULT_MODEL.md``. Cost: about a fifth of the model's own
-CPU time on a 512-px chunk of 8 dates and 13 bands.
+``HIGH`` and ``LOW`` were chosen on synthetic validation scenes (seeds 1000-1039, 256², 8
+dates, 4 bands, run as ``detect`` runs them) by one rule: the most micro-change recall for at
+most 0.01 of pixel F1 at every nuisance level, with :mod:`geochange.stages.emerge` running after
+the rescue (it finds some of the same objects, which lets ``HIGH`` be stricter); the figures
+are in benchmarks/TUNING.md, held-out ones in benchmarks/DEFAULT_MODEL.md. Cost: about a fifth
+of the model's own CPU time on a 512-px chunk of 8 dates and 13 bands.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Edge-aware refinement of the change probability, guided by each pixel's own time series.
 
 The CNN-LSTM judges a pixel from its neighbourhood, so its probability is smooth across an
-object's outline: most of its remaining errors on synthetic scenes were rims, one pixel inside
-or outside the true outline (validation seeds 1000-1019, masks given: 10 077 of 18 028 wrong
-pixels lay within 1 px of it), and isolated specks whose series looks like their neighbours'.
+object's outline: most of its errors on synthetic scenes are rims, one pixel inside or outside
+the true outline (validation seeds 1000-1019, masks given: 10 077 of 18 028 wrong pixels lie
+within 1 px of it), and isolated specks whose series looks like their neighbours'.
 The stack itself knows where an object ends: the pixels of one new roof share one series
 (bands over dates), and it differs from the field around it.
 
@@ -17,18 +17,11 @@ guide, like a mean-field step of a dense CRF. A pixel unlike all its neighbours 
 field takes theirs; an outline moves to where the series changes. Pixels with fewer than two
 valid dates carry no weight.
 
-Chosen on synthetic validation scenes (seeds 1000-1019, nuisance high, 256², 8 dates, 4 bands,
-run as ``detect`` runs them with the shipped model; session 13) among radius 1-3, sigma 0.2-2
-and 1-3 passes, by one rule: the most F1 that keeps micro recall (objects <= 9 px) at the
-issue's 0.6. A plain Gaussian (no guide) lost 0.01-0.02 F1 and most micro-changes; two passes
-gave +0.002 F1 more but micro recall 0.586; radius 3 / sigma 0.2 scored the same as the
-shipped 2 / 0.25. Shipped, against no refinement: F1 as is 0.827 -> 0.838, with the cloud
-masks given 0.839 -> 0.851; false alarms (as is) 0.62 -> 0.51 % of unchanged pixels; micro
-recall 0.625 -> 0.608 (as is), which is also why it runs before :func:`geochange.stages.micro.rescue`
-(after it, the rescued objects were smoothed away too). Zero-shot on the real pairs of
-../shared/data/real_samples, mean F1 0.303 -> 0.311 (7 of 9 up, Landsat 0.861 -> 0.892; the two
-DSIFN scenes where a third or more of the pixels changed lose 0.014 and 0.018). Held-out
-figures: ``benchmarks/DEFAULT_MODEL.md``.
+``RADIUS``, ``SIGMA`` and ``ITERATIONS`` were chosen on synthetic validation scenes (seeds
+1000-1019, nuisance high, 256², 8 dates, 4 bands, run as ``detect`` runs them) by one rule: the
+most F1 that keeps micro-change recall (objects <= 9 px) at 0.6. It runs before
+:func:`geochange.stages.micro.rescue`, so that the rescued small objects are not smoothed away.
+The figures are in benchmarks/TUNING.md, held-out and real-pair ones in benchmarks/README.md.
 
 Every step looks at most :data:`REACH` px away, so a tile read with that much more halo gives
 exactly the whole-scene result.
