@@ -413,7 +413,9 @@ def test_cli_json_and_map(pair, tmp_path):
     # Never overwrite without --overwrite.
     again = CliRunner().invoke(cli, args)
     assert again.exit_code != 0 and "already exists" in str(again.exception)
+    png.write_bytes(b"stale")
     assert CliRunner().invoke(cli, [*args, "--overwrite"]).exit_code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # replaced by the map
 
 
 def test_cli_threshold_and_errors(pair, tmp_path):

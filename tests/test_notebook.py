@@ -50,6 +50,7 @@ def test_notebook_committed_without_outputs() -> None:
         assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
 
 
+@pytest.mark.slow  # runs detect on the whole data_samples scene in a kernel
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("cwd", ["notebooks"])
 def test_notebook_runs(cwd: str, kernel_name: str) -> None:

@@ -282,7 +282,15 @@ def test_existing_output_needs_overwrite(stack_dir, tmp_path, capsys):
         capsys,
     )
     assert code in (0, None), err
-    assert gpd.read_file(out, layer="changes").crs is not None
+    # Replaced by a real GeoPackage of this run, on the stack's CRS, and nothing else left.
+    assert not out.read_bytes().startswith(b"precious")
+    with rasterio.open(sorted(stack_dir.glob("*.tif"))[0]) as src:
+        crs = src.crs
+    assert gpd.read_file(out, layer="changes").crs == crs
+    assert gpd.read_file(out, layer="runs")["method"].tolist() == ["cva"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["c.gpkg", "c_prob.tif", "c_date.tif", "c_quicklook.png", "stack"]
+    )
 
 
 def test_dates_are_parsed_from_tiff_datetime(tmp_path):

@@ -306,7 +306,9 @@ def test_cli_series(stack_dir: Path, tmp_path: Path) -> None:
     # Exists: refused without --overwrite.
     result = runner.invoke(cli, args)
     assert isinstance(result.exception, OutputExistsError)
+    out.write_bytes(b"stale")
     assert runner.invoke(cli, [*args, "--overwrite"]).exit_code == 0
+    _assert_picture(out)  # replaced by a real picture
 
     out = tmp_path / "poly.png"
     result = runner.invoke(

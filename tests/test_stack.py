@@ -17,7 +17,7 @@ from helpers import DEFAULT_TRANSFORM, write_geotiff, write_stack
 from rasterio.warp import transform_bounds
 
 from geochange.errors import AlignmentError, DateError, InputError
-from geochange.io.stack import GDAL_ENV, Stack, open_stack, parse_dates, read_sample
+from geochange.io.stack import GDAL_ENV, open_stack, parse_dates, read_sample
 
 T, C, H, W = 3, 3, 64, 80
 DATES = ["2023-01-15", "2023-02-14", "2023-03-16"]
@@ -64,7 +64,6 @@ def test_dates_from_tags_sorted(tmp_path: Path) -> None:
     dates = ["2023-03-16", "2023-01-15", "2023-02-14"]
     paths = write_stack(tmp_path, data, dates, name_fmt="scene_{i}.tif", band_names=["B", "G", "R"])
     stack = open_stack(tmp_path)
-    assert isinstance(stack, Stack)
     assert stack.dates == tuple(dt.date.fromisoformat(d) for d in DATES)
     assert stack.paths == (str(paths[1]), str(paths[2]), str(paths[0]))
     assert stack.T == 3 and stack.band_count == 3 and stack.dtype == "uint16"
