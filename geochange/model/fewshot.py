@@ -1,0 +1,737 @@
+"""Teach the change model what the user calls change, from a few example polygons.
+
+``teach(stack, examples, "taught.ckpt")`` fine-tunes the default (or a given) CNN-LSTM on the
+user's own scene and writes a checkpoint that ``geochange detect --model`` loads like any other,
+with the decision threshold chosen from the examples in its meta (``detect`` uses it).
+
+How it learns (:func:`teach_network`):
+
+- **What it changes**: the two heads only (the interval head and the context decoder, about a
+  fifth of the weights); the encoder and the ConvLSTM stay as shipped. Their output around the
+  examples is computed once (:func:`_backbone`) and every step trains the heads on it: ten
+  polygons cannot erase what the backbone learned, and a step costs milliseconds, so a few
+  hundred steps and a cross-validation fit in the budget of one adaptation.
+- **What it learns from**, each step, on every region around the examples (whole, not chips,
+  so the 15-px context decoder sees what it sees at inference):
+  the user's labels (1 change, 0 no change, classes weighted equally); the scene's own
+  self-supervised "no change" of :mod:`geochange.adapt` (unlabelled pixels with a low CVA-like
+  magnitude that the starting model does not call change, at a lower weight); and rehearsal of
+  a few synthetic training scenes (:func:`geochange.data.synthetic_scene`, seeds of the shipped
+  model's training range) with their true labels and dates. An L2 pull towards the starting
+  weights keeps the heads near what they were.
+- **The threshold** is the one with the best F1 on *held-out* examples: the out-of-fold
+  probabilities of the cross-validation below, after the same refinement ``detect`` applies.
+  Without a cross-validation it is chosen on the training examples (said so in the meta).
+- **An honest estimate**: spatially blocked k-fold (:func:`blocked_folds`): the examples are cut
+  into units (whole polygons; a large reviewed area cut into square blocks), units are dealt to
+  k folds so that each holds change, and each fold's units plus a buffer around them are left
+  out of its fit. For each fold the threshold is chosen on the other folds' out-of-fold
+  probabilities, then F1 / precision / recall are measured on the fold: the mean and spread
+  over folds are the expected figures. With fewer change units than folds it says so.
+
+Deterministic for a seed: a fixed number of steps per fit (the budget only cuts a fit short on a
+slow machine, which the meta then records).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from geochange.adapt import change_magnitude, ignore_threshold
+from geochange.bands import wavelength_array
+from geochange.emerge import REACH as EMERGE_REACH
+from geochange.emerge import add as emerge_add
+from geochange.emerge import usable as emerge_usable
+from geochange.errors import InputError, ModelError, OutputExistsError
+from geochange.io.examples import UNKNOWN, Examples
+from geochange.micro import REACH as MICRO_REACH
+from geochange.micro import rescue
+from geochange.micro import usable as micro_usable
+from geochange.model import load_model, save_model
+from geochange.model.cnn_lstm import CNNLSTM, MASKED_LOGIT, shift_min_distance
+from geochange.model.normalize import apply, scene_stats
+from geochange.refine import REACH as REFINE_REACH
+from geochange.refine import refine as refine_prob
+from geochange.stack import Stack, read_sample
+
+__all__ = [
+    "TaughtResult",
+    "blocked_folds",
+    "best_threshold",
+    "default_minutes",
+    "teach",
+    "teach_network",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Seeds of the synthetic training scenes rehearsed (the shipped model trained on 0-999).
+REHEARSAL_SEEDS = (0, 1, 2)
+#: Edge (px) of the blocks a large reviewed area is cut into for cross-validation.
+CV_BLOCK = 32
+#: Pixels around a fold's held-out units left out of its fit.
+CV_BUFFER = 8
+#: Weight of the scene's self-supervised "no change" pixels against the user's labels.
+SELF_WEIGHT = 0.2
+#: Weight of the rehearsed synthetic scenes' loss.
+REHEARSAL_WEIGHT = 0.5
+#: Crops of the cached backbone output per step, and their edge in pixels.
+BATCH = 8
+CROP = 48
+#: Rehearsal crops per step.
+REHEARSAL_BATCH = 2
+#: Share of the no-change crops centred on a self-supervised quiet pixel.
+SELF_SHARE = 0.3
+#: Weight of the L2 pull of the heads towards their starting weights.
+ANCHOR = 1e-3
+#: Candidate thresholds.
+THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)
+
+
+def default_minutes(shape: Sequence[int]) -> float:
+    """Budget sized to the scene: 5 minutes for 2 dates of 512² on 2 CPU cores, linear in
+    dates × pixels, between 1 and 30 minutes. ``shape`` = (t, c, h, w)."""
+    t, _, h, w = shape
+    return float(np.clip(5.0 * t * h * w / (2 * 512 * 512), 1.0, 30.0))
+
+
+# ----------------------------------------------------------------------------------------------
+# The network split in two: backbone (frozen, run once) and heads (taught)
+
+
+def _backbone(net: CNNLSTM, x: torch.Tensor, valid: torch.Tensor, wl: torch.Tensor | None):
+    """Everything ``CNNLSTM.forward`` computes before its heads (same operations, same order).
+
+    Returns:
+        ``z`` (b, t-1, C, h, w): the interval head's inputs; ``final`` (b, 2H, h, w): the
+        context decoder's input; ``possible`` (b, t-1, h, w) bool.
+    """
+    b, t, c, h, w = x.shape
+    valid = valid.to(torch.bool)
+    wl = (
+        wl.to(device=x.device, dtype=x.dtype) if (net.uses_wavelengths and wl is not None) else None
+    )
+    feats = [net.encoder(net.stem(x[:, i], wl)) for i in range(t)]
+    if net.cloud is not None and t >= 3:
+        cl = net._cloud_logits(feats, valid)
+        from geochange.model.cnn_lstm import CLOUD_GATE
+
+        valid = valid & (torch.sigmoid(cl) < CLOUD_GATE)
+    vmask = [valid[:, i, None] for i in range(t)]
+    for i in range(1, t):
+        feats[i] = torch.where(vmask[i], feats[i], feats[i - 1])
+    dists: list[torch.Tensor] = []
+    if net.match is not None:
+        m, r = [net.match(f) for f in feats], net.shift_radius
+        dists = [x.new_zeros(b, 2, h, w)] + [
+            torch.cat(
+                [shift_min_distance(m[i], m[i - 1], r), shift_min_distance(m[i - 1], m[i], r)], 1
+            )
+            for i in range(1, t)
+        ]
+
+    def step_input(i: int) -> torch.Tensor:
+        from geochange.model.cnn_lstm import local_contrast
+
+        diff = feats[i] - feats[i - 1] if i > 0 else torch.zeros_like(feats[0])
+        local = [local_contrast(diff, net.local_contrast)] if net.local_contrast else []
+        return torch.cat([feats[i], diff, *local, *dists[i : i + 1]], dim=1)
+
+    zeros = x.new_zeros(b, net.hidden, h, w)
+    hf, cf = zeros, zeros
+    h_fwd = []
+    for i in range(t):
+        hf, cf = net.fwd.step(step_input(i), hf, cf, vmask[i])
+        h_fwd.append(hf)
+    seen = torch.cumsum(valid.to(torch.int32), dim=1) > 0
+    possible = valid[:, 1:] & seen[:, :-1]
+    hb, cb = zeros, zeros
+    z: list[torch.Tensor] = [x.new_empty(0)] * (t - 1)
+    for i in range(t - 1, -1, -1):
+        inp = step_input(i)
+        hb, cb = net.bwd.step(inp, hb, cb, vmask[i])
+        if i >= 1:
+            z[i - 1] = torch.cat([h_fwd[i - 1], hb, inp[:, net.features :]], dim=1)
+    return torch.stack(z, dim=1), torch.cat([h_fwd[-1], hb], dim=1), possible
+
+
+def _heads(net: CNNLSTM, z: torch.Tensor, final: torch.Tensor, possible: torch.Tensor):
+    """The rest of ``CNNLSTM.forward``: (change_logit (b, h, w), interval_logits (b, t-1, h, w))."""
+    b, n, ch, h, w = z.shape
+    interval = net.interval_head(z.reshape(b * n, ch, h, w))[:, 0].reshape(b, n, h, w)
+    interval = torch.where(possible, interval, interval.new_tensor(MASKED_LOGIT))
+    context = net.decoder(final)[:, 0]
+    if net.skip is not None:
+        context = context + net.skip(final)[:, 0]
+    return torch.logsumexp(interval, dim=1) + context, interval
+
+
+def _head_parameters(net: CNNLSTM) -> list[torch.nn.Parameter]:
+    mods = [net.interval_head, net.decoder] + ([net.skip] if net.skip is not None else [])
+    return [p for m in mods for p in m.parameters()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Regions around the examples
+
+
+@dataclass
+class _Region:
+    """A window of the scene around examples, with the frozen backbone's output cached."""
+
+    y0: int
+    x0: int
+    x: np.ndarray  # (t, c, h, w) normalised
+    valid: np.ndarray  # (t, h, w)
+    label: np.ndarray  # (h, w) user's labels 1/0/255
+    selfneg: np.ndarray  # (h, w) bool: self-supervised "no change"
+    z: torch.Tensor
+    final: torch.Tensor
+    possible: torch.Tensor
+
+
+def _regions(label: np.ndarray, pad: int, cell: int = 32) -> list[tuple[int, int, int, int]]:
+    """Boxes (y0, x0, y1, x1) covering the labelled pixels with ``pad`` around them; nearby
+    examples share a box (found on a ``cell``-px grid)."""
+    h, w = label.shape
+    lab = label != UNKNOWN
+    gh, gw = -(-h // cell), -(-w // cell)
+    coarse = np.zeros((gh, gw), bool)
+    ys, xs = np.nonzero(lab)
+    coarse[ys // cell, xs // cell] = True
+    grown = ndimage.binary_dilation(coarse, iterations=max(1, -(-2 * pad // cell)))
+    ids, n = ndimage.label(grown)
+    boxes = []
+    for sl in ndimage.find_objects(ids):
+        inside = lab[sl[0].start * cell : sl[0].stop * cell, sl[1].start * cell : sl[1].stop * cell]
+        yy, xx = np.nonzero(inside)
+        if yy.size == 0:
+            continue
+        y0 = sl[0].start * cell + int(yy.min())
+        y1 = sl[0].start * cell + int(yy.max()) + 1
+        x0 = sl[1].start * cell + int(xx.min())
+        x1 = sl[1].start * cell + int(xx.max()) + 1
+        boxes.append((max(0, y0 - pad), max(0, x0 - pad), min(h, y1 + pad), min(w, x1 + pad)))
+    return boxes
+
+
+def _run_backbone(net, x, valid, wl, device):
+    with torch.inference_mode():
+        xt = torch.from_numpy(x[None]).to(device)
+        vt = torch.from_numpy(valid[None]).to(device)
+        z, final, possible = _backbone(net, xt, vt, wl)
+    return z.clone(), final.clone(), possible.clone()
+
+
+# ----------------------------------------------------------------------------------------------
+# Cross-validation units and folds
+
+
+def blocked_folds(
+    label: np.ndarray, k: int = 3, seed: int = 0, block: int = CV_BLOCK
+) -> tuple[np.ndarray, int] | None:
+    """Spatially blocked folds of the labelled pixels.
+
+    Units are the 8-connected groups of labelled pixels (whole polygons); a unit larger than a
+    ``block`` × ``block`` square is cut along a ``block``-px grid. Units holding change are
+    dealt to the folds in turn (shuffled with ``seed``), then the others.
+
+    Returns:
+        ``(fold, k)`` with ``fold`` (h, w) int8: the fold (0..k-1) of each labelled pixel, -1
+        elsewhere; or None when fewer than ``k`` units hold change or no unit holds no change.
+    """
+    lab = label != UNKNOWN
+    ids, n = ndimage.label(lab, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(ids.ravel(), minlength=n + 1)
+    h, w = label.shape
+    gy, gx = np.mgrid[0:h, 0:w]
+    cellid = (gy // block) * (-(-w // block)) + gx // block
+    big = sizes[ids] > block * block
+    unit = np.where(big, (n + 1) + cellid, ids)
+    unit[~lab] = 0
+    uniq, inv = np.unique(unit, return_inverse=True)
+    inv = inv.reshape(unit.shape)
+    has_change = np.bincount(inv.ravel(), weights=(label == 1).ravel(), minlength=len(uniq)) > 0
+    has_none = np.bincount(inv.ravel(), weights=(label == 0).ravel(), minlength=len(uniq)) > 0
+    real = uniq != 0
+    if (has_change & real).sum() < k or not (has_none & real).any():
+        return None
+    rng = np.random.default_rng([int(seed), 31])
+    order = np.concatenate(
+        [
+            rng.permutation(np.flatnonzero(has_change & real)),
+            rng.permutation(np.flatnonzero(~has_change & real)),
+        ]
+    )
+    assign = np.full(len(uniq), -1, np.int8)
+    assign[order] = np.arange(len(order)) % k
+    fold = assign[inv]
+    fold[~lab] = -1
+    return fold, k
+
+
+def _f1(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
+    p = tp / (tp + fp) if tp + fp else float("nan")
+    r = tp / (tp + fn) if tp + fn else float("nan")
+    f = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    return f, p, r
+
+
+def best_threshold(prob: np.ndarray, truth: np.ndarray) -> float:
+    """Threshold of :data:`THRESHOLDS` with the best F1 of ``prob >= t`` against ``truth``
+    (ties: the one closest to 0.5); 0.5 when ``truth`` lacks either class."""
+    p = np.asarray(prob, np.float64).ravel()
+    y = np.asarray(truth, bool).ravel()
+    if y.all() or not y.any():
+        return 0.5
+    pred = p[None, :] >= THRESHOLDS[:, None]
+    tp = (pred & y).sum(axis=1)
+    fp = (pred & ~y).sum(axis=1)
+    fn = (~pred & y).sum(axis=1)
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+    return float(THRESHOLDS[best[np.argmin(np.abs(THRESHOLDS[best] - 0.5))]])
+
+
+# ----------------------------------------------------------------------------------------------
+# Teaching
+
+
+@dataclass
+class TaughtResult:
+    """What :func:`teach_network` returns.
+
+    Attributes:
+        net: the taught network (eval mode, CPU).
+        base_meta: the starting model's meta.
+        threshold: the decision threshold chosen from the examples.
+        info: provenance for the checkpoint's meta and the ``runs`` layer: steps, seconds,
+            the cross-validation (``cv``), the threshold's source.
+    """
+
+    net: CNNLSTM
+    base_meta: dict
+    threshold: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _Teacher:
+    """Holds the cached regions and rehearsal scenes; fits heads from the starting weights."""
+
+    def __init__(self, base, stack, examples, device, seed, rehearsal, self_supervised):
+        self.base = base
+        self.device = device
+        self.t = stack.T
+        sample = read_sample(stack)
+        self.stats = scene_stats(sample)
+        sx, sv = apply(sample[:, :, None, :], self.stats)
+        thr = ignore_threshold(change_magnitude(sx, sv)[0])
+        wl = wavelength_array(stack.wavelengths, stack.band_count)
+        self.wl = torch.from_numpy(wl[None]).to(device)
+        self.post = {
+            "refine": True,
+            "micro": micro_usable(self.t),
+            "emerge": emerge_usable(self.t),
+        }
+        pad = int(base.halo(self.t)) + REFINE_REACH
+        if self.post["micro"]:
+            pad = max(pad, MICRO_REACH)
+        if self.post["emerge"]:
+            pad = max(pad, EMERGE_REACH)
+        pad = max(pad, CV_BUFFER + 16)
+        self.regions: list[_Region] = []
+        label = examples.label
+        for y0, x0, y1, x1 in _regions(label, pad):
+            raw = stack.window(y0, x0, y1 - y0, x1 - x0)
+            x, valid = apply(raw, self.stats)
+            z, final, possible = _run_backbone(base, x, valid, self.wl, device)
+            lab = label[y0:y1, x0:x1].copy()
+            lab[valid.sum(axis=0) < 2] = UNKNOWN
+            selfneg = np.zeros(lab.shape, bool)
+            if self_supervised:
+                mag = change_magnitude(x, valid)
+                quiet = ~ndimage.binary_dilation(mag > thr, iterations=2)
+                with torch.inference_mode():
+                    p0 = torch.sigmoid(_heads(base, z, final, possible)[0])[0].cpu().numpy()
+                selfneg = quiet & (p0 < 0.5) & (lab == UNKNOWN) & (valid.sum(axis=0) >= 2)
+            self.regions.append(_Region(y0, x0, x, valid, lab, selfneg, z, final, possible))
+        self.rehearsal = []
+        if rehearsal:
+            from geochange.data import synthetic_scene
+
+            tt = min(max(2, self.t), 10)
+            for s in REHEARSAL_SEEDS[: int(rehearsal)]:
+                sc = synthetic_scene(int(s), size=96, dates=(tt, tt), bands=(1, 16))
+                x, valid = apply(sc.raw, sc.stats)
+                swl = torch.from_numpy(
+                    wavelength_array(
+                        list(sc.wavelengths) if sc.wavelengths is not None else None, x.shape[1]
+                    )[None]
+                ).to(device)
+                z, final, possible = _run_backbone(base, x, valid, swl, device)
+                ch = torch.from_numpy(sc.change[None].astype(np.int64)).to(device)
+                di = torch.from_numpy(sc.date_index[None].astype(np.int64)).to(device)
+                self.rehearsal.append((z, final, possible, ch, di))
+        logger.info(
+            "teach: %d region(s) around the examples, %d rehearsal scene(s)",
+            len(self.regions),
+            len(self.rehearsal),
+        )
+
+    # -- one fit -----------------------------------------------------------------------------
+    def fit(self, keep: list[np.ndarray] | None, steps: int, lr: float, seed: int, deadline: float):
+        """Heads fitted from the starting weights for ``steps`` steps (``keep``: per region, a
+        bool mask of the labels used; None = all).
+
+        Each step: :data:`BATCH` crops of :data:`CROP` px of the cached backbone output, centred
+        half on a change example, the rest on a no-change example or (a share
+        :data:`SELF_SHARE`) on a self-supervised quiet pixel; plus :data:`REHEARSAL_BATCH` crops
+        of the rehearsed synthetic scenes. Weighted cross-entropy on the user's labels (weight
+        1) and the quiet pixels (:data:`SELF_WEIGHT`); the rehearsal's loss is ``adapt_loss``
+        on the scenes' true change and dates; an L2 pull towards the starting heads.
+        """
+        from geochange.adapt import adapt_loss
+
+        rng = np.random.default_rng([int(seed), 977])
+        torch.manual_seed(int(seed))
+        net = copy.deepcopy(self.base).to(self.device)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        params = _head_parameters(net)
+        for p in params:
+            p.requires_grad_(True)
+        anchor = [p.detach().clone() for p in params]
+        opt = torch.optim.Adam(params, lr=lr)
+        labs, weights, pools = [], [], {"pos": [], "neg": [], "self": []}
+        for i, r in enumerate(self.regions):
+            lab = r.label if keep is None else np.where(keep[i], r.label, UNKNOWN)
+            selfneg = r.selfneg if keep is None else r.selfneg & keep[i]
+            wgt = np.where(lab != UNKNOWN, 1.0, np.where(selfneg, SELF_WEIGHT, 0.0))
+            labs.append(torch.from_numpy((lab == 1).astype(np.float32)).to(self.device))
+            weights.append(torch.from_numpy(wgt.astype(np.float32)).to(self.device))
+            for key, m in (("pos", lab == 1), ("neg", lab == 0), ("self", selfneg)):
+                idx = np.flatnonzero(m.ravel())
+                if idx.size:
+                    pools[key].append((i, idx))
+        if not pools["pos"]:
+            raise InputError("examples: no change example left to learn from")
+
+        def draw(key: str) -> tuple[int, int, int]:
+            i, idx = pools[key][int(rng.integers(len(pools[key])))]
+            y, x = divmod(int(idx[int(rng.integers(idx.size))]), self.regions[i].label.shape[1])
+            return i, y, x
+
+        def crop(i: int, y: int, x: int) -> tuple[slice, slice]:
+            h, w = self.regions[i].label.shape
+            ch, cw = min(CROP, h), min(CROP, w)
+            y0 = int(np.clip(y - ch // 2 + rng.integers(-ch // 4, ch // 4 + 1), 0, h - ch))
+            x0 = int(np.clip(x - cw // 2 + rng.integers(-cw // 4, cw // 4 + 1), 0, w - cw))
+            return slice(y0, y0 + ch), slice(x0, x0 + cw)
+
+        done = 0
+        for _step in range(int(steps)):
+            if time.monotonic() > deadline:
+                break
+            items = []
+            for b in range(BATCH):
+                if b < BATCH // 2:
+                    key = "pos"
+                elif pools["self"] and (not pools["neg"] or rng.random() < SELF_SHARE):
+                    key = "self"
+                else:
+                    key = "neg" if pools["neg"] else "pos"
+                i, y, x = draw(key)
+                items.append((i, *crop(i, y, x)))
+            shapes = {(ys.stop - ys.start, xs.stop - xs.start) for _, ys, xs in items}
+            loss = 0.0
+            for shape in shapes:
+                group = [
+                    it
+                    for it in items
+                    if (it[1].stop - it[1].start, it[2].stop - it[2].start) == shape
+                ]
+                reg = [self.regions[i] for i, _, _ in group]
+                z = torch.cat([r.z[..., ys, xs] for r, (_, ys, xs) in zip(reg, group)])
+                fin = torch.cat([r.final[..., ys, xs] for r, (_, ys, xs) in zip(reg, group)])
+                pos = torch.cat([r.possible[..., ys, xs] for r, (_, ys, xs) in zip(reg, group)])
+                y = torch.stack([labs[i][ys, xs] for i, ys, xs in group])
+                wgt = torch.stack([weights[i][ys, xs] for i, ys, xs in group])
+                logit, _ = _heads(net, z, fin, pos)
+                bce = F.binary_cross_entropy_with_logits(logit, y, reduction="none")
+                loss = loss + (bce * wgt).sum() / wgt.sum().clamp_min(1.0) * len(group) / BATCH
+            if self.rehearsal:
+                zs, fs, ps, cs, ds = [], [], [], [], []
+                for _ in range(REHEARSAL_BATCH):
+                    z, fin, pos, ch, di = self.rehearsal[int(rng.integers(len(self.rehearsal)))]
+                    h, w = ch.shape[-2:]
+                    c = min(CROP, h, w)
+                    y0, x0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+                    ys, xs = slice(y0, y0 + c), slice(x0, x0 + c)
+                    zs.append(z[..., ys, xs])
+                    fs.append(fin[..., ys, xs])
+                    ps.append(pos[..., ys, xs])
+                    cs.append(ch[..., ys, xs])
+                    ds.append(di[..., ys, xs])
+                logit, interval = _heads(net, torch.cat(zs), torch.cat(fs), torch.cat(ps))
+                loss = loss + REHEARSAL_WEIGHT * adapt_loss(
+                    logit, interval, torch.cat(cs), torch.cat(ds)
+                )
+            pull = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+            loss = loss + ANCHOR * pull
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+        net = net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net, done
+
+    # -- predictions as detect makes them ----------------------------------------------------
+    def predict(self, net: CNNLSTM) -> list[np.ndarray]:
+        """Per region, the change probability ``detect`` writes (refined, micro and emerge as
+        the stack allows), (h, w) float32."""
+        out = []
+        for r in self.regions:
+            with torch.inference_mode():
+                logit, interval = _heads(net, r.z, r.final, r.possible)
+                prob = torch.sigmoid(logit)[0].cpu().numpy().astype(np.float32)
+                k = interval.argmax(dim=1)[0].cpu().numpy().astype(np.float32)
+            if self.post["refine"]:
+                prob = refine_prob(prob, r.x, r.valid)
+            if self.post["micro"]:
+                prob, k = rescue(r.x, r.valid, prob, k)
+            if self.post["emerge"]:
+                prob, k = emerge_add(r.x, r.valid, prob, k)
+            out.append(prob)
+        return out
+
+
+def teach_network(
+    stack: Stack,
+    examples: Examples,
+    *,
+    model: str | os.PathLike | None = None,
+    minutes: float | None = None,
+    steps: int = 300,
+    seed: int = 0,
+    folds: int = 3,
+    lr: float = 3e-3,
+    rehearsal: int = len(REHEARSAL_SEEDS),
+    self_supervised: bool = True,
+    device: str = "auto",
+    start_time: float | None = None,
+) -> TaughtResult:
+    """Teach a model from the user's examples on ``stack`` (see the module docstring).
+
+    Args:
+        stack: the user's stack.
+        examples: :func:`geochange.io.examples.read_examples` on the stack's grid.
+        model: starting checkpoint; None = the shipped default model.
+        minutes: wall-clock budget of the whole call (None = :func:`default_minutes`); it cuts
+            fits short only on a machine too slow for ``steps``.
+        steps: steps per fit (each fold's and the final one).
+        seed: seeds the folds and torch.
+        folds: k of the blocked cross-validation (0 or 1 = none).
+        lr: Adam learning rate of the heads.
+        rehearsal: synthetic scenes rehearsed (0 = none).
+        self_supervised: also teach the scene's quiet unlabelled pixels as no change.
+        device: "auto", "cpu" or "cuda".
+        start_time: ``time.monotonic()`` at which the budget started (default: now).
+
+    Raises:
+        ModelError: unreadable model or a band count it does not take.
+        InputError: fewer than two dates, or examples on another grid.
+    """
+    from geochange.predict import resolve_device
+
+    t0 = time.monotonic() if start_time is None else start_time
+    if stack.T < 2:
+        raise InputError(f"stack: {stack.T} date(s), at least 2 are needed to teach a change model")
+    if examples.label.shape != stack.grid.shape:
+        raise InputError(
+            f"examples: rasterised on a {examples.label.shape} grid, the stack is "
+            f"{stack.grid.shape}; read them with the stack's grid"
+        )
+    minutes = default_minutes(stack.shape) if minutes is None else float(minutes)
+    if not minutes > 0:
+        raise InputError(f"--adapt-minutes: got {minutes}, expected a positive number of minutes")
+    deadline = t0 + 60.0 * minutes
+    dev = resolve_device(device)
+    base, base_meta = load_model(model, map_location=dev)
+    if base.in_bands is not None and base.in_bands != stack.band_count:
+        raise ModelError(
+            f"model {base_meta.get('path')}: trained on {base.in_bands} bands but the stack has "
+            f"{stack.band_count}; teach the default band-agnostic model or one with this band count"
+        )
+    teacher = _Teacher(base, stack, examples, dev, seed, rehearsal, self_supervised)
+
+    # Cross-validation.
+    labels = [r.label for r in teacher.regions]
+    cv: dict[str, Any] = {"k": 0}
+    oof = [np.full(lab.shape, np.nan, np.float32) for lab in labels]
+    fold_maps = None
+    if folds and folds >= 2:
+        fold_maps = []
+        ok = True
+        for r in teacher.regions:
+            got = blocked_folds(r.label, int(folds), seed)
+            if got is None:
+                ok = False
+                break
+            fold_maps.append(got[0])
+        if not ok:
+            # Too few units per region: try the regions together (fold maps per region).
+            fold_maps = None
+    fits = 1 + (int(folds) if fold_maps is not None else 0)
+    steps_done = []
+    if fold_maps is not None:
+        for f in range(int(folds)):
+            keep = []
+            for fm in fold_maps:
+                test = fm == f
+                near = ndimage.binary_dilation(test, iterations=CV_BUFFER) if test.any() else test
+                keep.append(~near)
+            share = (deadline - time.monotonic()) / (fits - f)
+            net_f, done = teacher.fit(keep, steps, lr, seed * 100 + f + 1, time.monotonic() + share)
+            logger.info("teach: fold %d of %d, %d steps", f + 1, folds, done)
+            steps_done.append(done)
+            for i, prob in enumerate(teacher.predict(net_f)):
+                test = fold_maps[i] == f
+                oof[i][test] = prob[test]
+        per = []
+        for f in range(int(folds)):
+            tr_p = np.concatenate([o[(fm >= 0) & (fm != f)] for o, fm in zip(oof, fold_maps)])
+            tr_y = np.concatenate(
+                [lab[(fm >= 0) & (fm != f)] == 1 for lab, fm in zip(labels, fold_maps)]
+            )
+            thr_f = best_threshold(tr_p, tr_y)
+            te_p = np.concatenate([o[fm == f] for o, fm in zip(oof, fold_maps)])
+            te_y = np.concatenate([lab[fm == f] == 1 for lab, fm in zip(labels, fold_maps)])
+            pred = te_p >= thr_f
+            per.append(
+                _f1(
+                    float((pred & te_y).sum()),
+                    float((pred & ~te_y).sum()),
+                    float((~pred & te_y).sum()),
+                )
+            )
+        arr = np.array(per, np.float64)
+        cv = {
+            "k": int(folds),
+            "f1": round(float(np.nanmean(arr[:, 0])), 3),
+            "f1_sd": round(float(np.nanstd(arr[:, 0])), 3),
+            "precision": round(float(np.nanmean(arr[:, 1])), 3),
+            "precision_sd": round(float(np.nanstd(arr[:, 1])), 3),
+            "recall": round(float(np.nanmean(arr[:, 2])), 3),
+            "recall_sd": round(float(np.nanstd(arr[:, 2])), 3),
+            "f1_folds": [round(float(v), 3) for v in arr[:, 0]],
+        }
+        all_p = np.concatenate([o[fm >= 0] for o, fm in zip(oof, fold_maps)])
+        all_y = np.concatenate([lab[fm >= 0] == 1 for lab, fm in zip(labels, fold_maps)])
+        threshold = best_threshold(all_p, all_y)
+        source = "held-out examples (cross-validation)"
+    else:
+        cv = {
+            "k": 0,
+            "note": f"too few examples to estimate: fewer than {max(2, int(folds))} separate "
+            "change examples, or no no-change example",
+        }
+    net, done = teacher.fit(None, steps, lr, seed * 100, deadline)
+    steps_done.append(done)
+    if fold_maps is None:
+        probs = teacher.predict(net)
+        p = np.concatenate([pr[lab != UNKNOWN] for pr, lab in zip(probs, labels)])
+        y = np.concatenate([lab[lab != UNKNOWN] == 1 for lab in labels])
+        threshold = best_threshold(p, y)
+        source = (
+            "training examples (no held-out estimate)"
+            if (~y).any()
+            else "default (no no-change example)"
+        )
+    info = {
+        "steps": int(steps),
+        "steps_done": steps_done,
+        "cut_short": any(d < steps for d in steps_done),
+        "seconds": round(time.monotonic() - t0, 1),
+        "lr": float(lr),
+        "rehearsal": int(rehearsal),
+        "self_supervised": bool(self_supervised),
+        "threshold_source": source,
+        "cv": cv,
+        "device": dev,
+        "regions": len(teacher.regions),
+    }
+    if info["cut_short"]:
+        logger.warning(
+            "teach: the %.1f-minute budget cut fits short (%s of %d steps): not reproducible step "
+            "for step; give more --adapt-minutes",
+            minutes,
+            steps_done,
+            steps,
+        )
+    logger.info("teach: threshold %.2f from %s; cv %s", threshold, source, cv)
+    return TaughtResult(net.cpu().eval(), base_meta, float(threshold), info)
+
+
+def teach(
+    stack: Stack,
+    examples: Examples,
+    output_ckpt: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    **kwargs: Any,
+) -> tuple[Path, dict]:
+    """Teach a model from examples and write it (loads with ``geochange detect --model``).
+
+    Args:
+        stack: the user's stack (co-registered as ``detect`` reads it).
+        examples: the examples on the stack's grid.
+        output_ckpt: checkpoint to write.
+        model: starting checkpoint; None = the shipped default model.
+        overwrite: replace an existing ``output_ckpt``.
+        seed: random seed.
+        **kwargs: further options of :func:`teach_network`.
+
+    Returns:
+        ``(path, meta)``; the meta holds ``taught: True``, ``threshold``, ``cv`` and the
+        examples' hash and counts.
+    """
+    output_ckpt = Path(output_ckpt)
+    if output_ckpt.exists() and not overwrite:
+        raise OutputExistsError(f"output {output_ckpt}: exists; pass --overwrite to replace it")
+    res = teach_network(stack, examples, model=model, seed=seed, **kwargs)
+    bm = res.base_meta
+    meta = {
+        "name": f"{bm.get('name', 'cnn-lstm')}-taught",
+        "trained_on": f"{bm.get('trained_on', 'unknown')}; taught from examples on {stack.T} dates",
+        "taught": True,
+        "threshold": res.threshold,
+        "base_model": str(model) if model is not None else "default",
+        "base_model_name": bm.get("name"),
+        "seed": int(seed),
+        "taught_on": {
+            "inputs": [str(p) for p in stack.paths],
+            "dates": [d.isoformat() for d in stack.dates],
+            "shape": list(stack.shape),
+        },
+        **examples.summary(),
+        **res.info,
+    }
+    save_model(res.net, output_ckpt, meta)
+    logger.info("teach: wrote %s (threshold %.2f)", output_ckpt, res.threshold)
+    return output_ckpt, meta
