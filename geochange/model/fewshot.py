@@ -36,6 +36,7 @@ slow machine, which the meta then records).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import time
@@ -327,6 +328,14 @@ class TaughtResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=8)
+def _rehearsal_scene(seed: int, t: int):
+    """A synthetic training scene of ``t`` dates (96 px, 1-16 bands drawn by the seed)."""
+    from geochange.data import synthetic_scene
+
+    return synthetic_scene(seed, size=96, dates=(t, t), bands=(1, 16))
+
+
 class _Teacher:
     """Holds the cached regions and rehearsal scenes; fits heads from the starting weights."""
 
@@ -369,11 +378,9 @@ class _Teacher:
             self.regions.append(_Region(y0, x0, x, valid, lab, selfneg, z, final, possible))
         self.rehearsal = []
         if rehearsal:
-            from geochange.data import synthetic_scene
-
             tt = min(max(2, self.t), 10)
             for s in REHEARSAL_SEEDS[: int(rehearsal)]:
-                sc = synthetic_scene(int(s), size=96, dates=(tt, tt), bands=(1, 16))
+                sc = _rehearsal_scene(int(s), tt)
                 x, valid = apply(sc.raw, sc.stats)
                 swl = torch.from_numpy(
                     wavelength_array(
