@@ -1,0 +1,109 @@
+"""Teaching the model what the user calls change, from example polygons in its own scene."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from rasterio.features import rasterize
+from scipy import ndimage
+
+from geochange.coregister import coregister
+from geochange.io.examples import read_examples
+from geochange.model import load_model
+from geochange.model.fewshot import best_threshold, blocked_folds, teach
+from geochange.pipeline import detect
+from geochange.stack import open_stack
+from geochange.synth import make_scene, write_scene
+
+#: New construction is change; fields cleared and water are not (as OSCD labels it).
+CONSTRUCTION = ("building", "small_object", "moved_object", "road")
+NOT_CHANGE = ("clearing", "water_rise", "water_fall")
+
+
+@pytest.fixture(scope="module")
+def two_kinds(tmp_path_factory):
+    """A 192 px two-date scene with a building, 2 roads, 4 small objects, 2 moved objects and 2
+    cleared fields (the default model finds all of the fields and the building and roads);
+    every other construction and every other clearing become examples."""
+    tmp = tmp_path_factory.mktemp("two_kinds")
+    scene = make_scene(size=192, dates=2, bands=4, seed=5010, nuisance="low")
+    images = write_scene(scene, tmp / "scene")["images"]
+    ch = scene.changes
+    build = ch[ch.kind.isin(CONSTRUCTION)]
+    clear = ch[ch.kind.isin(NOT_CHANGE)]
+    assert len(build) >= 8 and len(clear) >= 2
+    ex = gpd.GeoDataFrame(
+        {"change": ["yes"] * len(build.iloc[::2]) + ["no"] * len(clear.iloc[::2])},
+        geometry=list(build.geometry.iloc[::2]) + list(clear.geometry.iloc[::2]),
+        crs=ch.crs,
+    ).to_crs("EPSG:4326")  # any CRS: reprojected to the stack's
+    path = tmp / "examples.gpkg"
+    ex.to_file(path, layer="my_examples", driver="GPKG")
+    grid = scene.grid
+    ref = rasterize(
+        [(g, 1) for g in build.geometry], out_shape=grid.shape, transform=grid.transform
+    ).astype(bool)
+    return tmp, images, path, ref, scene.change != 255
+
+
+def _f1(pred, ref, mask):
+    q, y = pred[mask], ref[mask]
+    tp, fp, fn = (q & y).sum(), (q & ~y).sum(), (~q & y).sum()
+    return 2 * tp / max(1, 2 * tp + fp + fn)
+
+
+def test_examples_teach_the_users_definition(two_kinds):
+    tmp, images, path, ref, labelled = two_kinds
+    stack = coregister(open_stack(images))
+    ex = read_examples(path, stack.grid)
+    assert ex.n_change >= 4 and ex.n_no_change >= 1
+    ckpt, meta = teach(stack, ex, tmp / "taught.ckpt", steps=60, folds=0, seed=0, device="cpu")
+    assert meta["taught"] and 0.05 <= meta["threshold"] <= 0.95
+    assert meta["examples_sha256"] == ex.sha256 and meta["cv"]["k"] == 0
+    assert "too few" in meta["cv"]["note"]
+    assert load_model(ckpt)[1]["threshold"] == meta["threshold"]
+
+    mask = labelled & ~ndimage.binary_dilation(ex.label != 255, iterations=3)
+    zero = np.asarray(detect(stack, None, quicklook=False).prob) >= 0.5
+    res = detect(stack, None, model=ckpt, threshold=meta["threshold"], quicklook=False)
+    taught = np.asarray(res.prob) >= meta["threshold"]
+    f_zero, f_taught = _f1(zero, ref, mask), _f1(taught, ref, mask)
+    assert f_taught >= f_zero + 0.2, (f_zero, f_taught)
+
+
+def test_teaching_is_deterministic_for_a_seed(two_kinds, tmp_path):
+    tmp, images, path, _, _ = two_kinds
+    stack = coregister(open_stack(images))
+    ex = read_examples(path, stack.grid)
+    a = teach(stack, ex, tmp_path / "a.ckpt", steps=3, folds=0, seed=1, device="cpu")[0]
+    b = teach(stack, ex, tmp_path / "b.ckpt", steps=3, folds=0, seed=1, device="cpu")[0]
+    sa, sb = load_model(a)[0].state_dict(), load_model(b)[0].state_dict()
+    assert all(np.array_equal(sa[k].numpy(), sb[k].numpy()) for k in sa)
+
+
+def test_blocked_folds_keep_polygons_whole_and_say_when_too_few():
+    label = np.full((96, 96), 255, np.uint8)
+    for i in range(4):
+        label[10 + 20 * i : 16 + 20 * i, 10:16] = 1  # four change polygons
+        label[10 + 20 * i : 18 + 20 * i, 60:68] = 0  # four no-change squares
+    fold, k = blocked_folds(label, k=3, seed=0)
+    assert k == 3 and set(np.unique(fold[label != 255])) == {0, 1, 2}
+    for i in range(4):  # a polygon lies in one fold
+        assert len(np.unique(fold[10 + 20 * i : 16 + 20 * i, 10:16])) == 1
+    for f in range(3):
+        assert (label[fold == f] == 1).any()
+    label[50:76, 10:16] = 255  # two change polygons left: fewer than k
+    assert blocked_folds(label, k=3) is None
+    big = np.zeros((96, 96), np.uint8)  # one reviewed block is cut into 32-px blocks
+    big[:40, :40] = 1
+    fold, _ = blocked_folds(big, k=3)
+    assert len(np.unique(fold)) == 3
+
+
+def test_best_threshold():
+    prob = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8])
+    truth = np.array([0, 0, 0, 1, 1, 1], bool)
+    t = best_threshold(prob, truth)
+    assert 0.3 < t <= 0.6
+    assert best_threshold(prob, np.ones(6, bool)) == 0.5
