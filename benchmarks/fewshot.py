@@ -145,9 +145,9 @@ class SceneModel:
 
     def __init__(self, stack, base) -> None:
         from geochange.bands import wavelength_array
+        from geochange.io.stack import read_sample
         from geochange.model.fewshot import _run_backbone
         from geochange.model.normalize import apply, scene_stats
-        from geochange.stack import read_sample
 
         raw = stack.window(0, 0, *stack.grid.shape)
         self.raw = raw
@@ -157,7 +157,7 @@ class SceneModel:
 
     def prob(self, net) -> np.ndarray:
         from geochange.model.fewshot import _heads
-        from geochange.refine import refine
+        from geochange.stages.refine import refine
 
         with torch.inference_mode():
             logit, _ = _heads(net, *self.cache)
@@ -199,11 +199,11 @@ def prf(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> dict[str, float]
 
 
 def time_scene(tmp: Path, minutes: float | None) -> dict:
-    from geochange.coregister import coregister
     from geochange.io.examples import read_examples
+    from geochange.io.stack import open_stack
     from geochange.model.fewshot import teach
     from geochange.pipeline import detect
-    from geochange.stack import open_stack
+    from geochange.stages.coregister import coregister
     from geochange.synth import make_scene, write_scene
 
     scene = make_scene(size=512, dates=2, bands=4, seed=5100, nuisance="medium")
@@ -243,12 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     C.setup_determinism(args.threads)
     torch.use_deterministic_algorithms(False)
     note = C.gdal_cache_workaround()
-    from geochange.adapt import adapt
-    from geochange.coregister import coregister
     from geochange.io.examples import read_examples
+    from geochange.io.stack import open_stack
     from geochange.model import load_model
+    from geochange.model.adapt import adapt
     from geochange.model.fewshot import teach_network
-    from geochange.stack import open_stack
+    from geochange.stages.coregister import coregister
 
     start = time.perf_counter()
     samples = C.sample_dirs(args.pairs)

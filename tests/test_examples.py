@@ -37,7 +37,7 @@ def test_change_column_labelled_layer_and_overlap(tmp_path):
     lab = ex.label
     assert lab.shape == GRID.shape and lab.dtype == np.uint8
     assert (lab[2:5, 2:5] == 1).all()  # change only
-    assert (lab[5, 5] == 255)  # change and no change overlap: unknown
+    assert lab[5, 5] == 255  # change and no change overlap: unknown
     assert (lab[10:14, 10:14] == 0).all()
     assert (lab[20:30, 20:30][lab[20:30, 20:30] != 1] == 0).all()  # reviewed area: no change
     assert (lab[22:24, 22:24] == 1).all()

@@ -8,12 +8,12 @@ import pytest
 from rasterio.features import rasterize
 from scipy import ndimage
 
-from geochange.coregister import coregister
 from geochange.io.examples import read_examples
+from geochange.io.stack import open_stack
 from geochange.model import load_model
 from geochange.model.fewshot import best_threshold, blocked_folds, teach
 from geochange.pipeline import detect
-from geochange.stack import open_stack
+from geochange.stages.coregister import coregister
 from geochange.synth import make_scene, write_scene
 
 #: New construction is change; fields cleared and water are not (as OSCD labels it).

@@ -14,9 +14,9 @@ How it learns (:func:`teach_network`):
 - **What it learns from**, each step, on every region around the examples (whole, not chips,
   so the 15-px context decoder sees what it sees at inference):
   the user's labels (1 change, 0 no change, classes weighted equally); the scene's own
-  self-supervised "no change" of :mod:`geochange.adapt` (unlabelled pixels with a low CVA-like
+  self-supervised "no change" of :mod:`geochange.model.adapt` (unlabelled pixels with a low CVA-like
   magnitude that the starting model does not call change, at a lower weight); and rehearsal of
-  a few synthetic training scenes (:func:`geochange.data.synthetic_scene`, seeds of the shipped
+  a few synthetic training scenes (:func:`geochange.model.data.synthetic_scene`, seeds of the shipped
   model's training range) with their true labels and dates. An L2 pull towards the starting
   weights keeps the heads near what they were.
 - **The threshold** is the one with the best F1 on *held-out* examples: the out-of-fold
@@ -50,22 +50,22 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from geochange.adapt import change_magnitude, ignore_threshold
 from geochange.bands import wavelength_array
-from geochange.emerge import REACH as EMERGE_REACH
-from geochange.emerge import add as emerge_add
-from geochange.emerge import usable as emerge_usable
 from geochange.errors import InputError, ModelError, OutputExistsError
 from geochange.io.examples import UNKNOWN, Examples
-from geochange.micro import REACH as MICRO_REACH
-from geochange.micro import rescue
-from geochange.micro import usable as micro_usable
+from geochange.io.stack import Stack, read_sample
 from geochange.model import load_model, save_model
+from geochange.model.adapt import change_magnitude, ignore_threshold
 from geochange.model.cnn_lstm import CNNLSTM, MASKED_LOGIT, shift_min_distance
 from geochange.model.normalize import apply, scene_stats
-from geochange.refine import REACH as REFINE_REACH
-from geochange.refine import refine as refine_prob
-from geochange.stack import Stack, read_sample
+from geochange.stages.emerge import REACH as EMERGE_REACH
+from geochange.stages.emerge import add as emerge_add
+from geochange.stages.emerge import usable as emerge_usable
+from geochange.stages.micro import REACH as MICRO_REACH
+from geochange.stages.micro import rescue
+from geochange.stages.micro import usable as micro_usable
+from geochange.stages.refine import REACH as REFINE_REACH
+from geochange.stages.refine import refine as refine_prob
 
 __all__ = [
     "TaughtResult",
@@ -290,19 +290,35 @@ def _f1(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
     return f, p, r
 
 
-def best_threshold(prob: np.ndarray, truth: np.ndarray) -> float:
-    """Threshold of :data:`THRESHOLDS` with the best F1 of ``prob >= t`` against ``truth``
-    (ties: the one closest to 0.5); 0.5 when ``truth`` lacks either class."""
+def best_threshold(
+    prob: np.ndarray, truth: np.ndarray, unlabelled: np.ndarray | None = None
+) -> float:
+    """Threshold of :data:`THRESHOLDS` that serves the examples best (ties: closest to 0.5).
+
+    With ``unlabelled`` None: the best F1 of ``prob >= t`` against ``truth`` (examples that
+    include completely reviewed areas, where no change is known as well as change). Given the
+    probabilities of the pixels no example covers: the best ``recall² / P(prob >= t)`` (Lee
+    and Liu 2003), recall on the change examples and the share flagged among the unlabelled
+    pixels: a positive-unlabelled criterion that, like F1, rises with precision, for examples
+    that are a few obvious changes and a few easy no-change areas (an F1 on those would
+    reward a threshold that flags everything that looks changed). 0.5 without change examples.
+    """
     p = np.asarray(prob, np.float64).ravel()
     y = np.asarray(truth, bool).ravel()
-    if y.all() or not y.any():
+    if not y.any() or (unlabelled is None and y.all()):
         return 0.5
     pred = p[None, :] >= THRESHOLDS[:, None]
     tp = (pred & y).sum(axis=1)
-    fp = (pred & ~y).sum(axis=1)
-    fn = (~pred & y).sum(axis=1)
-    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-    best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+    if unlabelled is not None and np.size(unlabelled):
+        u = np.asarray(unlabelled, np.float64).ravel()
+        flagged = (u[None, :] >= THRESHOLDS[:, None]).mean(axis=1)
+        recall = tp / y.sum()
+        score = recall**2 / np.maximum(flagged, 1.0 / u.size)
+    else:
+        fp = (pred & ~y).sum(axis=1)
+        fn = (~pred & y).sum(axis=1)
+        score = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    best = np.flatnonzero(score >= score.max() - 1e-12)
     return float(THRESHOLDS[best[np.argmin(np.abs(THRESHOLDS[best] - 0.5))]])
 
 
@@ -331,7 +347,7 @@ class TaughtResult:
 @functools.lru_cache(maxsize=8)
 def _rehearsal_scene(seed: int, t: int):
     """A synthetic training scene of ``t`` dates (96 px, 1-16 bands drawn by the seed)."""
-    from geochange.data import synthetic_scene
+    from geochange.model.data import synthetic_scene
 
     return synthetic_scene(seed, size=96, dates=(t, t), bands=(1, 16))
 
@@ -409,7 +425,7 @@ class _Teacher:
         1) and the quiet pixels (:data:`SELF_WEIGHT`); the rehearsal's loss is ``adapt_loss``
         on the scenes' true change and dates; an L2 pull towards the starting heads.
         """
-        from geochange.adapt import adapt_loss
+        from geochange.model.adapt import adapt_loss
 
         rng = np.random.default_rng([int(seed), 977])
         torch.manual_seed(int(seed))
@@ -562,7 +578,7 @@ def teach_network(
         ModelError: unreadable model or a band count it does not take.
         InputError: fewer than two dates, or examples on another grid.
     """
-    from geochange.predict import resolve_device
+    from geochange.stages.network import resolve_device
 
     t0 = time.monotonic() if start_time is None else start_time
     if stack.T < 2:
@@ -604,6 +620,15 @@ def teach_network(
             fold_maps = None
     fits = 1 + (int(folds) if fold_maps is not None else 0)
     steps_done = []
+    # Examples without a completely reviewed area: the threshold by the positive-unlabelled
+    # criterion of best_threshold, on the pixels no example covers.
+    pu = examples.n_labelled == 0
+    unl: list[np.ndarray] = []
+
+    def unlabelled(probs: list[np.ndarray]) -> np.ndarray:
+        u = np.concatenate([pr[lab == UNKNOWN] for pr, lab in zip(probs, labels)])
+        return u[:: max(1, u.size // 200_000)]
+
     if fold_maps is not None:
         for f in range(int(folds)):
             keep = []
@@ -615,7 +640,9 @@ def teach_network(
             net_f, done = teacher.fit(keep, steps, lr, seed * 100 + f + 1, time.monotonic() + share)
             logger.info("teach: fold %d of %d, %d steps", f + 1, folds, done)
             steps_done.append(done)
-            for i, prob in enumerate(teacher.predict(net_f)):
+            probs_f = teacher.predict(net_f)
+            unl.append(unlabelled(probs_f))
+            for i, prob in enumerate(probs_f):
                 test = fold_maps[i] == f
                 oof[i][test] = prob[test]
         per = []
@@ -624,7 +651,8 @@ def teach_network(
             tr_y = np.concatenate(
                 [lab[(fm >= 0) & (fm != f)] == 1 for lab, fm in zip(labels, fold_maps)]
             )
-            thr_f = best_threshold(tr_p, tr_y)
+            tr_u = np.concatenate([u for g, u in enumerate(unl) if g != f]) if pu else None
+            thr_f = best_threshold(tr_p, tr_y, tr_u)
             te_p = np.concatenate([o[fm == f] for o, fm in zip(oof, fold_maps)])
             te_y = np.concatenate([lab[fm == f] == 1 for lab, fm in zip(labels, fold_maps)])
             pred = te_p >= thr_f
@@ -645,11 +673,12 @@ def teach_network(
             "recall": round(float(np.nanmean(arr[:, 2])), 3),
             "recall_sd": round(float(np.nanstd(arr[:, 2])), 3),
             "f1_folds": [round(float(v), 3) for v in arr[:, 0]],
+            "scored_on": "held-out examples (whole polygons or blocks, 8-px buffer)",
         }
         all_p = np.concatenate([o[fm >= 0] for o, fm in zip(oof, fold_maps)])
         all_y = np.concatenate([lab[fm >= 0] == 1 for lab, fm in zip(labels, fold_maps)])
-        threshold = best_threshold(all_p, all_y)
-        source = "held-out examples (cross-validation)"
+        threshold = best_threshold(all_p, all_y, np.concatenate(unl) if pu else None)
+        source = "held-out examples (cross-validation)" + (", positive-unlabelled" if pu else "")
     else:
         cv = {
             "k": 0,
@@ -662,11 +691,9 @@ def teach_network(
         probs = teacher.predict(net)
         p = np.concatenate([pr[lab != UNKNOWN] for pr, lab in zip(probs, labels)])
         y = np.concatenate([lab[lab != UNKNOWN] == 1 for lab in labels])
-        threshold = best_threshold(p, y)
-        source = (
-            "training examples (no held-out estimate)"
-            if (~y).any()
-            else "default (no no-change example)"
+        threshold = best_threshold(p, y, unlabelled(probs) if pu else None)
+        source = "training examples (no held-out estimate)" + (
+            ", positive-unlabelled" if pu else ""
         )
     info = {
         "steps": int(steps),
