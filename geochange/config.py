@@ -96,11 +96,18 @@ class DetectConfig:
         model: checkpoint of ``geochange train``/``adapt`` for "cnn-lstm"; None = shipped default.
         skip: optional stages left out of the chain (:data:`geochange.stages.OPTIONAL`:
             coregister, clouds, refine, micro, emerge).
-        threshold: probability from which a pixel counts as change, in (0, 1).
+        threshold: probability from which a pixel counts as change, in (0, 1); None = the
+            model's own (the one a model taught from examples chose from them), else 0.5.
         min_area: smallest polygon kept, in m² (>= 0).
         simplify: polygon simplification tolerance in CRS units (0 = none).
         adapt: first adapt the model to the stack without labels (:mod:`geochange.model.adapt`).
-        adapt_minutes: wall-clock budget of that adaptation.
+        adapt_minutes: wall-clock budget of that adaptation (None = 3 minutes) or of the
+            teaching from ``examples`` (None = sized to the scene: 5 minutes for 2 dates of
+            512² on 2 CPU cores).
+        examples: vector file of example polygons of what counts as change (and what does
+            not) in this scene (:mod:`geochange.io.examples`); the model is first taught from
+            them (:mod:`geochange.model.fewshot`) and detects with the threshold they chose.
+        save_model: keep the taught model in this checkpoint (with ``examples``).
         quicklook: also write OUT_quicklook.png.
         rgb_bands: 1-based bands shown as red, green, blue in the quicklook (None = guessed).
     """
@@ -108,11 +115,13 @@ class DetectConfig:
     method: Method = "cnn-lstm"
     model: str | os.PathLike | None = None
     skip: frozenset[str] = frozenset()
-    threshold: float = 0.5
+    threshold: float | None = None
     min_area: float = 0.0
     simplify: float = 0.0
     adapt: bool = False
-    adapt_minutes: float = 3.0
+    adapt_minutes: float | None = None
+    examples: str | os.PathLike | None = None
+    save_model: str | os.PathLike | None = None
     quicklook: bool = True
     rgb_bands: tuple[int, ...] | None = None
 
@@ -126,8 +135,10 @@ class DetectConfig:
                 "those (cnn-lstm is the default deep model)",
             )
         object.__setattr__(self, "skip", parse_skip(self.skip, "skip"))
-        t = _finite("threshold", self.threshold, "a probability strictly between 0 and 1")
-        if not 0.0 < t < 1.0:
+        t = self.threshold
+        if t is not None:
+            t = _finite("threshold", t, "a probability strictly between 0 and 1")
+        if t is not None and not 0.0 < t < 1.0:
             raise ConfigError(
                 "threshold", f"found {self.threshold}, expected a probability strictly between "
                 "0 and 1",
@@ -138,16 +149,33 @@ class DetectConfig:
             raise ConfigError(
                 "simplify", f"found {self.simplify}, expected a tolerance in CRS units >= 0"
             )
-        if _finite("adapt_minutes", self.adapt_minutes, "minutes > 0") <= 0:
+        if (
+            self.adapt_minutes is not None
+            and _finite("adapt_minutes", self.adapt_minutes, "minutes > 0") <= 0
+        ):
             raise ConfigError("adapt_minutes", f"found {self.adapt_minutes}, expected minutes > 0")
         if self.method != "cnn-lstm":
-            for name, value in (("model", self.model), ("adapt", self.adapt or None)):
+            for name, value in (
+                ("model", self.model),
+                ("adapt", self.adapt or None),
+                ("examples", self.examples),
+            ):
                 if value is not None:
                     raise ConfigError(
                         name,
                         f"given but method is {self.method!r}, a classical baseline without "
                         "weights; drop it or use method cnn-lstm",
                     )
+        if self.examples is not None and self.adapt:
+            raise ConfigError(
+                "adapt",
+                "given with examples; teaching from examples uses the scene's own signals "
+                "already: drop adapt",
+            )
+        if self.save_model is not None and self.examples is None:
+            raise ConfigError(
+                "save_model", "given without examples; it keeps a model taught from examples"
+            )
         if self.rgb_bands is not None:
             object.__setattr__(self, "rgb_bands", tuple(self.rgb_bands))
 

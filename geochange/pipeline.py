@@ -33,7 +33,7 @@ from geochange.config import (
     StackConfig,
     split_options,
 )
-from geochange.errors import InputError
+from geochange.errors import InputError, OutputExistsError
 from geochange.io.stack import Stack, open_stack, read_sample
 from geochange.stages import Chain, Context, build_chain, prepare_stack
 
@@ -175,11 +175,19 @@ def detect(
         else open_stack(inputs, chunk_size=runtime.chunk_size, **dataclasses.asdict(stack_config))
     )
     stack, stack_stages = prepare_stack(stack, config.skip)
+    if config.examples is not None:
+        with _taught_model(stack, config, runtime, overwrite) as taught_ckpt:
+            taught = dataclasses.replace(config, model=taught_ckpt, examples=None, save_model=None)
+            return detect(stack, output, taught, runtime, overwrite=overwrite)
     if config.adapt:
         with _adapted_model(stack, config, runtime) as adapted:
             taught = dataclasses.replace(config, model=adapted, adapt=False)
             return detect(stack, output, taught, runtime, overwrite=overwrite)
     chain = stack_chain(stack, config, runtime, stack_stages)
+    if config.threshold is None:
+        # The model's own threshold (a taught model's, chosen from its examples), else 0.5.
+        own = (getattr(chain, "meta", None) or {}).get("threshold")
+        config = dataclasses.replace(config, threshold=float(own) if own is not None else 0.5)
     halo = int(chain.halo)
     chunk_size = runtime.chunk_size
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
@@ -297,9 +305,31 @@ def _adapted_model(stack: Stack, config: DetectConfig, runtime: RuntimeConfig) -
             stack,
             Path(tmp) / "adapted.ckpt",
             model=config.model,
-            minutes=config.adapt_minutes,
+            minutes=3.0 if config.adapt_minutes is None else config.adapt_minutes,
             device=runtime.device,
         )
+
+
+@contextlib.contextmanager
+def _taught_model(
+    stack: Stack, config: DetectConfig, runtime: RuntimeConfig, overwrite: bool
+) -> Iterator[Path]:
+    """``examples``: teach the model from them (:func:`geochange.model.fewshot.teach`) into
+    ``save_model``, or a temporary checkpoint for the duration of the run."""
+    from geochange.io.examples import read_examples
+    from geochange.model.fewshot import teach
+
+    examples = read_examples(config.examples, stack.grid)
+    if config.save_model is not None:
+        keep = Path(config.save_model)
+        if keep.exists() and not overwrite:
+            raise OutputExistsError(f"--save-model {keep}: exists; pass --overwrite to replace it")
+        yield teach(stack, examples, keep, model=config.model, minutes=config.adapt_minutes,
+                    device=runtime.device, overwrite=overwrite)[0]  # fmt: skip
+        return
+    with tempfile.TemporaryDirectory(prefix="geochange-teach-") as tmp:
+        yield teach(stack, examples, Path(tmp) / "taught.ckpt", model=config.model,
+                    minutes=config.adapt_minutes, device=runtime.device)[0]  # fmt: skip
 
 
 def _date_raster(prob: da.Array, interval: da.Array, threshold: float) -> da.Array:
@@ -387,7 +417,27 @@ def _provenance(stack: Stack, config: DetectConfig, chunk_size: int, chain: Chai
         "shifts_px": [list(s) for s in stack.shifts],
     }
     run.update(chain.record())
+    if meta.get("taught"):
+        cv = meta.get("cv") or {}
+        run.update({k: meta.get(k) for k in _TAUGHT_RUN_KEYS})
+        run["taught_threshold"] = meta.get("threshold")
+        run["threshold_source"] = meta.get("threshold_source")
+        run.update({f"cv_{k}": cv.get(k) for k in _CV_RUN_KEYS})
     return run
+
+
+#: Fields of a taught model's meta copied to the ``runs`` record.
+_TAUGHT_RUN_KEYS = (
+    "taught",
+    "examples",
+    "examples_sha256",
+    "examples_change_polygons",
+    "examples_no_change_polygons",
+    "examples_labelled_areas",
+    "examples_change_px",
+    "examples_no_change_px",
+)
+_CV_RUN_KEYS = ("k", "f1", "f1_sd", "precision", "precision_sd", "recall", "recall_sd", "note")
 
 
 #: A pickled detector larger than this is shipped with every task: warn (bytes).

@@ -107,3 +107,119 @@ def test_best_threshold():
     t = best_threshold(prob, truth)
     assert 0.3 < t <= 0.6
     assert best_threshold(prob, np.ones(6, bool)) == 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line: --examples, the verdict correction loop, --save-model, bad examples
+
+
+@pytest.fixture(scope="module")
+def small_scene(tmp_path_factory):
+    """A 96 px two-date scene on disk and its truth."""
+    tmp = tmp_path_factory.mktemp("small")
+    scene = make_scene(size=96, dates=2, bands=4, seed=5010, nuisance="low")
+    out = write_scene(scene, tmp / "scene")
+    return tmp, out["images"], scene
+
+
+def test_verdict_correction_loop_end_to_end(small_scene, tmp_path):
+    from helpers import run_cli
+
+    _, images, scene = small_scene
+    first = tmp_path / "first.gpkg"
+    code, _, err = run_cli("-q", "detect", *images, "-o", first, "--no-quicklook", "--no-progress")
+    assert code == 0, err
+    found = gpd.read_file(first, layer="changes")
+    assert len(found) >= 3
+    # The user checks a few polygons in QGIS: fills `verdict`, leaves the others empty.
+    truth = scene.change == 1
+    rows = [int(r) for r in np.asarray(found.bounds.miny.argsort())[:6]]
+    verdict = [None] * len(found)
+    grid = scene.grid
+    for i in rows:
+        m = rasterize([(found.geometry.iloc[i], 1)], out_shape=grid.shape,
+                      transform=grid.transform).astype(bool)  # fmt: skip
+        verdict[i] = "yes" if truth[m].mean() > 0.5 else "no"
+    if "yes" not in verdict:
+        verdict[rows[0]] = "yes"
+    found["verdict"] = verdict
+    found.to_file(first, layer="changes", driver="GPKG")  # the runs layer stays
+    assert set(gpd.list_layers(first).name) >= {"changes", "runs"}
+
+    second, keep = tmp_path / "second.gpkg", tmp_path / "mine.ckpt"
+    code, out, err = run_cli("detect", *images, "-o", second, "--examples", first,
+                             "--save-model", keep, "--adapt-minutes", "0.1", "--no-quicklook",
+                             "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert "taught from" in out and "threshold" in out
+    run = gpd.read_file(second, layer="runs").iloc[0]
+    meta = load_model(keep)[1]
+    import hashlib
+
+    assert (
+        bool(run["taught"])
+        and run["examples_sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    )
+    n_checked = sum(v is not None for v in verdict)
+    assert run["examples_change_polygons"] + run["examples_no_change_polygons"] == n_checked
+    assert run["threshold"] == pytest.approx(meta["threshold"])
+    # The kept model detects with its own threshold on the next run.
+    third = tmp_path / "third.gpkg"
+    code, _, err = run_cli("-q", "detect", *images, "-o", third, "--model", keep,
+                           "--no-quicklook", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert gpd.read_file(third, layer="runs").iloc[0]["threshold"] == pytest.approx(
+        meta["threshold"]
+    )
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("outside", "no change polygon lies on the stack"),
+        ("no_change_example", "no change example"),
+        ("not_vector", "not vector data"),
+        ("points", "expected polygons"),
+        ("no_crs", "has no CRS"),
+        ("bad_value", "holds 'sometimes'"),
+        ("no_verdict", "without a 'verdict' column"),
+    ],
+)
+def test_bad_examples_exit_2_and_write_nothing(small_scene, tmp_path, case, match):
+    import pandas as pd
+    import pyogrio
+    from helpers import run_cli
+    from shapely.geometry import Point, box
+
+    _, images, scene = small_scene
+    x0, y0, x1, y1 = scene.grid.bounds
+    inside = box(x0 + 100, y1 - 200, x0 + 200, y1 - 100)
+    path = tmp_path / "ex.gpkg"
+
+    def write(geoms, crs="EPSG:32633", layer="examples", **cols):
+        gpd.GeoDataFrame(cols, geometry=geoms, crs=crs).to_file(path, layer=layer)
+
+    if case == "outside":
+        write([box(0, 0, 100, 100)], change=[1])
+    elif case == "no_change_example":
+        write([inside], change=["no"])
+    elif case == "not_vector":
+        path = images[0]  # a GeoTIFF
+    elif case == "points":
+        write([Point(x0 + 50, y1 - 50)], change=[1])
+    elif case == "no_crs":
+        with pytest.warns(UserWarning, match="crs"):
+            gpd.GeoDataFrame({"change": [1]}, geometry=[inside]).to_file(path)
+    elif case == "bad_value":
+        write([inside], change=["sometimes"])
+    elif case == "no_verdict":
+        write([inside], layer="changes", mean_prob=[0.9])
+        pyogrio.write_dataframe(pd.DataFrame({"method": ["cnn-lstm"]}), path, layer="runs")
+    out, keep = tmp_path / "out" / "changes.gpkg", tmp_path / "taught.ckpt"
+    code, _, err = run_cli("detect", *images, "-o", out, "--examples", path, "--save-model",
+                           keep, "--no-progress")  # fmt: skip
+    assert code == 2, err
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert not out.parent.exists() and not keep.exists()
+    code, _, err = run_cli("adapt", *images, "-o", keep, "--examples", path, "--no-progress")
+    assert code == 2 and match in err and not keep.exists()

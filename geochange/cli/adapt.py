@@ -27,9 +27,16 @@ from geochange.cli import options
 @click.option(
     "--minutes",
     type=click.FloatRange(min=0.05),
-    default=3.0,
-    show_default=True,
-    help="Wall-clock budget; more minutes, more steps (3 fit a 512x512 scene on 2 CPU cores).",
+    default=None,
+    help="Wall-clock budget; more minutes, more steps (default 3, which fit a 512x512 scene on "
+    "2 CPU cores; with --examples sized to the scene).",
+)
+@click.option(
+    "--examples",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Teach from example polygons of what counts as change instead (see 'geochange detect "
+    "--examples'); the checkpoint keeps the threshold they chose.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option(
@@ -64,6 +71,7 @@ def command(
     wavelengths,
     overwrite,
     progress,
+    examples,
 ):
     """Adapt the change model to a stack of GeoTIFFs, without labels.
 
@@ -87,11 +95,15 @@ def command(
     from geochange.model import load_model
     from geochange.model.adapt import adapt
 
+    if examples is not None:
+        _teach(inputs, output, model, minutes, seed, device, dates, align, skip, masks,
+               mask_values, wavelengths, overwrite, examples, start)  # fmt: skip
+        return
     path = adapt(
         list(inputs),
         output,
         model=model,
-        minutes=minutes,
+        minutes=3.0 if minutes is None else minutes,
         seed=seed,
         alpha=alpha,
         device=device,
@@ -109,4 +121,36 @@ def command(
     click.echo(
         f"wrote {path} ({meta['steps']} steps in {meta['seconds']:.0f} s on {meta['device']}, "
         f"{len(meta['adapted_on']['dates'])} dates, seed {seed})"
+    )
+
+
+def _teach(inputs, output, model, minutes, seed, device, dates, align, skip, masks, mask_values,
+           wavelengths, overwrite, examples, start):  # fmt: skip
+    """``--examples``: teach the model from example polygons and write it."""
+    from pathlib import Path
+
+    from geochange.errors import OutputExistsError
+    from geochange.io.examples import read_examples
+    from geochange.io.stack import open_stack
+    from geochange.model.fewshot import teach
+    from geochange.stages import parse_skip, prepare_stack
+
+    if Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"output {output}: exists; pass --overwrite to replace it")
+    stack = open_stack(list(inputs), dates=dates, align=align, masks=list(masks) or None,
+                       mask_values=mask_values, wavelengths=wavelengths)  # fmt: skip
+    stack, _ = prepare_stack(stack, parse_skip(skip))
+    ex = read_examples(examples, stack.grid)
+    path, meta = teach(stack, ex, output, model=model, minutes=minutes, seed=seed,
+                       device=device, overwrite=overwrite, start_time=start)  # fmt: skip
+    cv = meta["cv"]
+    est = (
+        f"expected F1 {cv['f1']:.2f} ± {cv['f1_sd']:.2f} ({cv['k']}-fold blocked cross-validation)"
+        if cv.get("k")
+        else cv.get("note", "")
+    )
+    click.echo(
+        f"wrote {path} (taught from {ex.n_change} change and {ex.n_no_change} no-change polygons, "
+        f"{ex.n_labelled} reviewed areas in {meta['seconds']:.0f} s; threshold "
+        f"{meta['threshold']:.2f}; {est})"
     )

@@ -34,9 +34,9 @@ from geochange.cli import options
 @click.option(
     "--threshold",
     type=float,
-    default=0.5,
-    show_default=True,
-    help="Change probability from which a pixel counts as change.",
+    default=None,
+    help="Change probability from which a pixel counts as change (default: the model's own, "
+    "chosen from the examples of a taught model; else 0.5).",
 )
 @click.option(
     "--min-area",
@@ -112,9 +112,23 @@ from geochange.cli import options
 @click.option(
     "--adapt-minutes",
     type=click.FloatRange(min=0.05),
-    default=3.0,
-    show_default=True,
-    help="Budget of --adapt in minutes.",
+    default=None,
+    help="Budget of --adapt in minutes (default 3) or of --examples (default sized to the "
+    "scene: 5 for 2 dates of 512x512 px on 2 CPU cores).",
+)
+@click.option(
+    "--examples",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Vector file (GeoPackage...) of example polygons: a 'change' column 1/0 (yes/no), a "
+    "'labelled' layer of areas reviewed completely, or an earlier result's 'changes' layer "
+    "with a filled 'verdict' column. The model is first taught what counts as change here.",
+)
+@click.option(
+    "--save-model",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --examples: keep the taught model in this checkpoint (for --model later).",
 )
 def command(
     inputs,
@@ -143,6 +157,8 @@ def command(
     amp,
     adapt,
     adapt_minutes,
+    examples,
+    save_model,
 ):
     """Detect changes in a stack of GeoTIFFs, one per date.
 
@@ -163,6 +179,8 @@ def command(
       geochange detect stack/ -o changes.gpkg --device cuda --batch-size 16 --amp
       geochange detect stack/ -o changes.gpkg --adapt --adapt-minutes 5
       geochange detect stack/ -o changes.gpkg --skip clouds,emerge
+      geochange detect stack/ -o changes.gpkg --examples my_examples.gpkg --save-model mine.ckpt
+      geochange detect stack/ -o changes2.gpkg --examples changes.gpkg  # 'verdict' filled in
     """
     from geochange.config import DetectConfig, RuntimeConfig, StackConfig
     from geochange.pipeline import detect
@@ -179,6 +197,8 @@ def command(
             simplify=simplify,
             adapt=adapt,
             adapt_minutes=adapt_minutes,
+            examples=examples,
+            save_model=save_model,
             quicklook=quicklook,
             rgb_bands=options.parse_int_list(rgb_bands, "--rgb-bands"),
         ),
@@ -207,3 +227,22 @@ def command(
     )
     for kind, path in result.paths.items():
         click.echo(f"  {kind:5s} {path}")
+    if result.run.get("taught"):
+        click.echo(_taught_line(result.run))
+
+
+def _taught_line(run: dict) -> str:
+    """What the examples taught: threshold and the cross-validated estimate."""
+    head = (
+        f"taught from {run['examples_change_polygons']} change and "
+        f"{run['examples_no_change_polygons']} no-change polygons, "
+        f"{run['examples_labelled_areas']} reviewed areas; threshold {run['threshold']:.2f}"
+    )
+    if run.get("cv_k"):
+        return (
+            f"{head}; expected on areas like your examples ({run['cv_k']}-fold blocked "
+            f"cross-validation): F1 {run['cv_f1']:.2f} ± {run['cv_f1_sd']:.2f}, precision "
+            f"{run['cv_precision']:.2f} ± {run['cv_precision_sd']:.2f}, recall "
+            f"{run['cv_recall']:.2f} ± {run['cv_recall_sd']:.2f}"
+        )
+    return f"{head}; {run.get('cv_note') or 'no estimate'}"
