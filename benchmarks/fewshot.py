@@ -222,6 +222,77 @@ def time_scene(tmp: Path, minutes: float | None) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# The README's picture: a synthetic scene where only new construction counts as change
+
+
+def figure(out: Path, tmp: Path) -> None:
+    """docs/fewshot.png: examples, zero-shot and taught detections on a synthetic scene where
+    the user counts new construction as change and cleared fields as no change."""
+    import geopandas as gpd
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rasterio.features import rasterize
+
+    from geochange.io.examples import read_examples
+    from geochange.io.stack import open_stack
+    from geochange.model.fewshot import teach
+    from geochange.pipeline import detect
+    from geochange.stages.coregister import coregister
+    from geochange.synth import make_scene, write_scene
+
+    scene = make_scene(size=192, dates=2, bands=4, seed=5010, nuisance="low")
+    images = write_scene(scene, tmp / "figure")["images"]
+    ch = scene.changes
+    build = ch[ch.kind.isin(("building", "small_object", "moved_object", "road"))]
+    clear = ch[ch.kind.isin(("clearing", "water_rise", "water_fall"))]
+    ex = gpd.GeoDataFrame(
+        {"change": [1] * len(build.iloc[::2]) + [0] * len(clear.iloc[::2])},
+        geometry=list(build.geometry.iloc[::2]) + list(clear.geometry.iloc[::2]),
+        crs=ch.crs,
+    )
+    path = tmp / "figure_examples.gpkg"
+    ex.to_file(path, layer="examples", driver="GPKG")
+    stack = coregister(open_stack(images))
+    examples = read_examples(path, stack.grid)
+    ckpt, meta = teach(stack, examples, tmp / "figure.ckpt", seed=0, device="cpu")
+    zero = np.asarray(detect(stack, None, quicklook=False).prob) >= 0.5
+    taught = np.asarray(detect(stack, None, model=ckpt, quicklook=False).prob) >= meta["threshold"]
+    g = scene.grid
+    truth = rasterize([(p, 1) for p in build.geometry], out_shape=g.shape, transform=g.transform)
+    img = scene.images[-1][[2, 1, 0]].astype(np.float32)
+    lo, hi = np.percentile(img, (2, 98))
+    rgb = np.clip((img - lo) / (hi - lo), 0, 1).transpose(1, 2, 0)
+    lab = examples.label
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    panels = [
+        ("examples: change (green), not change (red)", None),
+        ("zero-shot: every change", zero),
+        (f"taught (threshold {meta['threshold']:.2f})", taught),
+        ("what the user calls change", truth.astype(bool)),
+    ]
+    for ax, (title, mask) in zip(axes, panels):
+        ax.imshow(rgb)
+        if mask is None:
+            over = np.zeros((*lab.shape, 4))
+            over[lab == 1] = (0.1, 0.9, 0.2, 0.7)
+            over[lab == 0] = (0.95, 0.1, 0.1, 0.7)
+        else:
+            over = np.zeros((*mask.shape, 4))
+            over[mask] = (1.0, 0.85, 0.0, 0.75)
+        ax.imshow(over)
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(
+        "New construction is change, cleared fields are not (synthetic scene)", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    print(f"[fewshot] wrote {out}")
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-timing", action="store_true", help="skip the 512² timing run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=C.ROOT / "benchmarks" / "FEWSHOT.md")
+    ap.add_argument("--figure", type=Path, default=None,
+                    help="only draw the README picture (e.g. docs/fewshot.png) and stop")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.figure is not None:
+        with tempfile.TemporaryDirectory(prefix="geochange-fewshot-") as tmp_:
+            figure(args.figure, Path(tmp_))
+        return 0
     if args.quick:
         args.pairs = args.pairs or list(QUICK_PAIRS)
         args.seeds, args.steps, args.no_timing = 1, 20, True

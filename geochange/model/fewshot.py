@@ -548,7 +548,7 @@ def teach_network(
     *,
     model: str | os.PathLike | None = None,
     minutes: float | None = None,
-    steps: int = 300,
+    steps: int = 150,
     seed: int = 0,
     folds: int = 3,
     lr: float = 3e-3,
