@@ -422,29 +422,22 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write under a temporary name in the same folder, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def gdal_cache_workaround() -> str | None:
-    """Fix a too-small GDAL block cache in ``stack.GDAL_ENV`` for this process; say so.
+    """Fix a too-small GDAL block cache in ``read.GDAL_ENV`` for this process; say so.
 
     ``rasterio.Env(GDAL_CACHEMAX=n)`` takes an integer number of BYTES (it calls
     ``GDALSetCacheMax64``), so ``256`` meant 256 bytes, not 256 MB: every decimated read
     (``read_sample``) then decodes each tile again for every output row, 10-100 s per date of a
     400 px tiled scene instead of milliseconds. Results are unchanged; only time is lost. Until
-    geochange/io/stack.py sets it in bytes, the benchmarks raise it here and report it.
+    geochange/io/read.py sets it in bytes, the benchmarks raise it here and report it.
     """
-    from geochange.io import stack
+    from geochange.io import read
 
-    value = stack.GDAL_ENV.get("GDAL_CACHEMAX")
+    value = read.GDAL_ENV.get("GDAL_CACHEMAX")
     if isinstance(value, int) and value < 2**20:
-        stack.GDAL_ENV["GDAL_CACHEMAX"] = 256 * 2**20
+        read.GDAL_ENV["GDAL_CACHEMAX"] = 256 * 2**20
         return (
-            f"geochange.io.stack.GDAL_ENV['GDAL_CACHEMAX'] = {value} is read by rasterio as bytes; "
+            f"geochange.io.read.GDAL_ENV['GDAL_CACHEMAX'] = {value} is read by rasterio as bytes; "
             "this run set it to 256 MiB (268435456) to avoid 10-100 s per decimated read. "
             "Numbers are unaffected."
         )

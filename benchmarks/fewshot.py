@@ -145,9 +145,10 @@ class SceneModel:
 
     def __init__(self, stack, base) -> None:
         from geochange.bands import wavelength_array
-        from geochange.io.stack import read_sample
+        from geochange.io.read import read_sample
         from geochange.model.fewshot import _run_backbone
-        from geochange.model.normalize import apply, scene_stats
+        from geochange.model.normalize import apply
+        from geochange.robust import scene_stats
 
         raw = stack.window(0, 0, *stack.grid.shape)
         self.raw = raw

@@ -52,6 +52,7 @@ def make_stack(size: int, workdir: Path) -> Path:
     import rasterio
     from affine import Affine
 
+    from geochange.io.atomic import atomic_path
     from geochange.synth import make_scene, write_scene
 
     out = workdir / f"stack_{size}"
@@ -77,8 +78,7 @@ def make_stack(size: int, workdir: Path) -> Path:
     n = -(-size // TILE)
     for k, d in enumerate(pool[0].dates):
         path = out / "stack" / f"S2_{d:%Y%m%d}.tif"
-        tmp = path.with_name(f".{path.name}.tmp")
-        with rasterio.open(tmp, "w", **profile) as dst:
+        with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             dst.update_tags(ACQUISITION_DATE=d.isoformat(), SOURCE="benchmarks/scale.py mosaic")
             for i in range(n):
                 for j in range(n):
@@ -90,7 +90,6 @@ def make_stack(size: int, workdir: Path) -> Path:
                     h, w = min(TILE, size - i * TILE), min(TILE, size - j * TILE)
                     window = rasterio.windows.Window(j * TILE, i * TILE, w, h)
                     dst.write(np.ascontiguousarray(img[:, :h, :w]), window=window)
-        os.replace(tmp, path)
     done.touch()
     return out / "stack"
 

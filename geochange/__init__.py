@@ -21,7 +21,8 @@ from geochange._version import __version__
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from geochange.errors import GeochangeError
     from geochange.grid import GridSpec
-    from geochange.io.stack import Stack, open_stack, read_sample
+    from geochange.io.read import read_sample
+    from geochange.io.stack import Stack, open_stack
     from geochange.pipeline import DetectResult, detect
 
 #: public name -> module that defines it
@@ -32,7 +33,7 @@ _EXPORTS = {
     "Stack": "geochange.io.stack",
     "detect": "geochange.pipeline",
     "open_stack": "geochange.io.stack",
-    "read_sample": "geochange.io.stack",
+    "read_sample": "geochange.io.read",
 }
 
 __all__ = [

@@ -12,7 +12,7 @@ Three layouts, picked by :func:`runtime`:
   running; only the client is closed.
 
 On a distributed cluster every worker gets, through a worker plugin (so workers that join later
-get it too): the GDAL settings of :data:`geochange.io.stack.GDAL_ENV` as environment variables, and
+get it too): the GDAL settings of :data:`geochange.io.read.GDAL_ENV` as environment variables, and
 ``torch.set_num_threads(cores of its host // dask threads on that host)`` so torch and dask do not
 oversubscribe the cores. Inputs and outputs are read and written by the workers themselves: they
 must see the input paths (or GDAL URLs) and the output folder under the same names as the client.
@@ -327,7 +327,7 @@ class _WorkerSetup(WorkerPlugin):
         self.default = default
 
     def setup(self, worker: Any) -> None:
-        from geochange.io.stack import GDAL_ENV
+        from geochange.io.read import GDAL_ENV
 
         for key, value in GDAL_ENV.items():
             os.environ.setdefault(key, str(value))

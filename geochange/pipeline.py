@@ -34,7 +34,8 @@ from geochange.config import (
     split_options,
 )
 from geochange.errors import InputError, OutputExistsError
-from geochange.io.stack import Stack, open_stack, read_sample
+from geochange.io.read import read_sample
+from geochange.io.stack import Stack, open_stack
 from geochange.stages import Chain, Context, build_chain, prepare_stack
 
 __all__ = [
@@ -154,6 +155,7 @@ def detect(
     """
     from geochange import cluster, tiling, vectorize
     from geochange.io import rasters as out_io
+    from geochange.io.atomic import check_writable
 
     stack_config, config, runtime = split_options(options, stack_config, config, runtime)
     if config.method != "cnn-lstm":
@@ -167,7 +169,7 @@ def detect(
     paths = output_paths(output, quicklook=config.quicklook) if output is not None else {}
     if paths and paths["gpkg"].parent.is_dir():
         # A missing output folder is created once the inputs have passed validation.
-        out_io.check_writable(list(paths.values()), overwrite=overwrite)
+        check_writable(list(paths.values()), overwrite=overwrite)
 
     stack = (
         inputs

@@ -37,6 +37,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from shapely.geometry import shape
 
+from geochange.dates import to_date
 from geochange.errors import InputError
 from geochange.grid import GridSpec
 
@@ -227,17 +228,6 @@ def _empty_frame(crs: object) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
 
 
-def _as_dates(dates: Sequence[_dt.date | str]) -> list[_dt.date]:
-    out = []
-    for d in dates:
-        if isinstance(d, _dt.datetime):
-            d = d.date()
-        elif isinstance(d, str):
-            d = _dt.date.fromisoformat(d)
-        out.append(d)
-    return out
-
-
 def _check(prob, date_index, grid, dates, threshold, min_area, simplify, chunk_size) -> None:
     for name, arr in (("prob", prob), ("date_index", date_index)):
         if tuple(arr.shape) != grid.shape:
@@ -287,7 +277,7 @@ def polygons_from_rasters(
         ``date_before``, ``date_after``, ``n_pixels`` and ``geometry`` (Polygon, holes kept).
         The change date of a region is the date index with most of its pixels (ties: earliest).
     """
-    dates = _as_dates(dates)
+    dates = [to_date(d, "dates") for d in dates]
     _check(prob, date_index, grid, dates, threshold, min_area, simplify, chunk_size)
     n_dates = len(dates)
     ys, xs = _offsets(grid.height, chunk_size), _offsets(grid.width, chunk_size)

@@ -12,8 +12,8 @@ import pytest
 from helpers import write_stack
 
 from geochange import tiling
-from geochange.model.normalize import scene_stats
 from geochange.pipeline import detect
+from geochange.robust import scene_stats
 from geochange.stages import build_chain
 from geochange.stages.clouds import (
     GROW,

@@ -141,6 +141,7 @@ HEAVY = ("torch", "rasterio", "geopandas", "pytorch_lightning", "matplotlib")
         ("import geochange.stages", HEAVY),
         ("import geochange.model.normalize", HEAVY),
         ("import geochange.shift", HEAVY),
+        ("import geochange.dates, geochange.robust, geochange.io.atomic", HEAVY + ("dask",)),
         ("import geochange.tiling", HEAVY),
         ("import geochange.stages.refine, geochange.stages.micro, geochange.stages.emerge", HEAVY),
         ("import geochange.stages.clouds, geochange.stages.baselines", HEAVY),

@@ -10,6 +10,7 @@ from geochange.errors import ModelError
 from geochange.model import CNNLSTM, DEFAULT_MODEL_PATH, load_model, normalize, save_model
 from geochange.model.cnn_lstm import MASKED_LOGIT, local_contrast, shift_min_distance
 from geochange.model.losses import cloud_loss, dice_loss, focal_loss, interval_loss
+from geochange.robust import scene_stats
 
 torch.set_num_threads(1)
 
@@ -297,7 +298,7 @@ def test_normalize_any_dtype(dtype) -> None:
     gain = np.array([1.0, 1.3, 0.7])[:, None, None, None]  # per-date illumination
     raw = (base * gain).astype(dtype)
     tile = raw.astype(np.float32)
-    stats = normalize.scene_stats(tile.reshape(3, 2, -1))
+    stats = scene_stats(tile.reshape(3, 2, -1))
     assert stats.shape == (3, 2, 2) and stats.dtype == np.float32
     assert (stats[..., 1] > 0).all()
     x, valid = normalize.apply(tile, stats)
@@ -311,7 +312,7 @@ def test_normalize_any_dtype(dtype) -> None:
 def test_normalize_constant_band_and_empty_date() -> None:
     sample = np.full((2, 2, 50), 7.0, np.float32)
     sample[1] = np.nan
-    stats = normalize.scene_stats(sample)
+    stats = scene_stats(sample)
     assert np.isfinite(stats).all() and (stats[..., 1] > 0).all()
     np.testing.assert_array_equal(stats[1, :, 0], 0.0)
 
@@ -335,7 +336,7 @@ def test_normalize_fills_nodata_along_time() -> None:
 def test_normalize_any_band_nodata_invalidates_the_date() -> None:
     tile = np.ones((2, 3, 2, 2), np.float32)
     tile[1, 2, 0, 0] = np.nan
-    stats = normalize.scene_stats(tile.reshape(2, 3, -1))
+    stats = scene_stats(tile.reshape(2, 3, -1))
     x, valid = normalize.apply(tile, stats)
     assert not valid[1, 0, 0] and valid[1, 1, 1]
     np.testing.assert_array_equal(x[1, :, 0, 0], x[0, :, 0, 0])

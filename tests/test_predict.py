@@ -11,7 +11,7 @@ import torch
 
 from geochange.errors import ModelError
 from geochange.model import CNNLSTM, DEFAULT_MODEL_PATH, save_model
-from geochange.model.normalize import scene_stats
+from geochange.robust import scene_stats
 from geochange.stages.network import ModelDetector, model_detector
 from geochange.tiling import overlap_map
 

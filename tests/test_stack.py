@@ -1,4 +1,4 @@
-"""Tests of geochange.io.stack on small real GeoTIFFs written with rasterio in tmp_path."""
+"""Tests of geochange.io.stack and geochange.io.read on small real GeoTIFFs written with rasterio in tmp_path."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from helpers import DEFAULT_TRANSFORM, write_geotiff, write_stack
 from rasterio.warp import transform_bounds
 
 from geochange.errors import AlignmentError, DateError, InputError
-from geochange.io.stack import GDAL_ENV, open_stack, parse_dates, read_sample
+from geochange.io.read import GDAL_ENV, read_sample
+from geochange.io.stack import open_stack
 
 T, C, H, W = 3, 3, 64, 80
 DATES = ["2023-01-15", "2023-02-14", "2023-03-16"]
@@ -115,17 +116,6 @@ def test_dates_argument_and_glob(tmp_path: Path) -> None:
     assert stack.dates == (dt.date(2022, 11, 1), dt.date(2022, 12, 1), dt.date(2023, 1, 1))
     stack = open_stack(paths, dates=[dt.date(2020, 1, 1), "2020-01-02", "20200103"])
     assert stack.paths == tuple(str(p) for p in paths)
-
-
-def test_parse_dates() -> None:
-    assert parse_dates(["2023-01-15,2023-02-01", "20230301", dt.date(2023, 4, 1)]) == [
-        dt.date(2023, 1, 15),
-        dt.date(2023, 2, 1),
-        dt.date(2023, 3, 1),
-        dt.date(2023, 4, 1),
-    ]
-    with pytest.raises(DateError, match=r"'2023-13-01' is not a valid date; expected YYYY-MM-DD"):
-        parse_dates(["2023-01-01,2023-13-01"])
 
 
 def test_twenty_four_dates(tmp_path: Path) -> None:

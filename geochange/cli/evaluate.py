@@ -100,7 +100,7 @@ def command(
       geochange evaluate changes_prob.tif truth.gpkg --threshold 0.4 --json --map errors.png
     """
     from geochange import evaluate as ev
-    from geochange.io.rasters import check_writable
+    from geochange.io.atomic import check_writable
 
     if map_path is not None:
         check_writable([map_path], overwrite)  # fail before the work

@@ -42,7 +42,8 @@ from rasterio.features import rasterize
 from rasterio.warp import reproject
 from scipy import ndimage
 
-from geochange.errors import DateError, InputError
+from geochange.dates import is_missing, to_date
+from geochange.errors import InputError
 from geochange.grid import GridSpec
 
 __all__ = [
@@ -478,29 +479,18 @@ def _warp(
 
 
 def _parse_dates(values: Sequence[Any], role: str) -> list[_dt.date]:
-    out = []
-    for v in values:
-        try:
-            out.append(v if isinstance(v, _dt.date) else _dt.date.fromisoformat(str(v)[:10]))
-        except ValueError:
-            raise DateError(
-                f"{role}: found date {v!r}; expected ISO dates YYYY-MM-DD; fix: pass e.g. "
-                "--dates 2020-01-15,2020-06-01."
-            ) from None
-    return sorted(out)
+    return sorted(to_date(v, role) for v in values)
 
 
 def _date_index(values: Any, dates: list[_dt.date], role: str) -> np.ndarray:
     """change_date values → date index j (first stack date on or after the change date)."""
-    import pandas as pd
-
     ordinals = np.array([d.toordinal() for d in dates])
     idx = []
     for v in values:
-        if v is None or pd.isna(v):
+        if is_missing(v):
             idx.append(np.nan)
             continue
-        d = _parse_dates([v], role)[0]
+        d = to_date(v, role)
         j = int(np.searchsorted(ordinals, d.toordinal(), side="left"))
         idx.append(j if 1 <= j < len(dates) else np.nan)
     return np.array(idx, dtype=np.float32)
@@ -925,7 +915,7 @@ def error_map(a: Aligned, path: PathLike, *, overwrite: bool = False) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from geochange.io.rasters import atomic_path, check_writable
+    from geochange.io.atomic import atomic_path, check_writable
 
     path = Path(path)
     check_writable([path], overwrite)

@@ -1,7 +1,8 @@
 """Writers: Cloud-Optimized GeoTIFFs written block by block, and the GeoPackage.
 
-Every output appears whole or not at all: it is written under a temporary name in the same
-folder and renamed (``os.replace``) once complete; on any error the temporary files are removed.
+Every output appears whole or not at all (:mod:`geochange.io.atomic`): it is written under a
+temporary name in the same folder and renamed once complete; on any error the temporary files are
+removed.
 
 Rasters are written from the dask graph chunk by chunk (``dask.array.store``): each task opens
 the file created up front, writes its window and closes it, under a lock per file (a
@@ -18,8 +19,7 @@ import json
 import logging
 import os
 import threading
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,12 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
-from geochange.errors import InputError, OutputExistsError
+from geochange.errors import InputError
 from geochange.grid import GridSpec
+from geochange.io.atomic import atomic_path, check_writable, remove_temp, temp_path
 
 __all__ = [
     "RasterOutput",
-    "atomic_path",
-    "check_writable",
     "read_raster_lazy",
     "write_gpkg",
     "write_raster",
@@ -50,67 +49,6 @@ logger = logging.getLogger(__name__)
 
 #: Chunk edge used when a numpy array is written (it is wrapped in a dask array).
 _NUMPY_CHUNK = 512
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def check_writable(paths: Sequence[str | os.PathLike], overwrite: bool) -> None:
-    """Fail early, before any work, when an output cannot be written.
-
-    Raises:
-        OutputExistsError: a path exists and ``overwrite`` is False (the first one is named).
-        InputError: a path's folder does not exist, or a path is a directory.
-    """
-    for p in map(Path, paths):
-        if p.is_dir():
-            raise InputError(
-                f"output {str(p)!r}: found a directory, expected a file name; "
-                "choose a file path such as 'changes.gpkg'."
-            )
-        parent = p.parent if str(p.parent) else Path(".")
-        if not parent.is_dir():
-            raise InputError(
-                f"output {str(p)!r}: its folder {str(parent)!r} does not exist; "
-                "create it first (mkdir -p) or choose another output path."
-            )
-        if p.exists() and not overwrite:
-            raise OutputExistsError(
-                f"output {str(p)!r} already exists; pass --overwrite (overwrite=True) to replace "
-                "it, or choose another output path."
-            )
-
-
-def _temp_name(path: Path, tag: str = "tmp") -> Path:
-    # Same folder (so os.replace is atomic), hidden, same suffix (GDAL picks drivers by it).
-    return path.with_name(f".{path.stem}.{tag}-{uuid.uuid4().hex[:8]}{path.suffix}")
-
-
-def _remove(path: Path) -> None:
-    for p in (path, Path(f"{path}.aux.xml"), Path(f"{path}-journal"), Path(f"{path}-wal")):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` on success.
-
-    On an exception (including KeyboardInterrupt) the temporary file is removed and ``path`` is
-    left untouched. An existing ``path`` is replaced; check with :func:`check_writable` first.
-    """
-    final = Path(path)
-    tmp = _temp_name(final)
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------- rasters
@@ -229,8 +167,8 @@ def write_rasters(
 
     with contextlib.ExitStack() as stack:
         finals_tmp = [stack.enter_context(atomic_path(p)) for p in finals]
-        works = [_temp_name(p, "work") for p in finals]
-        stack.callback(lambda: [_remove(w) for w in works])
+        works = [temp_path(p, "work") for p in finals]
+        stack.callback(lambda: [remove_temp(w) for w in works])
 
         stores = []
         for o, arr, work in zip(outs, arrays, works):

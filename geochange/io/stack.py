@@ -5,9 +5,8 @@ patterns or GDAL URLs into a :class:`Stack`: the dates sorted ascending, the gri
 :class:`~geochange.grid.GridSpec`) and a lazy dask array ``(t, c, y, x)`` float32 with NaN where
 a source pixel is nodata.
 
-The dask graph holds one read task per (date, chunk). Each task opens its file inside the task
-(rasterio handles are neither picklable nor thread-safe) under :data:`GDAL_ENV` and reads only its
-window, so the graph runs on the threaded scheduler and on ``dask.distributed`` alike.
+The dask graph holds one read task per (date, chunk); the reading itself is
+:mod:`geochange.io.read`. Dates come from :mod:`geochange.dates`.
 """
 
 from __future__ import annotations
@@ -15,14 +14,12 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -30,48 +27,24 @@ import rasterio
 from affine import Affine
 from dask.base import tokenize
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geochange import shift
 from geochange.bands import band_wavelengths, parse_wavelengths
+from geochange.dates import DateLike, name_date, parse_dates, value_date
 from geochange.errors import AlignmentError, DateError, InputError
 from geochange.grid import GridSpec
+from geochange.io.read import GDAL_ENV, StackReader, axis_chunks, stack_reader
 
-__all__ = ["GDAL_ENV", "Stack", "open_stack", "parse_dates", "read_sample"]
+__all__ = ["Stack", "open_stack"]
 
 logger = logging.getLogger(__name__)
 
-#: GDAL settings for every read, in one place. Applied with ``rasterio.Env(**GDAL_ENV)`` inside
-#: each read task (GDAL settings are per process/thread, and dask workers are other processes).
-GDAL_ENV: dict[str, Any] = {
-    # Do not list the folder of every file on open (slow on network file systems and S3);
-    # side-car files (.aux.xml, .msk, .ovr) are then not found: use internal masks and overviews.
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    # Block cache in MB per process; chunks are read once, so a small cache suffices.
-    "GDAL_CACHEMAX": 256 * 1024**2,  # bytes: rasterio reads an int as bytes, not MB
-    # For /vsicurl/ and /vsis3/: only fetch GeoTIFFs, retry transient HTTP errors.
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
-    "GDAL_HTTP_MAX_RETRY": 3,
-    "GDAL_HTTP_RETRY_DELAY": 1,
-    "VSI_CACHE": "TRUE",
-}
-
-#: Resampling used by ``align=True``: reflectances are continuous data.
-ALIGN_RESAMPLING = Resampling.bilinear
-
 InputPath = str | os.PathLike
 Inputs = InputPath | Sequence[InputPath]
-DateLike = str | dt.date
 
 _TIF_SUFFIXES = (".tif", ".tiff")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-# A date in a file name: 20230115, 2023-01-15 or 2023_01_15, not inside a longer number.
-_NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d\d)([-_]?)(\d\d)\2(\d\d)(?!\d)")
-# A date at the start of a tag value: 2023-01-15, 2023:01:15 (TIFF DateTime) or 20230115.
-_VALUE_DATE = re.compile(r"^\s*(\d{4})([-:/]?)(\d{2})\2(\d{2})(?=$|[T\s_Z+])")
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,8 +114,8 @@ class Stack:
         chunks = (
             (1,) * self.T,
             (self.band_count,),
-            _axis_chunks(self.grid.height, self.chunk_size),
-            _axis_chunks(self.grid.width, self.chunk_size),
+            axis_chunks(self.grid.height, self.chunk_size),
+            axis_chunks(self.grid.width, self.chunk_size),
         )
         name = "read-stack-" + tokenize(reader, self.chunk_size)
         return da.from_array(
@@ -180,206 +153,13 @@ class Stack:
         reader = self.reader()
         return reader[:, :, row_off : row_off + height, col_off : col_off + width]
 
-    def reader(self) -> _StackReader:
+    def reader(self) -> StackReader:
         """Picklable array-like (t, c, y, x) float32 over the files, read when sliced.
 
         What :func:`geochange.tiling.window_map` ships to the workers: file paths and the grid,
         no data.
         """
-        return _StackReader(
-            self._sources(), self.band_count, self.grid.height, self.grid.width, self.shifts
-        )
-
-    def _sources(self) -> tuple[_Source, ...]:
-        target = (self.grid.crs, self.grid.transform, self.grid.height, self.grid.width)
-        masks = self.masks or (None,) * self.T
-        return tuple(
-            _Source(path, *target, self.align, mask, self.mask_values)
-            for path, mask in zip(self.paths, masks)
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Read tasks: plain picklable values and top-level functions, one file opened per call.
-
-
-@dataclass(frozen=True)
-class _Source:
-    """What a read task needs to read one date on the stack grid."""
-
-    path: str
-    crs: CRS | None
-    transform: Affine
-    height: int
-    width: int
-    align: bool
-    mask: tuple[str, int] | None = None
-    mask_values: tuple[float, ...] | None = None
-
-
-@dataclass(frozen=True)
-class _StackReader:
-    """Array-like (t, c, y, x) float32 over the files; each ``[...]`` opens and reads the files.
-
-    Used as the source of :func:`dask.array.from_array`: dask calls ``reader[slices]`` once per
-    chunk, inside the task.
-    """
-
-    sources: tuple[_Source, ...]
-    bands: int
-    height: int
-    width: int
-    shifts: tuple[tuple[float, float], ...] = ()
-    dtype = np.dtype("float32")
-    ndim = 4
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.sources), self.bands, self.height, self.width)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if not isinstance(key, tuple):
-            key = (key,)
-        key = key + (slice(None),) * (4 - len(key))
-        t_key, c_key, y_key, x_key = key
-        # Read the bounding window in y/x once per date, then apply steps/indices with numpy.
-        (y0, y1), y_rest = _bounding(y_key, self.height)
-        (x0, x1), x_rest = _bounding(x_key, self.width)
-        window = Window(x0, y0, x1 - x0, y1 - y0)
-        t_index = np.arange(len(self.sources))[t_key]
-        dates = np.atleast_1d(t_index)
-        if dates.size and y1 > y0 and x1 > x0 and self.shifts:
-            out = np.stack([self._read_shifted(int(t), y0, y1, x0, x1) for t in dates])
-        elif dates.size and y1 > y0 and x1 > x0:
-            out = np.stack([_read_window(self.sources[int(t)], window) for t in dates])
-        else:  # nothing to read: do not open the files
-            out = np.empty((dates.size, self.bands, y1 - y0, x1 - x0), np.float32)
-        # Index one axis at a time so that arrays index each axis on its own (outer indexing).
-        out = out.astype(np.float32, copy=False)[:, c_key]
-        out = out[..., y_rest, :]
-        out = out[..., x_rest]
-        return out[0] if np.ndim(t_index) == 0 else out
-
-    def _read_shifted(self, t: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Date ``t`` in rows y0:y1, cols x0:x1 with its shift resampled away: reads a margin
-        (clipped at the grid edge, where edges are replicated), so any window gives the same
-        pixels."""
-        dy, dx = self.shifts[t]
-        if max(abs(dy), abs(dx)) < shift.MIN_APPLIED:
-            return _read_window(self.sources[t], Window(x0, y0, x1 - x0, y1 - y0))
-        m = shift.margin(np.asarray(self.shifts[t]))
-        ya, yb = max(0, y0 - m), min(self.height, y1 + m)
-        xa, xb = max(0, x0 - m), min(self.width, x1 + m)
-        img = _read_window(self.sources[t], Window(xa, ya, xb - xa, yb - ya))
-        return shift.shift_bilinear(img, dy, dx)[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
-
-
-def _bounding(key: Any, size: int) -> tuple[tuple[int, int], Any]:
-    """Smallest [start, stop) holding ``key`` and the index of ``key`` inside that range."""
-    if isinstance(key, slice):
-        start, stop, step = key.indices(size)
-        if step == 1:
-            return (start, max(start, stop)), slice(None)
-    idx = np.arange(size)[key]
-    if np.ndim(idx) == 0:
-        return (int(idx), int(idx) + 1), 0
-    if idx.size == 0:
-        return (0, 0), slice(0, 0)
-    lo, hi = int(idx.min()), int(idx.max()) + 1
-    return (lo, hi), idx - lo
-
-
-def _read_window(source: _Source, window: Window) -> np.ndarray:
-    """Read all bands of one date in ``window`` of the stack grid.
-
-    Returns:
-        (c, h, w) float32, NaN where any band is nodata or the pixel is masked.
-    """
-    with rasterio.Env(**GDAL_ENV), rasterio.open(source.path) as src:
-        if source.align and not _on_grid(src, source):
-            with _warped(src, source, ALIGN_RESAMPLING) as vrt:
-                out = _masked_read(vrt, window=window)
-        else:
-            out = _masked_read(src, window=window)
-        if source.mask is not None:
-            out[:, _read_mask(source, window=window)] = np.nan
-        return out
-
-
-def _warped(src: Any, source: _Source, resampling: Resampling, image: bool = True) -> WarpedVRT:
-    """``src`` warped onto the grid of ``source``; an ``image`` reads as float32, NaN nodata."""
-    kwargs = {"src_nodata": src.nodata, "nodata": np.nan, "dtype": "float32"} if image else {}
-    return WarpedVRT(
-        src,
-        crs=source.crs,
-        transform=source.transform,
-        width=source.width,
-        height=source.height,
-        resampling=resampling,
-        **kwargs,
-    )
-
-
-def _read_mask(source: _Source, **read_kwargs: Any) -> np.ndarray:
-    """(h, w) bool: True where the date's mask file says masked (cloud, shadow, ...).
-
-    The mask is read on the stack grid (nearest-neighbour warp when ``align`` and the mask lies
-    on another grid). The mask file's own nodata pixels are not masked.
-    """
-    assert source.mask is not None
-    path, band = source.mask
-    with rasterio.open(path) as src:
-        if not _on_grid(src, source):  # align, or the coarse grid of read_sample
-            with _warped(src, source, Resampling.nearest, image=False) as vrt:
-                return _mask_values(vrt, band, source.mask_values, **read_kwargs)
-        return _mask_values(src, band, source.mask_values, **read_kwargs)
-
-
-def _mask_values(
-    src: Any, band: int, values: tuple[float, ...] | None, **read_kwargs: Any
-) -> np.ndarray:
-    if "out_shape" in read_kwargs:
-        read_kwargs["out_shape"] = read_kwargs["out_shape"][-2:]
-    m = src.read(band, **read_kwargs)
-    masked = m != 0 if values is None else np.isin(m, np.asarray(values, dtype=m.dtype))
-    if src.nodata is not None and not (isinstance(src.nodata, float) and math.isnan(src.nodata)):
-        masked &= m != src.nodata
-    return masked
-
-
-def _on_grid(src: Any, source: _Source) -> bool:
-    """True when an open file lies exactly on the target grid (no warp needed)."""
-    grid = GridSpec(source.crs, source.transform, source.height, source.width)
-    return grid.same_grid(GridSpec(src.crs, src.transform, src.height, src.width))
-
-
-def _masked_read(src: Any, **read_kwargs: Any) -> np.ndarray:
-    """``src.read(**read_kwargs)`` as float32 with NaN where nodata or masked (whole pixel)."""
-    raw = src.read(**read_kwargs)
-    out = raw.astype(np.float32)
-    invalid = np.isnan(out).any(axis=0) if out.dtype.kind == "f" else np.zeros(out.shape[1:], bool)
-    nodata = src.nodata
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        invalid |= (raw == nodata).any(axis=0)
-    if _has_mask(src):
-        mask_kwargs = dict(read_kwargs)
-        if "out_shape" in mask_kwargs:
-            mask_kwargs["out_shape"] = mask_kwargs["out_shape"][-2:]
-        invalid |= src.dataset_mask(**mask_kwargs) == 0
-    out[:, invalid] = np.nan
-    return out
-
-
-def _has_mask(src: Any) -> bool:
-    """True when the file has an internal mask or alpha band (not just a nodata value)."""
-    return any(
-        MaskFlags.per_dataset in flags or MaskFlags.alpha in flags for flags in src.mask_flag_enums
-    )
-
-
-def _axis_chunks(size: int, chunk: int) -> tuple[int, ...]:
-    full, rest = divmod(size, chunk)
-    return (chunk,) * full + ((rest,) if rest else ())
+        return stack_reader(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,7 +334,7 @@ def _match_masks(
                 f"date) or one band per date ({len(dates)}) in a single mask file. Fix: give "
                 "single-band masks, or one file holding a band for every date"
             )
-        date = info.tag_date or info.tiff_date or _name_date(info.path)
+        date = info.tag_date or info.tiff_date or name_date(info.path)
         if date not in dates:
             listed = ", ".join(d.isoformat() for d in dates)
             raise DateError(
@@ -663,7 +443,7 @@ def _inspect(path: str) -> _FileInfo:
                 band_names=tuple(d or None for d in src.descriptions),
                 wavelengths=band_wavelengths(tags, src.descriptions, path),
                 tag_date=_tag_date(tags),
-                tiff_date=_parse_value_date(tags.get("TIFFTAG_DATETIME")),
+                tiff_date=value_date(tags.get("TIFFTAG_DATETIME")),
             )
     except RasterioError as exc:
         cause = f" ({exc.__cause__})" if exc.__cause__ else ""
@@ -676,35 +456,12 @@ def _inspect(path: str) -> _FileInfo:
 def _tag_date(tags: dict[str, str]) -> dt.date | None:
     for key, value in tags.items():
         if key.upper() == "ACQUISITION_DATE":
-            return _parse_value_date(value)
-    return None
-
-
-def _parse_value_date(value: str | None) -> dt.date | None:
-    """A date at the start of a tag value (``2023-01-15...``, ``2023:01:15 10:00:00``)."""
-    if not value:
-        return None
-    match = _VALUE_DATE.match(value)
-    if not match:
-        return None
-    try:
-        return dt.date(int(match[1]), int(match[3]), int(match[4]))
-    except ValueError:
-        return None
-
-
-def _name_date(path: str) -> dt.date | None:
-    """The first valid date in a file name."""
-    for match in _NAME_DATE.finditer(Path(path).name):
-        try:
-            return dt.date(int(match[1]), int(match[3]), int(match[4]))
-        except ValueError:
-            continue
+            return value_date(value)
     return None
 
 
 def _file_date(info: _FileInfo) -> dt.date:
-    date = info.tag_date or info.tiff_date or _name_date(info.path)
+    date = info.tag_date or info.tiff_date or name_date(info.path)
     if date is None:
         raise DateError(
             f"{info.path}: no acquisition date found (no ACQUISITION_DATE or TIFFTAG_DATETIME "
@@ -713,46 +470,6 @@ def _file_date(info: _FileInfo) -> dt.date:
             "ACQUISITION_DATE tag, or put the date in the file name"
         )
     return date
-
-
-def parse_dates(values: Sequence[DateLike]) -> list[dt.date]:
-    """Parse dates given by a user.
-
-    Args:
-        values: ``datetime.date`` objects or strings ``YYYY-MM-DD`` (also ``YYYYMMDD``); a string
-            may hold several dates separated by commas or spaces.
-
-    Returns:
-        The dates, in the order given.
-
-    Raises:
-        DateError: a value is not a valid date.
-    """
-    out: list[dt.date] = []
-    for value in values:
-        if isinstance(value, dt.datetime):
-            out.append(value.date())
-            continue
-        if isinstance(value, dt.date):
-            out.append(value)
-            continue
-        for part in re.split(r"[,\s]+", str(value).strip()):
-            if not part:
-                continue
-            match = re.fullmatch(r"(\d{4})(-?)(\d{2})\2(\d{2})", part)
-            date = None
-            if match:
-                try:
-                    date = dt.date(int(match[1]), int(match[3]), int(match[4]))
-                except ValueError:
-                    date = None
-            if date is None:
-                raise DateError(
-                    f"--dates: {part!r} is not a valid date; expected YYYY-MM-DD, e.g. "
-                    "2023-01-15. Fix: correct the date"
-                )
-            out.append(date)
-    return out
 
 
 def _check_grid(info: _FileInfo, ref: _FileInfo, align: bool) -> None:
@@ -784,59 +501,3 @@ def _check_grid(info: _FileInfo, ref: _FileInfo, align: bool) -> None:
             f"origin ({ref.transform.c:g}, {ref.transform.f:g}) pixel ({ref.transform.a:g}, "
             f"{ref.transform.e:g}) like {ref.path}. {hint}"
         )
-
-
-# --------------------------------------------------------------------------------------------
-# Scene sample
-
-
-def read_sample(stack: Stack, max_pixels: int = 256 * 256) -> np.ndarray:
-    """A decimated read of the whole scene, for scene-wide statistics.
-
-    Each date is read at a reduced resolution (nearest neighbour, so nodata stays nodata, and
-    GDAL uses overviews when the files have them): never the full resolution of a large scene.
-
-    Args:
-        stack: the stack.
-        max_pixels: most pixels per date and band in the sample.
-
-    Returns:
-        (t, c, n) float32, source units, NaN where nodata; ``n <= max_pixels``.
-    """
-    if max_pixels < 1:
-        raise ValueError(f"max_pixels={max_pixels}: expected a positive number of pixels")
-    height, width = stack.grid.shape
-    scale = min(1.0, math.sqrt(max_pixels / float(height * width)))
-    # floor(h * s) * floor(w * s) <= h * w * s**2 = max_pixels; the clamp to one row or column
-    # of a very elongated scene is made up for on the other axis.
-    out_h = max(1, min(height, int(height * scale)))
-    out_w = max(1, min(width, int(width * scale), max_pixels // out_h))
-    samples = [_read_decimated(src, out_h, out_w) for src in stack._sources()]
-    return np.stack(samples).reshape(stack.T, stack.band_count, out_h * out_w)
-
-
-def _read_decimated(source: _Source, out_h: int, out_w: int) -> np.ndarray:
-    """(c, out_h, out_w) float32 of a whole date, NaN where nodata or masked."""
-    with rasterio.Env(**GDAL_ENV), rasterio.open(source.path) as src:
-        if source.align and not _on_grid(src, source):
-            # Warp straight onto a coarse version of the target grid: no full-resolution warp.
-            coarse = _coarse(source, out_h, out_w)
-            with _warped(src, coarse, Resampling.nearest) as vrt:
-                out = _masked_read(vrt)
-            if source.mask is not None:
-                out[:, _read_mask(coarse)] = np.nan
-            return out
-        out = _masked_read(src, out_shape=(src.count, out_h, out_w), resampling=Resampling.nearest)
-    if source.mask is not None:  # decimated the same way as the image
-        out[:, _read_mask(source, out_shape=(out_h, out_w), resampling=Resampling.nearest)] = np.nan
-    return out
-
-
-def _coarse(source: _Source, out_h: int, out_w: int) -> _Source:
-    """``source`` on a grid of ``out_h`` x ``out_w`` pixels over the same extent (aligned)."""
-    # Pixels (sx, sy) times larger; spelled out because Affine products warn in affine >= 3.1.
-    t, sx, sy = source.transform, source.width / out_w, source.height / out_h
-    coarse = Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f)
-    return _Source(
-        source.path, source.crs, coarse, out_h, out_w, True, source.mask, source.mask_values
-    )

@@ -28,7 +28,7 @@ loads like any other. Two kinds of examples teach the scene:
   never learned as change. When the stack's red and NIR wavelengths are known, no piece that
   turns its footprint greener is pasted: a field greening up is phenology, not change.
 
-Chips are normalised exactly as at inference (``normalize.scene_stats`` of ``read_sample``, then
+Chips are normalised exactly as at inference (``robust.scene_stats`` of ``read_sample``, then
 ``normalize.apply``), and cut from windowed reads: a small scene is read once, a large one
 through a pool of random windows that is refreshed while training, never in full.
 
@@ -60,12 +60,14 @@ from scipy import ndimage
 
 from geochange.bands import wavelength_array
 from geochange.errors import InputError, ModelError, OutputExistsError
-from geochange.io.stack import Stack, open_stack, read_sample
+from geochange.io.read import read_sample
+from geochange.io.stack import Stack, open_stack
 from geochange.model import load_model, save_model
 from geochange.model.cnn_lstm import CNNLSTM
 from geochange.model.losses import IGNORE, dice_loss, focal_loss, interval_loss
-from geochange.model.normalize import apply, scene_stats
+from geochange.model.normalize import apply
 from geochange.model.task import OneCycleByProgress
+from geochange.robust import scene_stats
 from geochange.stages import prepare_stack
 
 __all__ = [

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from geochange.errors import ModelError
+from geochange.io.atomic import atomic_path
 from geochange.model.cnn_lstm import CNNLSTM
 
 __all__ = [
@@ -82,13 +83,8 @@ def save_model(net: CNNLSTM, path: str | os.PathLike, meta: dict | None = None) 
     state = {k: v.detach().cpu().float().clone() for k, v in net.state_dict().items()}
     payload = {"format": FORMAT, "config": net.config(), "state_dict": state, "meta": meta}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -40,9 +40,11 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
 from geochange.bands import wavelength_array
+from geochange.dates import to_date
 from geochange.errors import InputError
 from geochange.model.losses import IGNORE
-from geochange.model.normalize import apply, scene_stats
+from geochange.model.normalize import apply
+from geochange.robust import scene_stats
 from geochange.shift import shift_dates
 from geochange.stages.coregister import coregister as coregister_stack
 from geochange.stages.coregister import estimate_shifts
@@ -75,7 +77,7 @@ class LabelledScene:
 
     Attributes:
         raw: (t, c, h, w) float32 source units, NaN = nodata.
-        stats: (t, c, 2) scene statistics (``normalize.scene_stats`` of a decimated sample).
+        stats: (t, c, 2) scene statistics (``robust.scene_stats`` of a decimated sample).
         change: (h, w) uint8 0/1, 255 = ignore.
         date_index: (h, w) uint8 j in 1..t-1, 0 no change, 255 unknown.
         clouds: (t, h, w) bool cloud/shadow masks, or None.
@@ -223,9 +225,7 @@ def _date_lookup(change_dates: Sequence[Any], dates: Sequence[dt.date], path: st
     """Stack date index j (first date on or after the change date) for each change date."""
     out = []
     for value in change_dates:
-        d = value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
-        if isinstance(d, dt.datetime):
-            d = d.date()
+        d = to_date(value, f"labels {path}: change_date")
         j = next((i for i, sd in enumerate(dates) if sd >= d), None)
         if j is None or j == 0:
             raise InputError(
@@ -308,7 +308,8 @@ def load_labelled_stack(
     Raises:
         InputError: missing labels, labels on another grid, change dates outside the series.
     """
-    from geochange.io.stack import open_stack, read_sample
+    from geochange.io.read import read_sample
+    from geochange.io.stack import open_stack
 
     labels = str(labels)
     if not Path(labels).is_file():

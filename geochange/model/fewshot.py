@@ -53,11 +53,13 @@ from scipy import ndimage
 from geochange.bands import wavelength_array
 from geochange.errors import InputError, ModelError, OutputExistsError
 from geochange.io.examples import UNKNOWN, Examples
-from geochange.io.stack import Stack, read_sample
+from geochange.io.read import read_sample
+from geochange.io.stack import Stack
 from geochange.model import load_model, save_model
 from geochange.model.adapt import change_magnitude, ignore_threshold
 from geochange.model.cnn_lstm import CNNLSTM, MASKED_LOGIT, shift_min_distance
-from geochange.model.normalize import apply, scene_stats
+from geochange.model.normalize import apply
+from geochange.robust import scene_stats
 from geochange.stages.emerge import REACH as EMERGE_REACH
 from geochange.stages.emerge import add as emerge_add
 from geochange.stages.emerge import usable as emerge_usable

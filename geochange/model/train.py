@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from geochange.errors import InputError, OutputExistsError
+from geochange.io.atomic import write_text
 
 __all__ = ["load_config", "run_training"]
 
@@ -277,8 +278,8 @@ def run_training(
         "val_metrics": metrics,
         "calibration": meta.get("calibration"),
     }
-    _write_text(report_json, json.dumps(report, indent=2, default=str) + "\n")
-    _write_text(report_md, _markdown(report))
+    write_text(report_json, json.dumps(report, indent=2, default=str) + "\n")
+    write_text(report_md, _markdown(report))
     return report
 
 
@@ -302,12 +303,6 @@ def _calibration_settings(section: object) -> dict | None:
             f"config calibration: unknown keys {sorted(unknown)}; expected some of {list(DEFAULTS)}"
         )
     return dict(section)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _markdown(r: dict) -> str:

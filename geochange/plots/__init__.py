@@ -31,9 +31,12 @@ from matplotlib.patches import Patch
 from rasterio.enums import Resampling
 
 from geochange.bands import wavelength_from_name
+from geochange.dates import is_missing, to_date
 from geochange.errors import InputError, OutputExistsError
 from geochange.grid import GridSpec
-from geochange.io.stack import GDAL_ENV, Stack
+from geochange.io.atomic import atomic_path
+from geochange.io.read import GDAL_ENV
+from geochange.io.stack import Stack
 
 __all__ = ["quicklook", "series", "series_values", "SeriesValues"]
 
@@ -352,16 +355,12 @@ def _date_colours(n: int) -> list[tuple[float, float, float, float]]:
 def _save(fig: Figure, path: Path, overwrite: bool, dpi: int = 100) -> Path:
     """Write ``fig`` as PNG under a temporary name in the same folder, then rename."""
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
         if path.exists() and not overwrite:
             raise OutputExistsError(
                 f"{path}: exists; pass overwrite=True (--overwrite) or choose another name"
             )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -907,21 +906,5 @@ def _dominant_index(
 
 
 def _to_date(value: Any, name: str) -> dt.date | None:
-    """A ``datetime.date`` from a date, datetime, pandas Timestamp or ISO string; None if empty."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    try:
-        import pandas as pd
-
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
-        pass
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value).strip()[:10])
-    except ValueError:
-        raise InputError(f"{name}: found {value!r}, expected a date like 2023-06-01") from None
+    """A ``datetime.date`` from a table cell or argument; None if empty."""
+    return None if is_missing(value) else to_date(value, name)

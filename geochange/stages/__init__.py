@@ -314,7 +314,7 @@ def build_chain(
 
     Args:
         sample: (t, c, n) float32 decimated read of the whole scene, NaN = nodata
-            (:func:`geochange.io.stack.read_sample`).
+            (:func:`geochange.io.read.read_sample`).
         method: the detector, one of :data:`DETECTORS`.
         skip: optional stages left out (names from :data:`OPTIONAL`).
         context: what the stages are fitted with besides the sample.

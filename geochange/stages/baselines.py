@@ -6,7 +6,7 @@ Every detector here is per pixel (``halo == 0``) and follows the contract of ``d
 NaN where the pixel has fewer than two valid dates.
 
 Scene-wide parameters are fitted ONCE by :func:`make_baseline` from a scene sample ``(t, c, n)``
-(``stack.read_sample``) and stored on the detector as numpy arrays, so a chunk sees exactly what
+(``io.read.read_sample``) and stored on the detector as numpy arrays, so a chunk sees exactly what
 the whole scene sees and the output has no seams.
 
 Common steps, for every method:
@@ -48,6 +48,7 @@ import numpy as np
 from scipy import stats as _stats
 
 from geochange.errors import InputError
+from geochange.robust import MAD_TO_SIGMA, mad_sigma
 from geochange.stages import Block, Context, Reach
 
 __all__ = [
@@ -223,7 +224,7 @@ def irmad(x0: np.ndarray, x1: np.ndarray, max_iter: int = 30, tol: float = 1e-4)
         center = np.median(mad, axis=1)
         dev = mad - center[:, None]
         # Identical dates (rho = 1) give zero spread: floor it (values are standardised).
-        sigma = np.maximum(1.4826 * np.median(np.abs(dev), axis=1), 1e-3)
+        sigma = np.maximum(mad_sigma(dev, axis=1), 1e-3)
         fit = IRMADFit(w, a, b, np.clip(rho, 0.0, 1.0), m0, m1, center, sigma, it)
         z = np.sum((dev / sigma[:, None]) ** 2, axis=0)
         w = _stats.chi2.sf(z, c)
@@ -337,7 +338,7 @@ def _sample_block(sample: np.ndarray) -> np.ndarray:
     if sample.ndim != 3 or sample.shape[0] < 2:
         raise InputError(
             f"sample: found shape {sample.shape}; expected (t >= 2, c, n) with at least two "
-            "dates; fix: pass stack.read_sample(stack) of a stack with two or more dates."
+            "dates; fix: pass read_sample(stack) of a stack with two or more dates."
         )
     return sample
 
@@ -444,7 +445,7 @@ def make_baseline(method: Method, sample: np.ndarray) -> CVA | IRMAD | Diff:
     Args:
         method: ``"cva"``, ``"irmad"`` or ``"diff"`` (see the module docstring).
         sample: (t, c, n) float32 decimated read of the whole scene, NaN = nodata
-            (``stack.read_sample``).
+            (``io.read.read_sample``).
 
     Returns:
         A picklable detector with ``.halo == 0`` and ``__call__(tile (t, c, h, w)) -> (2, h, w)``.
@@ -458,7 +459,7 @@ def make_baseline(method: Method, sample: np.ndarray) -> CVA | IRMAD | Diff:
         _require(scores, method)
         otsu = otsu_threshold(scores)
         med = float(np.median(scores))
-        floor = med + 3 * 1.4826 * float(np.median(np.abs(scores - med)))
+        floor = med + 3 * MAD_TO_SIGMA * float(np.median(np.abs(scores - med)))
         det.threshold = max(otsu, floor, _MIN_THRESHOLD)
         log.info("cva: Otsu %.4g, unimodal guard %.4g → threshold %.4g", otsu, floor, det.threshold)
         return det

@@ -9,7 +9,7 @@ neither creates nor hides a change there.
 How it works, per date ``t`` and pixel, in the scene's own radiometry:
 
 1. Dates are matched to one radiometry with the scene statistics the model uses
-   (:func:`geochange.model.normalize.scene_stats`: per date and band median and spread), then
+   (:func:`geochange.robust.scene_stats`: per date and band median and spread), then
    refitted on each date's clear pixels (:func:`refit`), so per-date illumination gain and
    offset do not count, even on a date that a cloud covers by a third.
 2. The reference is the median of the *other* dates at that pixel; ``d`` is the date minus it.
@@ -57,7 +57,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-from geochange.model.normalize import scene_stats
+from geochange.robust import scene_stats
 from geochange.stages import Block, Context, Reach
 
 __all__ = ["REACH", "Clouds", "fit", "refit", "scene_spectra", "screen", "usable"]
@@ -233,7 +233,7 @@ def scene_spectra(
     the dark end of a hazy date is the haze, not 0).
 
     Args:
-        sample: (t, c, n) decimated read of the scene (``stack.read_sample``), NaN = nodata.
+        sample: (t, c, n) decimated read of the scene (``io.read.read_sample``), NaN = nodata.
         stats: (t, c, 2) scene statistics of the same sample.
         fit: (t, c, 2) from :func:`refit`, or None.
 
@@ -269,7 +269,7 @@ def screen(
 
     Args:
         tile: (t, c, h, w) source units, NaN = nodata (t >= 2).
-        stats: (t, c, 2) scene statistics (:func:`geochange.model.normalize.scene_stats`).
+        stats: (t, c, 2) scene statistics (:func:`geochange.robust.scene_stats`).
         spectra: (2, c) from :func:`scene_spectra` (with the same ``fit``).
         fit: (t, c, 2) from :func:`refit`, or None (the statistics' matching alone).
 

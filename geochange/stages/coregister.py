@@ -30,6 +30,8 @@ import math
 
 import numpy as np
 
+from geochange.robust import mad_sigma
+
 log = logging.getLogger(__name__)
 
 #: Largest shift (pixels, per axis) that is searched and corrected.
@@ -118,7 +120,7 @@ def phase_correlation(
     sub = surface[cy - r : cy + r + 1, cx - r : cx + r + 1]
     iy, ix = np.unravel_index(int(np.argmax(sub)), sub.shape)
     med = float(np.median(surface))
-    spread = 1.4826 * float(np.median(np.abs(surface - med))) or 1e-12
+    spread = float(mad_sigma(surface - med)) or 1e-12
     score = (float(sub[iy, ix]) - med) / spread
     if not (0 < iy < sub.shape[0] - 1 and 0 < ix < sub.shape[1] - 1):
         return 0.0, 0.0, 0.0  # peak on the search border: beyond max_shift

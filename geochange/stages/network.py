@@ -27,7 +27,8 @@ from geochange.errors import ModelError
 from geochange.model import DEFAULT_MODEL_PATH, load_model
 from geochange.model.checkpoint import calibration_of
 from geochange.model.cnn_lstm import CNNLSTM
-from geochange.model.normalize import apply, scene_stats
+from geochange.model.normalize import apply
+from geochange.robust import scene_stats
 from geochange.stages import Block, Context, Reach
 from geochange.tiling import Window, windows
 
@@ -90,7 +91,7 @@ class ModelDetector:
 
     Args:
         net: the network (put in eval mode), or None with ``model_path`` to load it lazily.
-        stats: (t, c, 2) scene statistics from :func:`geochange.model.normalize.scene_stats`.
+        stats: (t, c, 2) scene statistics from :func:`geochange.robust.scene_stats`.
         device: "cpu", "cuda" or "auto".
         batch_size: sub-tiles per forward pass.
         tile_size: tiles larger than this (pixels, core without halo) run as sub-tiles with a
@@ -265,7 +266,7 @@ def model_detector(
     """A :class:`ModelDetector` for a stack, statistics computed once from ``sample``.
 
     Args:
-        sample: (t, c, n) float32 decimated read of the whole scene (``stack.read_sample``),
+        sample: (t, c, n) float32 decimated read of the whole scene (``io.read.read_sample``),
             NaN = nodata.
         model_path: checkpoint from ``geochange train``; None = the shipped default model.
         device: "auto" (CUDA when available), "cpu" or "cuda".

@@ -13,6 +13,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from geochange.errors import InputError, OutputExistsError
 from geochange.grid import GridSpec
+from geochange.io.atomic import atomic_path
 from geochange.synth.scene import DN_SCALE, Scene
 from geochange.synth.spectra import band_names
 
@@ -48,13 +49,11 @@ def _write_tif(
     path: Path, data: np.ndarray, profile: dict, tags: dict, descriptions: tuple[str, ...] = ()
 ) -> None:
     """Write (c, h, w) ``data`` to ``path`` under a temporary name, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data)
         dst.update_tags(**tags)
         for i, d in enumerate(descriptions, start=1):
             dst.set_band_description(i, d)
-    os.replace(tmp, path)
 
 
 def check_out_dir(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -141,17 +140,15 @@ def write_scene(
     )  # fmt: skip
 
     gpkg = truth_dir / "changes.gpkg"
-    tmp = truth_dir / ".changes.tmp.gpkg"
-    tmp.unlink(missing_ok=True)
     import pyogrio  # only the GeoPackage writer needs it
 
     old = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
     pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": _GPKG_DATE})
     try:
-        scene.changes.to_file(tmp, driver="GPKG", layer="changes", engine="pyogrio")
+        with atomic_path(gpkg) as tmp:
+            scene.changes.to_file(tmp, driver="GPKG", layer="changes", engine="pyogrio")
     finally:
         pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": old})
-    os.replace(tmp, gpkg)
     log.info("wrote %d dates and truth to %s", t, out)
     return {"images": images, "label": label_path, "changes": gpkg, "clouds": clouds_path}
 

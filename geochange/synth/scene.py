@@ -15,6 +15,7 @@ from rasterio.errors import CRSError
 from rasterio.features import shapes
 from shapely.geometry import shape as to_shape
 
+from geochange.dates import to_date
 from geochange.errors import InputError
 from geochange.grid import GridSpec
 from geochange.synth.changes import MICRO_MAX_PX, plant_changes
@@ -98,11 +99,7 @@ def make_grid(height: int, width: int, crs: str | CRS, pixel_size: float) -> Gri
 
 def make_dates(rng: np.random.Generator, n: int, start: str | dt.date) -> tuple[dt.date, ...]:
     """``n`` increasing dates from ``start``, 10-60 days apart (irregular revisit with gaps)."""
-    if isinstance(start, str):
-        try:
-            start = dt.date.fromisoformat(start)
-        except ValueError as exc:
-            raise InputError(f"start={start!r}: expected an ISO date such as '2023-01-15'") from exc
+    start = to_date(start, "start")
     gaps = np.concatenate([[0], np.cumsum(rng.integers(10, 61, n - 1))])
     return tuple(start + dt.timedelta(days=int(g)) for g in gaps)
 
