@@ -142,6 +142,7 @@ HEAVY = ("torch", "rasterio", "geopandas", "pytorch_lightning", "matplotlib")
         ("import geochange.model.normalize", HEAVY),
         ("import geochange.shift", HEAVY),
         ("import geochange.dates, geochange.robust, geochange.io.atomic", HEAVY + ("dask",)),
+        ("import geochange.evaluate.scoring", HEAVY),
         ("import geochange.tiling", HEAVY),
         ("import geochange.stages.refine, geochange.stages.micro, geochange.stages.emerge", HEAVY),
         ("import geochange.stages.clouds, geochange.stages.baselines", HEAVY),

@@ -19,6 +19,7 @@ from geochange import plots
 from geochange.cli import cli, main
 from geochange.errors import InputError, OutputExistsError
 from geochange.io.stack import open_stack
+from geochange.plots import maps, overview
 
 DATES = ["2022-03-01", "2022-05-10", "2022-07-02", "2022-09-20"]
 H, W = 48, 64
@@ -82,21 +83,21 @@ def _pixel_xy(grid, row: float, col: float) -> tuple[float, float]:
 
 
 def test_default_rgb_bands() -> None:
-    assert plots.default_rgb_bands(4, ("B", "G", "R", "NIR")) == (3, 2, 1)
-    assert plots.default_rgb_bands(4, (None,) * 4) == (3, 2, 1)
-    assert plots.default_rgb_bands(3, (None,) * 3) == (1, 2, 3)
-    assert plots.default_rgb_bands(13, [f"B{i:02d}" for i in range(1, 13)] + ["B8A"]) == (4, 3, 2)
-    assert plots.default_rgb_bands(3, ("red", "green", "blue")) == (1, 2, 3)
-    assert plots.default_rgb_bands(2, ("VV", "VH")) == (1,)
-    assert plots.default_rgb_bands(1) == (1,)
+    assert maps.default_rgb_bands(4, ("B", "G", "R", "NIR")) == (3, 2, 1)
+    assert maps.default_rgb_bands(4, (None,) * 4) == (3, 2, 1)
+    assert maps.default_rgb_bands(3, (None,) * 3) == (1, 2, 3)
+    assert maps.default_rgb_bands(13, [f"B{i:02d}" for i in range(1, 13)] + ["B8A"]) == (4, 3, 2)
+    assert maps.default_rgb_bands(3, ("red", "green", "blue")) == (1, 2, 3)
+    assert maps.default_rgb_bands(2, ("VV", "VH")) == (1,)
+    assert maps.default_rgb_bands(1) == (1,)
     names = ("B08 842 nm", "B04 665 nm", "B03 560 nm", "B02 490 nm")
-    assert plots.default_rgb_bands(4, names) == (2, 3, 4)
-    assert plots.default_rgb_bands(4, ("nir", "665 nm", "560nm", "band 490 nm")) == (2, 3, 4)
+    assert maps.default_rgb_bands(4, names) == (2, 3, 4)
+    assert maps.default_rgb_bands(4, ("nir", "665 nm", "560nm", "band 490 nm")) == (2, 3, 4)
 
 
 def test_date_legend_labels() -> None:
     dates = [dt.date.fromisoformat(d) for d in DATES]
-    assert plots._date_legend_labels(dates) == DATES[1:]
+    assert maps.date_legend_labels(dates) == DATES[1:]
 
 
 def test_quicklook_writes_picture(stack_dir: Path, tmp_path: Path) -> None:
@@ -112,7 +113,7 @@ def test_quicklook_writes_picture(stack_dir: Path, tmp_path: Path) -> None:
 def test_quicklook_legend_covers_dates(stack_dir: Path) -> None:
     stack = open_stack(stack_dir)
     prob, date_index, changes = _outputs(stack)
-    fig = plots._quicklook_figure(stack, prob, date_index, changes)
+    fig = overview._quicklook_figure(stack, prob, date_index, changes)
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
     assert len(legends) == 1
     texts = [t.get_text() for t in legends[0].get_texts()]
@@ -157,12 +158,12 @@ def test_decimated_reads_agree(tmp_path: Path) -> None:
     data[:, 1, :8, :8] = 0
     write_stack(tmp_path, data, DATES, nodata=0)
     plain, aligned = open_stack(tmp_path), open_stack(tmp_path, align=True)
-    a = plots._read_dates_decimated(plain, [0, 3], (3, 2, 1), 1)
-    b = plots._read_dates_decimated(aligned, [0, 3], (3, 2, 1), 1)
+    a = maps.read_dates_decimated(plain, [0, 3], (3, 2, 1), 1)
+    b = maps.read_dates_decimated(aligned, [0, 3], (3, 2, 1), 1)
     np.testing.assert_array_equal(a, b)
     assert np.isnan(a[1][:, :8, :8]).all() and np.isfinite(a[1][:, 8:, 8:]).all()
     for stack in (plain, aligned):
-        c = plots._read_dates_decimated(stack, [0, 3], (3, 2, 1), 4)
+        c = maps.read_dates_decimated(stack, [0, 3], (3, 2, 1), 4)
         assert len(c) == 2 and c[0].shape == (3, H // 4, W // 4)
         assert np.isnan(c[0][:, :2, :2]).all() and np.isfinite(c[0][:, 2:, 2:]).all()
 
@@ -174,7 +175,7 @@ def test_quicklook_geographic_crs(tmp_path: Path) -> None:
     stack = open_stack(tmp_path / "geo")
     prob, date_index, changes = _outputs(stack)
     changes = changes.to_crs("EPSG:3035")  # reprojected back to the stack CRS when drawn
-    fig = plots._quicklook_figure(stack, prob, date_index, changes)
+    fig = overview._quicklook_figure(stack, prob, date_index, changes)
     texts = [t.get_text() for a in fig.axes for c in a.artists for t in c.findobj(_is_text)]
     # 64 px * 0.001° * ~55.8 km/° = ~3.57 km wide -> a 500 m bar (not one in degrees).
     assert "500 m" in texts
@@ -349,7 +350,7 @@ def test_quicklook_one_band_two_dates(tmp_path: Path) -> None:
     prob = np.where(np.isnan(data[0, 0]), np.nan, 0.1).astype(np.float32)
     date_index = np.where(np.isnan(data[0, 0]), 255, 0).astype(np.uint8)
     date_index[20:30, 10:20] = 1
-    fig = plots._quicklook_figure(stack, prob, date_index, None)
+    fig = overview._quicklook_figure(stack, prob, date_index, None)
     (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
     assert [t.get_text() for t in legend.get_texts()] == [DATES[1]]
     assert "greyscale band 1" in fig.axes[0].get_title()
