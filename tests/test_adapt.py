@@ -13,21 +13,18 @@ from geochange.cli import cli
 from geochange.errors import InputError, OutputExistsError
 from geochange.io.stack import open_stack
 from geochange.model import load_model
-from geochange.model.adapt import (
+from geochange.model.adapt import adapt, adapt_loss, adapt_network, interpolate
+from geochange.model.losses import IGNORE
+from geochange.model.pseudo import (
     FOOTPRINTS,
-    _batch,
-    _ScenePool,
-    _Setup,
-    adapt,
-    adapt_loss,
-    adapt_network,
+    ScenePool,
+    Setup,
     footprint,
     ignore_threshold,
-    interpolate,
+    make_batch,
     paste_changes,
     red_nir_bands,
 )
-from geochange.model.losses import IGNORE
 from geochange.pipeline import detect
 
 torch.set_num_threads(1)
@@ -148,19 +145,21 @@ def test_ignore_threshold_takes_the_whole_changed_mode_of_a_bimodal_scene():
 def test_batch_ignores_the_real_change_and_labels_pasted_ones(stack_dir):
     stack = open_stack(stack_dir)
     rng = np.random.default_rng(0)
-    pool = _ScenePool(stack, rng, window=64, n_windows=2)
+    pool = ScenePool(stack, rng, window=64, n_windows=2)
     assert pool.whole
     stats = np.zeros((3, 3, 2), np.float32)
     stats[..., 0], stats[..., 1] = 1000.0, 80.0
-    setup = _Setup(stats, threshold=1.0, chip=(40, 40), max_dates=8)
-    b = _batch(pool, setup, rng, batch_size=1, paste_prob=0.0, ignore_dilate=0)
+    setup = Setup(stats, threshold=1.0, chip=(40, 40), max_dates=8)
+    b = make_batch(pool, setup, rng, batch_size=1, paste_prob=0.0, ignore_dilate=0)
     change = b["change"][0]
     # The chip holds the whole real change: it is the only ignored area.
     assert (change == IGNORE).sum() == 10 * 12
     assert set(np.unique(change)) == {0, IGNORE}
     # The same pixels are "unsure" (keep_rejected may teach them as no change), no others.
     assert np.array_equal(b["unsure"][0], change == IGNORE)
-    b = _batch(pool, setup, np.random.default_rng(5), batch_size=4, paste_prob=1.0, ignore_dilate=0)
+    b = make_batch(
+        pool, setup, np.random.default_rng(5), batch_size=4, paste_prob=1.0, ignore_dilate=0
+    )
     assert (b["change"] == 1).any()
     assert set(np.unique(b["date_index"][b["change"] == 1])) <= {1, 2, IGNORE}
     # Pasted pieces are never "unsure"; unsure pixels are unknown until the start model rules.
@@ -169,11 +168,11 @@ def test_batch_ignores_the_real_change_and_labels_pasted_ones(stack_dir):
 
 
 def test_a_large_scene_is_sampled_through_windows(stack_dir, tiny_model, monkeypatch):
-    import geochange.model.adapt as ad
+    import geochange.model.pseudo as ps
 
-    monkeypatch.setattr(ad, "WHOLE_SCENE_BYTES", 3 * 3 * 16 * 16 * 4 * 5)
+    monkeypatch.setattr(ps, "WHOLE_SCENE_BYTES", 3 * 3 * 16 * 16 * 4 * 5)
     stack = open_stack(stack_dir)
-    pool = _ScenePool(stack, np.random.default_rng(0), window=16, n_windows=8)
+    pool = ScenePool(stack, np.random.default_rng(0), window=16, n_windows=8)
     assert not pool.whole
     assert len(pool.arrays) == 5  # capped by the memory budget
     assert all(a.shape == (3, 3, 16, 16) for a in pool.arrays)

@@ -10,7 +10,7 @@ import pytest
 from helpers import write_stack
 
 from geochange import open_stack
-from geochange.model.data import scene_from_arrays
+from geochange.model.scenes import scene_from_arrays
 from geochange.pipeline import detect
 from geochange.shift import shift_bilinear, shift_dates
 from geochange.stages.coregister import MIN_PEAK_SCORE, coregister, estimate_shifts

@@ -127,7 +127,7 @@ def test_the_import_graph_has_no_cycle() -> None:
 def test_the_checker_sees_a_wrong_arrow() -> None:
     """The layer check itself can fail: io importing the pipeline would be caught."""
     assert _layer("geochange.io.stack") < _layer("geochange.pipeline")
-    assert "geochange.stages.coregister" in _graph()["geochange.model.data"]
+    assert "geochange.stages.coregister" in _graph()["geochange.model.scenes"]
 
 
 HEAVY = ("torch", "rasterio", "geopandas", "pytorch_lightning", "matplotlib")

@@ -19,14 +19,9 @@ from torch.utils.data import DataLoader
 from geochange.cli import cli
 from geochange.errors import InputError
 from geochange.model import load_model
-from geochange.model.data import (
-    ChangeDataModule,
-    ChipBatches,
-    _subset_labels,
-    load_labelled_stack,
-    sample_batch,
-    scene_from_arrays,
-)
+from geochange.model.chips import _subset_labels, sample_batch
+from geochange.model.data import ChangeDataModule, ChipBatches
+from geochange.model.scenes import load_labelled_stack, scene_from_arrays
 from geochange.model.task import ChangeTask, OneCycleByProgress
 
 torch.set_num_threads(1)

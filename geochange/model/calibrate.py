@@ -13,7 +13,7 @@ threshold 0.5 lands near the F1 optimum. The two numbers live in the checkpoint'
 (``meta["calibration"]``) and :class:`geochange.stages.network.ModelDetector` applies them; a
 checkpoint without them gives raw probabilities.
 
-The scenes come from :func:`geochange.model.data.synthetic_scene` with validation seeds (the
+The scenes come from :func:`geochange.model.scenes.synthetic_scene` with validation seeds (the
 training seeds never), whole, at the sizes a user's chunks have.
 """
 
@@ -96,7 +96,7 @@ def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def _scene_logits(net: CNNLSTM, seed: int, size: int, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     """Raw change logits and truth on the labelled, valid pixels of one whole scene."""
-    from geochange.model.data import synthetic_scene
+    from geochange.model.scenes import synthetic_scene
     from geochange.stages.network import ModelDetector
 
     scene = synthetic_scene(seed, size, cfg["dates"], cfg["bands"], cfg["nuisance"])

@@ -14,9 +14,9 @@ How it learns (:func:`teach_network`):
 - **What it learns from**, each step, on every region around the examples (whole, not chips,
   so the 15-px context decoder sees what it sees at inference):
   the user's labels (1 change, 0 no change, classes weighted equally); the scene's own
-  self-supervised "no change" of :mod:`geochange.model.adapt` (unlabelled pixels with a low CVA-like
+  self-supervised "no change" of :mod:`geochange.model.pseudo` (unlabelled pixels with a low CVA-like
   magnitude that the starting model does not call change, at a lower weight); and rehearsal of
-  a few synthetic training scenes (:func:`geochange.model.data.synthetic_scene`, seeds of the shipped
+  a few synthetic training scenes (:func:`geochange.model.scenes.synthetic_scene`, seeds of the shipped
   model's training range) with their true labels and dates. An L2 pull towards the starting
   weights keeps the heads near what they were.
 - **The threshold** is the one with the best F1 on *held-out* examples: the out-of-fold
@@ -56,9 +56,9 @@ from geochange.io.examples import UNKNOWN, Examples
 from geochange.io.read import read_sample
 from geochange.io.stack import Stack
 from geochange.model import load_model, save_model
-from geochange.model.adapt import change_magnitude, ignore_threshold
 from geochange.model.cnn_lstm import CNNLSTM, MASKED_LOGIT, shift_min_distance
 from geochange.model.normalize import apply
+from geochange.model.pseudo import change_magnitude, ignore_threshold
 from geochange.robust import scene_stats
 from geochange.stages.emerge import REACH as EMERGE_REACH
 from geochange.stages.emerge import add as emerge_add
@@ -349,7 +349,7 @@ class TaughtResult:
 @functools.lru_cache(maxsize=8)
 def _rehearsal_scene(seed: int, t: int):
     """A synthetic training scene of ``t`` dates (96 px, 1-16 bands drawn by the seed)."""
-    from geochange.model.data import synthetic_scene
+    from geochange.model.scenes import synthetic_scene
 
     return synthetic_scene(seed, size=96, dates=(t, t), bands=(1, 16))
 
