@@ -37,7 +37,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from geochange.errors import InputError
 
-__all__ = ["Layout", "Runtime", "cpu_cores", "runtime", "threads_layout"]
+__all__ = ["Layout", "Runtime", "check_args", "cpu_cores", "runtime", "threads_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ Kind = Literal["threads", "local-cluster", "remote"]
 
 #: Seconds to wait for a remote scheduler before giving up.
 CONNECT_TIMEOUT = 30
+
+#: Protocols of dask.distributed's communication backends (a scheduler address's prefix).
+PROTOCOLS = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 
 
 def cpu_cores() -> int:
@@ -141,7 +144,48 @@ class Runtime:
         return _ClusterProgress(self.client, group, total, self.layout.dashboard)
 
 
+def check_args(scheduler: str | None, workers: int | None, threads: int | None) -> None:
+    """Validate where a run is asked to go, before any work (no connection is made).
+
+    Raises:
+        InputError: a bad worker or thread count, a malformed address, an unknown protocol, a
+            missing or malformed scheduler file, or options that contradict each other.
+    """
+    _check_args(scheduler, workers, threads)
+
+
+def _check_address(address: str, where: str) -> None:
+    protocol = address.split("://", 1)[0] if "://" in address else ""
+    if protocol not in PROTOCOLS or not address.split("://", 1)[1]:
+        raise InputError(
+            f"--scheduler: {where} {address!r} has protocol {protocol or '(none)'!r}, expected "
+            f"one of {', '.join(PROTOCOLS)} as in 'tcp://10.0.0.5:8786'; check the address"
+        )
+
+
+def _check_scheduler_file(path: str) -> None:
+    import json
+
+    try:
+        info = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(
+            f"--scheduler: scheduler file {path!r} is not readable JSON ({type(exc).__name__}); "
+            "pass the file written by `dask scheduler --scheduler-file`"
+        ) from None
+    if not isinstance(info, dict) or not isinstance(info.get("address"), str):
+        raise InputError(
+            f"--scheduler: scheduler file {path!r} has no 'address'; pass the file written by "
+            "`dask scheduler --scheduler-file`"
+        )
+    _check_address(info["address"], f"the address in {path!r},")
+
+
 def _check_args(scheduler: str | None, workers: int | None, threads: int | None) -> None:
+    for flag, value in (("--workers", workers), ("--threads-per-worker", threads)):
+        if value is not None and not isinstance(value, int) or isinstance(value, bool):
+            if not (isinstance(value, float) and value.is_integer()):
+                raise InputError(f"{flag}: found {value!r}, expected a whole number >= 1")
     if workers is not None and (int(workers) != workers or workers < 1):
         raise InputError(
             f"--workers: found {workers!r}, expected a whole number of worker processes >= 1"
@@ -168,6 +212,10 @@ def _check_args(scheduler: str | None, workers: int | None, threads: int | None)
             f"--scheduler: scheduler file {scheduler!r} not found; start the scheduler with "
             "`dask scheduler --scheduler-file PATH` first, or pass its tcp:// address"
         )
+    if "://" in scheduler:
+        _check_address(scheduler, "address")
+    else:
+        _check_scheduler_file(scheduler)
     if workers is not None or threads is not None:
         flag = "--workers" if workers is not None else "--threads-per-worker"
         raise InputError(

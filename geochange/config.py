@@ -64,7 +64,11 @@ def _finite(name: str, value: float, expected: str) -> float:
 def _whole(name: str, value: int | None, least: int, expected: str) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or int(value) != value or value < least:
+    try:
+        whole = not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError, OverflowError):  # NaN, inf, text
+        whole = False
+    if not whole or value < least:
         raise ConfigError(name, f"found {value!r}, expected {expected}")
 
 
@@ -78,6 +82,8 @@ class StackConfig:
         masks: cloud / validity masks per date, read as nodata.
         mask_values: mask values that mean masked (None = any non-zero), e.g. "3,8,9,10".
         wavelengths: band centres in nm, e.g. "490,560,665,842"; default from the files.
+        allow_driver: GDAL drivers allowed besides GTiff, e.g. ("VRT",) for trusted VRTs.
+        allow_no_crs: accept a stack without a CRS (pixel coordinates only).
     """
 
     dates: Sequence[Any] | None = None
@@ -85,6 +91,8 @@ class StackConfig:
     masks: str | os.PathLike | Sequence[str | os.PathLike] | None = None
     mask_values: Sequence[float] | str | None = None
     wavelengths: Sequence[float | None] | str | None = None
+    allow_driver: Sequence[str] = ()
+    allow_no_crs: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +117,10 @@ class DetectConfig:
             them (:mod:`geochange.model.fewshot`) and detects with the threshold they chose.
         save_model: keep the taught model in this checkpoint (with ``examples``).
         quicklook: also write OUT_quicklook.png.
-        rgb_bands: 1-based bands shown as red, green, blue in the quicklook (None = guessed).
+        rgb_bands: 1-based bands shown as red, green, blue in the quicklook (None = guessed);
+            three bands, or one for greyscale.
+        allow_empty: accept a result without information (every pixel nodata); otherwise such
+            a run fails and says why.
     """
 
     method: Method = "cnn-lstm"
@@ -124,6 +135,7 @@ class DetectConfig:
     save_model: str | os.PathLike | None = None
     quicklook: bool = True
     rgb_bands: tuple[int, ...] | None = None
+    allow_empty: bool = False
 
     def __post_init__(self) -> None:
         from geochange.stages import DETECTORS, parse_skip
@@ -177,7 +189,16 @@ class DetectConfig:
                 "save_model", "given without examples; it keeps a model taught from examples"
             )
         if self.rgb_bands is not None:
-            object.__setattr__(self, "rgb_bands", tuple(self.rgb_bands))
+            bands = tuple(self.rgb_bands)
+            if len(bands) not in (1, 3) or not all(
+                not isinstance(b, bool) and int(b) == b and b >= 1 for b in bands
+            ):
+                raise ConfigError(
+                    "rgb_bands",
+                    f"found {','.join(map(str, bands)) or '(none)'}, expected 3 band numbers "
+                    "(red, green, blue) or 1 for greyscale, counted from 1, e.g. 3,2,1",
+                )
+            object.__setattr__(self, "rgb_bands", tuple(int(b) for b in bands))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""Errors raised for user mistakes.
+"""Errors raised for user mistakes and for faults of the machine a run is on.
 
 Every error names the culprit (file or argument), what was found, what was expected and how to
-fix it. The CLI prints ``str(error)`` on one line and exits with status 2; it never shows a
-traceback for a :class:`GeochangeError`.
+fix it. The CLI prints ``str(error)`` on one line, never a traceback, and exits with status 2 for
+a user's mistake, 1 for a :class:`RunEnvironmentError` (disk full, another run holding the output,
+an input that vanished during the run).
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 __all__ = [
     "AlignmentError",
     "DateError",
+    "DiskFullError",
+    "EmptyResultError",
     "GeochangeError",
     "InputError",
     "ModelError",
     "OutputExistsError",
+    "OutputLockedError",
+    "RunEnvironmentError",
 ]
 
 
@@ -39,3 +44,20 @@ class ModelError(GeochangeError, ValueError):
 
 class OutputExistsError(GeochangeError, FileExistsError):
     """An output file exists and ``overwrite`` was not given."""
+
+
+class EmptyResultError(GeochangeError, ValueError):
+    """The result holds no information (all nodata, all NaN, or non-finite network outputs) and
+    an empty result was not allowed."""
+
+
+class RunEnvironmentError(GeochangeError, OSError):
+    """The machine or the file system failed the run, not the user's input (CLI exit status 1)."""
+
+
+class OutputLockedError(RunEnvironmentError):
+    """Another run is writing the same output."""
+
+
+class DiskFullError(RunEnvironmentError):
+    """No space left on the device while writing an output."""

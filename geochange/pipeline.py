@@ -33,7 +33,7 @@ from geochange.config import (
     StackConfig,
     split_options,
 )
-from geochange.errors import InputError, OutputExistsError
+from geochange.errors import EmptyResultError, GeochangeError, InputError, OutputExistsError
 from geochange.io.read import read_sample
 from geochange.io.stack import Stack, open_stack
 from geochange.stages import Chain, Context, build_chain, prepare_stack
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 #: Value of the change-date raster where the pixel is nodata (see DESIGN.md encodings).
 DATE_NODATA = 255
+
+#: Smallest image edge in pixels a run accepts.
+MIN_SIZE = 2
 
 
 @dataclass
@@ -153,9 +156,7 @@ def detect(
         the change polygons and the written paths. Its ``run`` record lists the stages that
         ran with their parameters.
     """
-    from geochange import cluster, tiling, vectorize
-    from geochange.io import rasters as out_io
-    from geochange.io.atomic import check_writable
+    from geochange.io.outputs import OutputSet, check_target, restore_interrupted
 
     stack_config, config, runtime = split_options(options, stack_config, config, runtime)
     if config.method != "cnn-lstm":
@@ -167,24 +168,118 @@ def detect(
                     "on numpy; drop it or use method cnn-lstm",
                 )
     paths = output_paths(output, quicklook=config.quicklook) if output is not None else {}
-    if paths and paths["gpkg"].parent.is_dir():
-        # A missing output folder is created once the inputs have passed validation.
-        check_writable(list(paths.values()), overwrite=overwrite)
+    if paths:
+        restore_interrupted(paths["gpkg"])
+        check_target(paths, overwrite)
+    if config.model is not None:
+        _check_model_file(config.model)
+    from geochange import cluster
+
+    cluster.check_args(runtime.scheduler, runtime.workers, runtime.threads_per_worker)
 
     stack = (
         inputs
         if isinstance(inputs, Stack)
         else open_stack(inputs, chunk_size=runtime.chunk_size, **dataclasses.asdict(stack_config))
     )
+    _check_stack(stack, config)
     stack, stack_stages = prepare_stack(stack, config.skip)
-    if config.examples is not None:
-        with _taught_model(stack, config, runtime, overwrite) as taught_ckpt:
-            taught = dataclasses.replace(config, model=taught_ckpt, examples=None, save_model=None)
-            return detect(stack, output, taught, runtime, overwrite=overwrite)
-    if config.adapt:
-        with _adapted_model(stack, config, runtime) as adapted:
-            taught = dataclasses.replace(config, model=adapted, adapt=False)
-            return detect(stack, output, taught, runtime, overwrite=overwrite)
+    with contextlib.ExitStack() as exits:
+        outputs = None
+        if paths:
+            # Every output is written into a work folder and published together at the end;
+            # an error anywhere before that leaves the previous outputs as they were.
+            stale = () if config.quicklook else (output_paths(output, quicklook=True)["quicklook"],)
+            outputs = exits.enter_context(OutputSet(paths, overwrite=overwrite, stale=stale))
+        if config.examples is not None:
+            taught = exits.enter_context(_taught_model(stack, config, runtime, overwrite))
+            config = dataclasses.replace(config, model=taught, examples=None, save_model=None)
+            stack, stack_stages = prepare_stack(stack, config.skip)
+        if config.adapt:
+            adapted = exits.enter_context(_adapted_model(stack, config, runtime))
+            config = dataclasses.replace(config, model=adapted, adapt=False)
+            stack, stack_stages = prepare_stack(stack, config.skip)
+        files = _input_files(stack)
+        try:
+            result = _run(stack, stack_stages, config, runtime, outputs.paths if outputs else {})
+            if outputs is not None:
+                result.paths = outputs.publish()
+        except GeochangeError:
+            raise
+        except Exception as exc:
+            from geochange.io.faults import explain
+
+            folder = paths["gpkg"].parent if paths else Path(".")
+            told = explain(exc, list(files), folder, files)
+            if told is None:
+                raise
+            raise told from exc
+        if outputs is not None:
+            from geochange.io import rasters as out_io
+
+            result.prob = out_io.read_raster_lazy(result.paths["prob"], chunks=stack.chunk_size)
+            result.date_index = out_io.read_raster_lazy(
+                result.paths["date"], chunks=stack.chunk_size
+            )
+    log.info("%d change polygons", len(result.changes))
+    return result
+
+
+def _input_files(stack: Stack) -> dict[str, int]:
+    """Input files (images and masks) with their modification times (ns) now."""
+    names = [str(p) for p in stack.paths]
+    names += [str(m[0]) for m in (stack.masks or []) if m is not None]
+    out = {}
+    for name in names:
+        try:
+            out[name] = os.stat(name).st_mtime_ns
+        except OSError:  # a GDAL URL, not a local file
+            continue
+    return out
+
+
+def _check_model_file(model: str | os.PathLike) -> None:
+    """A named checkpoint must be a readable file (its content is checked when loaded)."""
+    path = Path(model)
+    if not path.is_file() or not os.access(path, os.R_OK):
+        found = "a directory" if path.is_dir() else "no readable file"
+        raise ConfigError(
+            "model",
+            f"{str(path)!r}: found {found}, expected a checkpoint written by 'geochange train' "
+            "or 'geochange adapt'; check the path",
+        )
+
+
+def _check_stack(stack: Stack, config: DetectConfig) -> None:
+    """What can be known of the stack before any compute: its size, the quicklook's bands."""
+    if min(stack.grid.height, stack.grid.width) < MIN_SIZE:
+        raise InputError(
+            f"inputs: the images are {stack.grid.width}x{stack.grid.height} px, expected at "
+            f"least {MIN_SIZE}x{MIN_SIZE} px (the probability raster needs one overview level); "
+            "pass a larger area"
+        )
+    if config.quicklook and config.rgb_bands is not None:
+        bad = [b for b in config.rgb_bands if not 1 <= b <= stack.band_count]
+        if bad:
+            raise ConfigError(
+                "rgb_bands",
+                f"found {','.join(map(str, config.rgb_bands))}, but the stack has "
+                f"{stack.band_count} band(s); give 3 band numbers (or 1) between 1 and "
+                f"{stack.band_count}",
+            )
+
+
+def _run(
+    stack: Stack,
+    stack_stages: list,
+    config: DetectConfig,
+    runtime: RuntimeConfig,
+    paths: dict[str, Path],
+) -> DetectResult:
+    """Compute the run and write its outputs to ``paths`` (none: keep the rasters in memory)."""
+    from geochange import cluster, tiling, vectorize
+    from geochange.io import rasters as out_io
+
     chain = stack_chain(stack, config, runtime, stack_stages)
     if config.threshold is None:
         # The model's own threshold (a taught model's, chosen from its examples), else 0.5.
@@ -201,8 +296,6 @@ def detect(
         n_chunks=n_chunks,
         torch_threads=config.method == "cnn-lstm",
     ) as rt:
-        if paths:
-            paths["gpkg"].parent.mkdir(parents=True, exist_ok=True)
         # On a cluster each worker's torch threads are set by the worker plugin.
         chain.num_threads = None if rt.distributed else rt.layout.torch_threads
         log.info(
@@ -248,7 +341,7 @@ def detect(
             with rt.progress(result.name, n_chunks, enabled=runtime.progress):
                 if paths:
                     prob, date_index = _write_rasters(
-                        prob, date_index, stack, paths, config.threshold, dates_iso, overwrite
+                        prob, date_index, stack, paths, config.threshold, dates_iso
                     )
                 elif rt.distributed:
                     # The cluster may be gone after this block: bring the rasters home.
@@ -257,6 +350,13 @@ def detect(
                     date_index = da.from_array(d, chunks=stack.chunk_size)
                 else:
                     prob, date_index = dask.persist(prob, date_index)
+            if not config.allow_empty and not bool(da.isfinite(prob).any().compute()):
+                raise EmptyResultError(
+                    f"result: every pixel of the {stack.grid.width}x{stack.grid.height} px "
+                    "result is nodata (no pixel has valid values on two dates: inputs all "
+                    "nodata, masked or non-finite); check the inputs, their nodata value and "
+                    "masks, or pass --allow-empty (allow_empty=True) to accept an empty result"
+                )
             # Per chunk on the workers, merged here.
             changes = vectorize.polygons_from_rasters(
                 prob,
@@ -269,27 +369,20 @@ def detect(
                 chunk_size=chunk_size,
             )
     if paths:
-        try:
-            if "quicklook" in paths:
-                from geochange.plots import quicklook as _quicklook
+        if "quicklook" in paths:
+            from geochange.plots import quicklook as _quicklook
 
-                _quicklook(
-                    stack,
-                    prob,
-                    date_index,
-                    changes,
-                    paths["quicklook"],
-                    rgb_bands=config.rgb_bands,
-                    overwrite=True,
-                )
-            out_io.write_gpkg(changes, paths["gpkg"], runs=run, overwrite=overwrite)
-        except BaseException:
-            for kind in ("prob", "date", "quicklook"):
-                if kind in paths:
-                    paths[kind].unlink(missing_ok=True)
-            raise
-    log.info("%d change polygons", len(changes))
-    return DetectResult(stack, prob, date_index, changes, paths, run)
+            _quicklook(
+                stack,
+                prob,
+                date_index,
+                changes,
+                paths["quicklook"],
+                rgb_bands=config.rgb_bands,
+                overwrite=True,
+            )
+        out_io.write_gpkg(changes, paths["gpkg"], runs=run, overwrite=True)
+    return DetectResult(stack, prob, date_index, changes, dict(paths), run)
 
 
 @contextlib.contextmanager
@@ -347,7 +440,7 @@ def _date_raster(prob: da.Array, interval: da.Array, threshold: float) -> da.Arr
     return da.map_blocks(block, prob, interval, dtype=np.uint8)
 
 
-def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso, overwrite):
+def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso):
     """Write both rasters from one pass over the graph; return them re-read lazily from disk."""
     from geochange.io import rasters as out_io
 
@@ -383,7 +476,7 @@ def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso, overwri
             ),
         ],
         stack.grid,
-        overwrite=overwrite,
+        overwrite=True,
     )
     return (
         out_io.read_raster_lazy(paths["prob"], chunks=stack.chunk_size),

@@ -1,20 +1,25 @@
 """The `geochange` command line: one click group, one module per command.
 
-Commands are thin: parse options, call the library, report. A :class:`GeochangeError` (a user
-mistake) is printed as one line on stderr with exit status 2, never as a traceback.
+Commands are thin: parse options, call the library, report. A :class:`GeochangeError` is printed
+as one line on stderr, never as a traceback, with exit status 2 for a user's mistake and 1 for a
+fault of the machine (:class:`RunEnvironmentError`: disk full, output locked by another run).
+SIGTERM stops a run as Ctrl-C does: outputs being written are dropped, earlier ones kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 import click
 
 from geochange._version import __version__
 from geochange.config import ConfigError
-from geochange.errors import GeochangeError
+from geochange.errors import GeochangeError, RunEnvironmentError
 
 __all__ = ["main", "cli"]
 
@@ -67,19 +72,57 @@ def cli(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every cleanup runs."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `geochange` script."""
     try:
-        cli.main(args=argv, prog_name="geochange", standalone_mode=False)
+        with _sigterm_as_interrupt():
+            cli.main(args=argv, prog_name="geochange", standalone_mode=False)
     except ConfigError as exc:  # named by its flag, not by its configuration field
-        click.echo(f"Error: {exc.for_flag()}", err=True)
+        click.echo(f"Error: {_one_line(exc.for_flag())}", err=True)
         sys.exit(2)
+    except RunEnvironmentError as exc:
+        click.echo(f"Error: {_one_line(exc)}", err=True)
+        sys.exit(1)
     except GeochangeError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {_one_line(exc)}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, _Terminated):
+            click.echo("Terminated (SIGTERM); outputs of this run were not published.", err=True)
+            sys.exit(143)
         click.echo("Aborted.", err=True)
         sys.exit(1)
+    except _Terminated:
+        click.echo("Terminated (SIGTERM); outputs of this run were not published.", err=True)
+        sys.exit(143)
+    except click.UsageError as exc:  # one line, like every other refusal
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"Error: {_one_line(exc.format_message())}{where}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -72,6 +72,23 @@ from geochange.cli import options
     help="1-based bands shown as red,green,blue in the quicklook, e.g. 3,2,1.",
 )
 @click.option(
+    "--allow-driver",
+    multiple=True,
+    metavar="NAME",
+    help="Also read inputs with this GDAL driver (e.g. VRT); only GeoTIFFs otherwise. A VRT "
+    "can make GDAL read any file or URL: allow it for files you trust. Repeatable.",
+)
+@click.option(
+    "--allow-no-crs",
+    is_flag=True,
+    help="Accept inputs without a CRS (polygons in pixel coordinates).",
+)
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Accept a result without information (every pixel nodata) instead of failing.",
+)
+@click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Progress bar over chunks."
 )
 @click.option(
@@ -149,6 +166,9 @@ def command(
     overwrite,
     quicklook,
     rgb_bands,
+    allow_driver,
+    allow_no_crs,
+    allow_empty,
     progress,
     scheduler,
     workers,
@@ -201,6 +221,7 @@ def command(
             save_model=save_model,
             quicklook=quicklook,
             rgb_bands=options.parse_int_list(rgb_bands, "--rgb-bands"),
+            allow_empty=allow_empty,
         ),
         RuntimeConfig(
             chunk_size=chunk_size,
@@ -218,6 +239,8 @@ def command(
             masks=list(masks) or None,
             mask_values=mask_values,
             wavelengths=wavelengths,
+            allow_driver=tuple(allow_driver),
+            allow_no_crs=allow_no_crs,
         ),
         overwrite=overwrite,
     )

@@ -196,6 +196,22 @@ def _date_index(values: Any, dates: list[_dt.date], role: str) -> np.ndarray:
     return np.array(idx, dtype=np.float32)
 
 
+def _check_polygons_overlap(gdf, grid: GridSpec, pred: Path, ref: Path) -> None:
+    """Predicted polygons that all lie outside the reference grid mean the wrong pair of files
+    (a prediction without polygons cannot be told apart from one without change)."""
+    from shapely.geometry import box
+
+    if len(gdf) == 0 or grid.crs is None:
+        return
+    inside = gdf.to_crs(grid.crs).intersects(box(*grid.bounds))
+    if not bool(inside.any()):
+        raise InputError(
+            f"prediction {str(pred)!r} and reference {str(ref)!r}: found none of the "
+            f"{len(gdf)} predicted polygons on the reference grid ({grid.describe()}); expected "
+            "overlapping footprints; fix: check that both cover the same area (and their CRSs)."
+        )
+
+
 def _burn(gdf, grid: GridSpec, values: np.ndarray | None) -> np.ndarray:
     """Rasterize polygons (reprojected to the grid CRS) → float32 (values or 1), 0 elsewhere."""
     if len(gdf) == 0:
@@ -368,12 +384,19 @@ def align_inputs(
             mask = _decode_mask(band, pred_r.nodata, 255, f"prediction {pred_p.name}")
             pred_f = _warp(mask, pred_r.grid, grid, Resampling.nearest)
     else:
+        _check_polygons_overlap(pred_gdf, grid, pred_p, ref_p)
         pred_f = _burn(pred_gdf, grid, None)
         pred_date = _vector_dates(pred_gdf, grid, stack_dates, "prediction")
     if date_r is not None:
         pred_date = _warp(
             _decode_dates(date_r.data[0], date_r.nodata), date_r.grid, grid, Resampling.nearest
         )
+        if not np.isfinite(pred_date).any():
+            raise InputError(
+                f"--pred-dates {str(dates_p)!r}: found no pixel on the evaluation grid "
+                f"({grid.describe()}): it lies on another area or CRS; expected the _date.tif "
+                "written with the prediction; fix: pass the date raster of the same run."
+            )
 
     mapped = np.isfinite(pred_f)
     labelled = np.isfinite(ref_f)

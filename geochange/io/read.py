@@ -41,6 +41,8 @@ GDAL_ENV: dict[str, Any] = {
     "GDAL_HTTP_MAX_RETRY": 3,
     "GDAL_HTTP_RETRY_DELAY": 1,
     "VSI_CACHE": "TRUE",
+    # A VRT may not read raw bytes of arbitrary files as pixels (VRTRawRasterBand).
+    "GDAL_VRT_ENABLE_RAWRASTERBAND": "NO",
 }
 
 #: Resampling used by ``align=True``: reflectances are continuous data.
@@ -221,8 +223,10 @@ def _on_grid(src: Any, source: _Source) -> bool:
 def _masked_read(src: Any, **read_kwargs: Any) -> np.ndarray:
     """``src.read(**read_kwargs)`` as float32 with NaN where nodata or masked (whole pixel)."""
     raw = src.read(**read_kwargs)
-    out = raw.astype(np.float32)
-    invalid = np.isnan(out).any(axis=0) if out.dtype.kind == "f" else np.zeros(out.shape[1:], bool)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, then nodata
+        out = raw.astype(np.float32)
+    # NaN and ±inf (and float64 values beyond float32's range) are nodata.
+    invalid = ~np.isfinite(out).all(axis=0)
     nodata = src.nodata
     if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
         invalid |= (raw == nodata).any(axis=0)

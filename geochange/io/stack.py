@@ -195,6 +195,8 @@ def open_stack(
     masks: Inputs | None = None,
     mask_values: Sequence[float] | str | None = None,
     wavelengths: Sequence[float | None] | str | None = None,
+    allow_driver: Sequence[str] | str | None = (),
+    allow_no_crs: bool = True,
 ) -> Stack:
     """Open a time series of GeoTIFFs, one file per date, as a lazy :class:`Stack`.
 
@@ -218,6 +220,9 @@ def open_stack(
         wavelengths: band centres in nm, one per band (``"490,560,665,842"``; empty or None =
             unknown). Default: the first file's ``WAVELENGTHS_NM`` tag, else its band
             descriptions (``B04``, ``665 nm``, ``red``), else unknown (see :mod:`geochange.bands`).
+        allow_driver: GDAL drivers allowed besides GTiff (e.g. "VRT");
+            see :mod:`geochange.io.drivers`.
+        allow_no_crs: accept files without a CRS (pixel coordinates only).
 
     Returns:
         The stack, dates sorted ascending.
@@ -248,6 +253,12 @@ def open_stack(
                 "date per file, in the order the files are listed (folders and globs sorted by "
                 "name). Fix: give exactly one date per file"
             )
+    from geochange.io.drivers import allowed_drivers, check_drivers
+
+    drivers = allowed_drivers(allow_driver)
+    check_drivers(paths, drivers, GDAL_ENV)
+    if masks is not None:
+        check_drivers(_expand_inputs(masks), drivers, GDAL_ENV)
     infos = [_inspect(p) for p in paths]
     file_dates = given if given is not None else [_file_date(info) for info in infos]
 
@@ -273,6 +284,12 @@ def open_stack(
         raise AlignmentError(
             f"{ref.path}: has no CRS; --align needs the reference (first) date georeferenced. "
             "Fix: assign a CRS to the file (e.g. gdal_edit.py -a_srs EPSG:32633)"
+        )
+    if ref.crs is None and not allow_no_crs:
+        raise AlignmentError(
+            f"{ref.path}: has no CRS (not georeferenced), so change polygons would have no place "
+            "on Earth; assign one (gdal_edit.py -a_srs EPSG:32633 -a_ullr ...) or pass "
+            "--allow-no-crs to work in pixel coordinates"
         )
     date_masks = () if masks is None else _match_masks(masks, file_dates, ref, align)
     logger.info("opened %d dates on %s", len(infos), ref.grid.describe())

@@ -127,6 +127,8 @@ def run_training(
 
     t_start = time.perf_counter()
     output = Path(output)
+    if resume:
+        _check_resume(Path(resume))
     report_json = output.with_name(output.name + ".report.json")
     report_md = output.with_name(output.name + ".report.md")
     if output.exists() and not overwrite:
@@ -211,7 +213,10 @@ def run_training(
         # Resuming mid-"epoch" is fine: the training batches are indexed from the restored
         # global step (ChangeDataModule.train_dataloader), so no batch is replayed.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
-        trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        # Never unpickle code from a checkpoint (checked before any work for a clear error).
+        trainer.fit(
+            task, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True
+        )
     steps = int(trainer.global_step)
     best = ckpt.best_model_path or ckpt.last_model_path
     if best:
@@ -348,3 +353,35 @@ def _markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _check_resume(path: Path) -> None:
+    """A ``--resume`` checkpoint must be a Lightning training checkpoint that loads as weights
+    only (no pickled code runs).
+
+    Raises:
+        ModelError: missing, unreadable, holding more than weights, or not a training state.
+    """
+    import torch
+
+    from geochange.errors import ModelError
+
+    if not path.is_file():
+        raise ModelError(
+            f"--resume {str(path)!r}: file not found; pass OUT_checkpoints/last.ckpt of an "
+            "earlier `geochange train` run"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - garbage makes the unpickler raise anything
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ModelError(
+            f"--resume {str(path)!r}: not loadable as weights only ({type(exc).__name__}: "
+            f"{first}); pass OUT_checkpoints/last.ckpt of an earlier `geochange train` run"
+        ) from None
+    if not isinstance(obj, dict) or "state_dict" not in obj or "loops" not in obj:
+        raise ModelError(
+            f"--resume {str(path)!r}: not a training checkpoint (no Lightning training state); "
+            "pass OUT_checkpoints/last.ckpt of an earlier `geochange train` run, or use --init "
+            "to start from a model's weights"
+        )

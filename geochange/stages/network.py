@@ -247,7 +247,16 @@ class ModelDetector:
             scale, bias = self.calibration
             prob = torch.sigmoid(change.float() * scale + bias)
             k = intervals.float().argmax(dim=1).to(torch.float32)
-        return prob.cpu().numpy(), k.cpu().numpy()
+        prob_np = prob.cpu().numpy()
+        bad = ~np.isfinite(prob_np) & (vs.sum(axis=1) >= 2)
+        if bad.any():
+            raise ModelError(
+                f"model {self.meta.get('name', 'cnn-lstm')!r}: the network gave non-finite "
+                f"values (NaN or inf) for {int(bad.sum())} of {bad.size} pixels of a tile with "
+                "valid data; its weights are broken (retrain or pass another --model) or the "
+                "input values are out of range"
+            )
+        return prob_np, k.cpu().numpy()
 
 
 def _band_message(trained: int, found: int) -> str:
