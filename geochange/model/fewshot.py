@@ -19,8 +19,10 @@ How it learns (:func:`teach_network`):
   a few synthetic training scenes (:func:`geochange.model.scenes.synthetic_scene`, seeds of the shipped
   model's training range) with their true labels and dates. An L2 pull towards the starting
   weights keeps the heads near what they were.
-- **The threshold** is the one with the best F1 on *held-out* examples: the out-of-fold
-  probabilities of the cross-validation below, after the same refinement ``detect`` applies.
+- **The threshold** is chosen on *held-out* examples: the out-of-fold probabilities of the
+  cross-validation below, after the same refinement ``detect`` applies, by F1 (or, without a
+  completely reviewed area, a positive-unlabelled criterion: :func:`threshold_curve`), the one
+  closest to 0.5 within one standard error over folds of the best (:func:`pick_threshold`).
   Without a cross-validation it is chosen on the training examples (said so in the meta).
 - **An honest estimate**: spatially blocked k-fold (:func:`blocked_folds`): the examples are cut
   into units (whole polygons; a large reviewed area cut into square blocks), units are dealt to
@@ -74,8 +76,10 @@ __all__ = [
     "blocked_folds",
     "best_threshold",
     "default_minutes",
+    "pick_threshold",
     "teach",
     "teach_network",
+    "threshold_curve",
 ]
 
 logger = logging.getLogger(__name__)
@@ -292,36 +296,60 @@ def _f1(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
     return f, p, r
 
 
-def best_threshold(
+def threshold_curve(
     prob: np.ndarray, truth: np.ndarray, unlabelled: np.ndarray | None = None
-) -> float:
-    """Threshold of :data:`THRESHOLDS` that serves the examples best (ties: closest to 0.5).
+) -> np.ndarray:
+    """How well each threshold of :data:`THRESHOLDS` serves the examples (NaN: no change example).
 
-    With ``unlabelled`` None: the best F1 of ``prob >= t`` against ``truth`` (examples that
-    include completely reviewed areas, where no change is known as well as change). Given the
-    probabilities of the pixels no example covers: the best ``recall² / P(prob >= t)`` (Lee
-    and Liu 2003), recall on the change examples and the share flagged among the unlabelled
-    pixels: a positive-unlabelled criterion that, like F1, rises with precision, for examples
-    that are a few obvious changes and a few easy no-change areas (an F1 on those would
-    reward a threshold that flags everything that looks changed). 0.5 without change examples.
+    With ``unlabelled`` None: the F1 of ``prob >= t`` against ``truth`` (examples that include
+    completely reviewed areas, where no change is known as well as change). Given the
+    probabilities of the pixels no example covers: ``recall² / P(prob >= t)`` (Lee and Liu
+    2003), recall on the change examples and the share flagged among the unlabelled pixels, a
+    positive-unlabelled criterion that rises with precision as F1 does, for examples that are a
+    few obvious changes and a few easy no-change areas (an F1 on those would reward a threshold
+    that flags everything that looks changed).
     """
     p = np.asarray(prob, np.float64).ravel()
     y = np.asarray(truth, bool).ravel()
-    if not y.any() or (unlabelled is None and y.all()):
-        return 0.5
+    if not y.any():
+        return np.full(THRESHOLDS.size, np.nan)
     pred = p[None, :] >= THRESHOLDS[:, None]
     tp = (pred & y).sum(axis=1)
     if unlabelled is not None and np.size(unlabelled):
         u = np.asarray(unlabelled, np.float64).ravel()
         flagged = (u[None, :] >= THRESHOLDS[:, None]).mean(axis=1)
-        recall = tp / y.sum()
-        score = recall**2 / np.maximum(flagged, 1.0 / u.size)
+        return (tp / y.sum()) ** 2 / np.maximum(flagged, 1.0 / u.size)
+    if y.all():
+        return np.full(THRESHOLDS.size, np.nan)
+    fp = (pred & ~y).sum(axis=1)
+    fn = (~pred & y).sum(axis=1)
+    return 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+
+
+def pick_threshold(curves: np.ndarray) -> float:
+    """The threshold closest to 0.5 whose mean criterion over ``curves`` (n, thresholds: one
+    row per fold) is within one standard error of the best (the one-standard-error rule; with
+    one row, within 2 % of the best): the threshold leaves 0.5 only as far as the examples
+    clearly ask. 0.5 when no row has a value."""
+    c = np.atleast_2d(np.asarray(curves, np.float64))
+    c = c[~np.isnan(c).all(axis=1)]
+    if c.size == 0:
+        return 0.5
+    mean = np.nanmean(c, axis=0)
+    top = int(np.nanargmax(mean))
+    if len(c) >= 2:
+        slack = float(np.nanstd(c[:, top]) / np.sqrt(len(c)))
     else:
-        fp = (pred & ~y).sum(axis=1)
-        fn = (~pred & y).sum(axis=1)
-        score = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-    best = np.flatnonzero(score >= score.max() - 1e-12)
-    return float(THRESHOLDS[best[np.argmin(np.abs(THRESHOLDS[best] - 0.5))]])
+        slack = 0.02 * abs(float(mean[top]))
+    ok = np.flatnonzero(mean >= mean[top] - slack)
+    return float(THRESHOLDS[ok[np.argmin(np.abs(THRESHOLDS[ok] - 0.5))]])
+
+
+def best_threshold(
+    prob: np.ndarray, truth: np.ndarray, unlabelled: np.ndarray | None = None
+) -> float:
+    """:func:`pick_threshold` of one :func:`threshold_curve`."""
+    return pick_threshold(threshold_curve(prob, truth, unlabelled)[None])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -647,14 +675,21 @@ def teach_network(
             for i, prob in enumerate(probs_f):
                 test = fold_maps[i] == f
                 oof[i][test] = prob[test]
+        # One criterion curve per fold, on its held-out examples (and, positive-unlabelled,
+        # the pixels no example covers, from that fold's model).
+        curves = np.array(
+            [
+                threshold_curve(
+                    np.concatenate([o[fm == f] for o, fm in zip(oof, fold_maps)]),
+                    np.concatenate([lab[fm == f] == 1 for lab, fm in zip(labels, fold_maps)]),
+                    unl[f] if pu else None,
+                )
+                for f in range(int(folds))
+            ]
+        )
         per = []
         for f in range(int(folds)):
-            tr_p = np.concatenate([o[(fm >= 0) & (fm != f)] for o, fm in zip(oof, fold_maps)])
-            tr_y = np.concatenate(
-                [lab[(fm >= 0) & (fm != f)] == 1 for lab, fm in zip(labels, fold_maps)]
-            )
-            tr_u = np.concatenate([u for g, u in enumerate(unl) if g != f]) if pu else None
-            thr_f = best_threshold(tr_p, tr_y, tr_u)
+            thr_f = pick_threshold(np.delete(curves, f, axis=0))  # chosen without fold f
             te_p = np.concatenate([o[fm == f] for o, fm in zip(oof, fold_maps)])
             te_y = np.concatenate([lab[fm == f] == 1 for lab, fm in zip(labels, fold_maps)])
             pred = te_p >= thr_f
@@ -677,9 +712,7 @@ def teach_network(
             "f1_folds": [round(float(v), 3) for v in arr[:, 0]],
             "scored_on": "held-out examples (whole polygons or blocks, 8-px buffer)",
         }
-        all_p = np.concatenate([o[fm >= 0] for o, fm in zip(oof, fold_maps)])
-        all_y = np.concatenate([lab[fm >= 0] == 1 for lab, fm in zip(labels, fold_maps)])
-        threshold = best_threshold(all_p, all_y, np.concatenate(unl) if pu else None)
+        threshold = pick_threshold(curves)
         source = "held-out examples (cross-validation)" + (", positive-unlabelled" if pu else "")
     else:
         cv = {
