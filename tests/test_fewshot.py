@@ -223,3 +223,17 @@ def test_bad_examples_exit_2_and_write_nothing(small_scene, tmp_path, case, matc
     assert not out.parent.exists() and not keep.exists()
     code, _, err = run_cli("adapt", *images, "-o", keep, "--examples", path, "--no-progress")
     assert code == 2 and match in err and not keep.exists()
+
+
+def test_training_source_with_examples(two_kinds):
+    from geochange.model.data import ChangeDataModule
+
+    _, images, path, _, _ = two_kinds
+    sources = [{"stack": [str(p) for p in images], "examples": str(path)}]
+    assert ChangeDataModule.scene_keys(sources) == [(0, 0)]
+    scene = ChangeDataModule.load(sources, (0, 0))
+    stack = open_stack(images)
+    label = read_examples(path, stack.grid).label
+    assert np.array_equal(scene.change, label)
+    assert set(np.unique(scene.date_index[label == 1])) == {1}  # a pair: the second date
+    assert (scene.date_index[label == 255] == 255).all() and scene.raw.shape[0] == 2

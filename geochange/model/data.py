@@ -12,7 +12,10 @@ Sources (``sources`` of :class:`ChangeDataModule`):
 - ``{"stack": PATHS_OR_DIR, "labels": "label.tif" | "changes.gpkg", "dates": optional}``: a
   user stack; labels are a label raster on the stack grid (band 1 change 0/1/255, band 2 date
   index) or polygons (GeoPackage) with a ``date_index`` or ``change_date`` column, rasterised on
-  the stack grid.
+  the stack grid;
+- ``{"stack": PATHS_OR_DIR, "examples": "examples.gpkg"}``: a user stack with example polygons
+  (:mod:`geochange.io.examples`: ``change`` 1/0, ``labelled`` areas, a filled ``verdict``)
+  instead of complete labels; pixels no example covers are ignored.
 """
 
 from __future__ import annotations
@@ -216,10 +219,10 @@ class ChangeDataModule(pl.LightningDataModule):
                 lo, hi = _range(src["synthetic"].get("seeds", [0, 100]), "synthetic.seeds")
                 keys += [(i, s) for s in range(lo, hi)]
             elif "stack" in src:
-                if "labels" not in src:
+                if "labels" not in src and "examples" not in src:
                     raise InputError(
                         f"data source {i}: stack {src['stack']!r} has no `labels`; add a label "
-                        "raster or a GeoPackage of change polygons"
+                        "raster or a GeoPackage of change polygons, or `examples`"
                     )
                 keys.append((i, 0))
             else:
@@ -245,10 +248,11 @@ class ChangeDataModule(pl.LightningDataModule):
             )
         return load_labelled_stack(
             src["stack"],
-            src["labels"],
+            src.get("labels"),
             dates=src.get("dates"),
             align=bool(src.get("align")),
             coregister=bool(src.get("coregister")),
+            examples=src.get("examples"),
         )
 
     def train_dataset(self, offset: int = 0) -> ChipBatches:

@@ -273,10 +273,11 @@ def _labels_from_raster(path: str, stack: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def load_labelled_stack(
     stack: str | os.PathLike | Sequence[str | os.PathLike],
-    labels: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
     dates: Sequence[str] | str | None = None,
     align: bool = False,
     coregister: bool = False,
+    examples: str | os.PathLike | None = None,
 ) -> LabelledScene:
     """Read a user stack and its labels into memory.
 
@@ -287,10 +288,17 @@ def load_labelled_stack(
         dates: dates of the files, as ``open_stack``.
         align: warp all dates onto the first date's grid.
         coregister: estimate and undo whole-date shifts, as ``detect`` does.
+        examples: instead of ``labels``, the user's example polygons
+            (:mod:`geochange.io.examples`): change 1, no change 0, the rest ignored; the change
+            date is the second date of a pair and unknown in a longer series.
 
     Raises:
         InputError: missing labels, labels on another grid, change dates outside the series.
     """
+    if examples is not None:
+        return _examples_scene(stack, examples, dates, align, coregister)
+    if labels is None:
+        raise InputError("labels: none given; pass a label raster, change polygons or examples")
     from geochange.io.read import read_sample
     from geochange.io.stack import open_stack
 
@@ -317,5 +325,28 @@ def load_labelled_stack(
         change=change,
         date_index=date_index,
         name=f"stack {inputs} labels {labels}",
+        wavelengths=wavelength_array(st.wavelengths, st.band_count),
+    )
+
+
+def _examples_scene(stack, examples, dates, align, coregister) -> LabelledScene:
+    """:func:`load_labelled_stack` with the user's example polygons as labels."""
+    from geochange.io.examples import UNKNOWN, read_examples
+    from geochange.io.read import read_sample
+    from geochange.io.stack import open_stack
+
+    inputs = [str(s) for s in stack] if isinstance(stack, (list, tuple)) else str(stack)
+    st = open_stack(inputs, dates=dates, align=align)
+    if coregister:
+        st = coregister_stack(st)
+    change = read_examples(examples, st.grid).label
+    date_index = np.where(change == 1, 1 if st.T == 2 else UNKNOWN, change).astype(np.uint8)
+    h, w = st.grid.shape
+    return LabelledScene(
+        raw=st.window(0, 0, h, w).astype(np.float32),
+        stats=scene_stats(read_sample(st, SAMPLE_PIXELS)),
+        change=change,
+        date_index=date_index,
+        name=f"stack {inputs} examples {examples}",
         wavelengths=wavelength_array(st.wavelengths, st.band_count),
     )

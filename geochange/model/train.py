@@ -75,7 +75,7 @@ def load_config(path: str | os.PathLike, overrides: tuple[str, ...] = ()) -> dic
     base = path.resolve().parent
     for section in ("sources", "val_sources"):
         for src in config.get("data", {}).get(section, []) or []:
-            for k in ("stack", "labels"):
+            for k in ("stack", "labels", "examples"):
                 if k in src and isinstance(src[k], str) and not os.path.isabs(src[k]):
                     src[k] = str(base / src[k])
     return config
