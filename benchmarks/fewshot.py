@@ -33,6 +33,8 @@ a temporary folder.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
 import sys
 import tempfile
@@ -47,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
+#: Results so far, rewritten after every run: ``--report-from`` writes the report from them.
+ROWS = Path(tempfile.gettempdir()) / "geochange-fewshot-rows.json"
 QUICK_PAIRS = ("dsifn_0_2", "landsat_taizhou", "oscd_rennes")
 GROUPS = ("dsifn", "landsat", "oscd")
 
@@ -309,7 +313,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=C.ROOT / "benchmarks" / "FEWSHOT.md")
     ap.add_argument("--figure", type=Path, default=None,
                     help="only draw the README picture (e.g. docs/fewshot.png) and stop")  # fmt: skip
+    ap.add_argument("--report-from", type=Path, default=None,
+                    help=f"write the report from saved results ({ROWS}) without running")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.report_from is not None:
+        saved = json.loads(args.report_from.read_text())
+        write_report(
+            args, argv, saved["rows"], saved.get("timing"), saved["check"], float("nan"), None
+        )
+        return 0
     if args.figure is not None:
         with tempfile.TemporaryDirectory(prefix="geochange-fewshot-") as tmp_:
             figure(args.figure, Path(tmp_))
@@ -384,12 +396,14 @@ def main(argv: list[str] | None = None) -> int:
                         **{k: prf(v, case.ref, mask) for k, v in preds.items()},
                     }
                     rows.append(row)
+                    ROWS.write_text(json.dumps({"rows": rows, "check": check}))
                     print(f"[fewshot] {s.name} ({setting}, seed {seed}): zero "
                           f"{row['zero']['f1']:.3f} rf {row['rf']['f1']:.3f} cva "
                           f"{row['cva']['f1']:.3f} taught {row['taught']['f1']:.3f} "
                           f"(thr {res.threshold:.2f}, cv {res.info['cv'].get('f1')}, "
                           f"{secs:.0f} s)", flush=True)  # fmt: skip
         timing = None if args.no_timing else time_scene(tmp, None)
+        ROWS.write_text(json.dumps({"rows": rows, "check": check, "timing": timing}))
     wall = (time.perf_counter() - start) / 60
     write_report(args, argv, rows, timing, check, wall, note)
     return 0
@@ -416,14 +430,15 @@ def write_report(args, argv, rows, timing, check, wall, note) -> None:
         "",
         f"- Command: `python benchmarks/fewshot.py {shlex.join(argv or sys.argv[1:])}`".rstrip(),
         f"- Git commit: {C.git_commit()}",
-        f"- Machine: {C.machine()}; {args.threads} torch threads. Total wall time {wall:.1f} min.",
+        f"- Machine: {C.machine()}; {args.threads} torch threads. Total wall time {wall:.1f} min; "
+        f"load average at the end {os.getloadavg()[0]:.1f} (the 2 cores are shared).",
         f"- Teaching budget per run: {args.steps} steps per fit, k = {args.folds} blocked folds + "
         f"the final fit ({args.steps * (args.folds + 1)} head steps), "
         f"{np.mean([r['seconds'] for r in rows]):.0f} s per run on average "
         "(the product's default is 150 steps per fit). Seeds: "
         f"{args.seeds}. `--adapt`: {args.adapt_minutes} min, seed 0.",
-        "- (a) one square block of ~10 % of the scene reviewed completely, placed at random where "
-        "it holds change; (b) 10 whole reference change objects (>= 4 px) + 10 no-change 8 x 8 "
+        "- (a) one square block of ~10 % of the scene reviewed completely (less the reference's unlabelled pixels), placed at random where "
+        "it holds change; (b) 10 whole reference change objects (>= 4 px; at most half of the pair's objects) + 10 no-change 8 x 8 "
         "squares at random. Scored outside the examples with a 3-px ring left out, over labelled "
         "pixels; F1 of the change class, mean over seeds (± sd for `--examples`).",
         "- `--examples` uses the threshold chosen from the examples (stored in the checkpoint); "
@@ -508,7 +523,9 @@ def write_report(args, argv, rows, timing, check, wall, note) -> None:
                  f"`read_examples` + `teach` with the product defaults (budget sized to the scene, "
                  f"steps done per fit {timing['steps']}) + `detect`: "
                  f"{timing['total_s']:.0f} s in all. CV estimate there: {timing['cv']}.", ""]  # fmt: skip
-    C.write_text(args.out, "\n".join(header + head + lines) + "\n")
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text("\n".join(header + head + lines) + "\n")
+    os.replace(tmp, args.out)
     print(f"[fewshot] wrote {args.out}")
 
 
