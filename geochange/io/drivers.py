@@ -72,6 +72,24 @@ def _opens(path: str, driver: str, env: dict) -> bool:
         return False
 
 
+def _check_vrt(path: str) -> None:
+    """A VRT with a raw band reads any file's bytes as pixels: never read, even when VRTs are
+    allowed. (GDAL_VRT_ENABLE_RAWRASTERBAND=NO in the GDAL settings says the same, but GDAL 3.10
+    honours it only when GDAL is built, not at run time.)"""
+    with open(path, "rb") as f:
+        text = f.read(_VRT_MAX)
+    if b"VRTRawRasterBand" in text or len(text) == _VRT_MAX:
+        why = "a raw band (VRTRawRasterBand)" if len(text) < _VRT_MAX else "over 16 MB of XML"
+        raise InputError(
+            f"{path}: a GDAL VRT with {why}, which reads any file's bytes as pixels; such VRTs "
+            "are never read. Fix: point the VRT at GeoTIFF sources (SimpleSource) or convert "
+            "the data (gdal_translate -of GTiff)"
+        )
+
+
+_VRT_MAX = 16 << 20
+
+
 def check_drivers(
     paths: Sequence[str | os.PathLike], drivers: Sequence[str], env: Mapping[str, Any] | None = None
 ) -> None:
@@ -90,6 +108,8 @@ def check_drivers(
             continue  # missing or unreadable files are told by the stack's own checks
         if head is not None and head.startswith(_TIFF_MAGIC) and "GTiff" in drivers:
             continue
+        if head is not None and head.lstrip().startswith(b"<VRTDataset"):
+            _check_vrt(path)
         if any(_opens(path, driver, env) for driver in drivers):
             continue
         found = _kind(head) if head is not None else "a dataset GDAL does not read as GeoTIFF"

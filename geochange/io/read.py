@@ -41,7 +41,8 @@ GDAL_ENV: dict[str, Any] = {
     "GDAL_HTTP_MAX_RETRY": 3,
     "GDAL_HTTP_RETRY_DELAY": 1,
     "VSI_CACHE": "TRUE",
-    # A VRT may not read raw bytes of arbitrary files as pixels (VRTRawRasterBand).
+    # A VRT may not read raw bytes of arbitrary files as pixels (VRTRawRasterBand). GDAL 3.10
+    # reads this only at build time; geochange.io.drivers refuses such VRTs itself.
     "GDAL_VRT_ENABLE_RAWRASTERBAND": "NO",
 }
 
