@@ -8,10 +8,15 @@ model is told; otherwise each band is "unknown" (NaN) and the model works as bef
 Where wavelengths come from, first match wins (see :func:`band_wavelengths`):
 
 1. the file tag ``WAVELENGTHS_NM`` (``"490,560,665,842"``; written by ``geochange synth``);
-2. per band, its description: a number with a unit (``"B04 665 nm"``, ``"0.842 um"``), a
-   Sentinel-2 band name (``B02``, ``B8A``), a Landsat 8/9 Collection 2 name (``SR_B5``) or a
-   plain colour name (``red``, ``nir``, ``swir1``);
-3. ``--wavelengths`` / ``open_stack(wavelengths=...)`` overrides both.
+2. per band, GDAL's ``CENTRAL_WAVELENGTH_UM`` item (band metadata, ``IMAGERY`` domain);
+3. per band, its description: a number with a unit (``"B04 665 nm"``, ``"0.842 um"``), a
+   Sentinel-2 band name (``B02``, ``B8A``), a Landsat 8/9 Collection 2 name (``SR_B5``), a STAC
+   common name or asset key (``red``, ``nir08``, ``rededge1``, ``swir16``: Earth Search and
+   Planetary Computer) or a plain colour name (``swir1``);
+4. ``--wavelengths`` / ``open_stack(wavelengths=...)`` overrides all of them.
+
+xarray cubes (:mod:`geochange.io.cube`) and STAC items (:mod:`geochange.io.stac`) give the same
+information as ``eo:bands`` ``center_wavelength`` (µm) or band names, read with the same table.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ import numpy as np
 from geochange.errors import InputError
 
 __all__ = [
+    "GDAL_WAVELENGTH_ITEM",
     "WAVELENGTH_TAG",
     "band_wavelengths",
     "parse_wavelengths",
     "wavelength_array",
     "wavelength_from_name",
+    "wavelength_from_um",
 ]
 
 #: GeoTIFF tag listing the band centres in nm, comma-separated ("" or "nan" = unknown).
@@ -39,15 +46,22 @@ WAVELENGTH_TAG = "WAVELENGTHS_NM"
 _RANGE_NM = (300.0, 15000.0)
 
 # Centre wavelengths (nm) by band name. Sentinel-2 names only zero-padded (B04, not B4: Landsat
-# 5/7 call NIR "B4"); Landsat 8/9 Collection 2 surface reflectance names; plain colour names.
+# 5/7 call NIR "B4"); Landsat 8/9 Collection 2 surface reflectance names; the STAC eo extension's
+# common names and the asset keys of Earth Search's Sentinel-2 collections (rededge1..3 = B05..B07,
+# nir = B08, nir08 = B8A, nir09 = B09, swir16/swir22 = B11/B12; its `cirrus` is B10); plain names.
 _NAMED_NM: dict[str, float] = {
     "b01": 443, "b02": 490, "b03": 560, "b04": 665, "b05": 705, "b06": 740, "b07": 783,
     "b08": 842, "b8a": 865, "b09": 945, "b10": 1375, "b11": 1610, "b12": 2190,
     "sr_b1": 443, "sr_b2": 482, "sr_b3": 561, "sr_b4": 655, "sr_b5": 865, "sr_b6": 1609,
     "sr_b7": 2201,
     "coastal": 443, "blue": 490, "green": 560, "red": 665, "rededge": 705, "red_edge": 705,
-    "nir": 842, "nir08": 865, "swir1": 1610, "swir16": 1610, "swir2": 2190, "swir22": 2190,
+    "rededge1": 705, "rededge2": 740, "rededge3": 783, "nir": 842, "nir08": 865, "nir09": 945,
+    "cirrus": 1375, "swir1": 1610, "swir16": 1610, "swir2": 2190, "swir22": 2190,
+    "lwir": 10900, "lwir11": 10900, "lwir12": 12000,
 }  # fmt: skip
+
+#: GDAL's band metadata item (``IMAGERY`` domain) for a band centre in micrometres.
+GDAL_WAVELENGTH_ITEM = "CENTRAL_WAVELENGTH_UM"
 _NUMBER_UNIT = re.compile(r"(\d+(?:\.\d+)?)\s*(nm|um|µm|μm)\b", re.IGNORECASE)
 
 
@@ -118,18 +132,38 @@ def wavelength_array(wavelengths: Sequence[float | None] | None, count: int) -> 
     return out
 
 
+def wavelength_from_um(value: object) -> float | None:
+    """A band centre given in micrometres (GDAL ``CENTRAL_WAVELENGTH_UM``, STAC
+    ``center_wavelength``) in nm, or None when missing or implausible."""
+    try:
+        nm = float(value) * 1000.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    lo, hi = _RANGE_NM
+    return nm if lo <= nm <= hi else None
+
+
 def band_wavelengths(
-    tags: Mapping[str, str], descriptions: Sequence[str | None], path: str = ""
+    tags: Mapping[str, str],
+    descriptions: Sequence[str | None],
+    path: str = "",
+    imagery: Sequence[Mapping[str, str]] | None = None,
 ) -> tuple[float | None, ...]:
-    """Band centres of a file from its ``WAVELENGTHS_NM`` tag, else from its band descriptions.
+    """Band centres of a file from its ``WAVELENGTHS_NM`` tag, else per band from GDAL's
+    ``CENTRAL_WAVELENGTH_UM`` item, else from the band's description.
 
     Args:
         tags: the file's dataset tags.
         descriptions: one description per band (None where unnamed).
         path: the file, for error messages.
+        imagery: per band its ``IMAGERY`` metadata domain (``src.tags(i, ns="IMAGERY")``).
     """
     count = len(descriptions)
     tag = tags.get(WAVELENGTH_TAG)
     if tag:
         return parse_wavelengths(tag, count, where=f"{path}: tag {WAVELENGTH_TAG}")
-    return tuple(wavelength_from_name(d) for d in descriptions)
+    items = list(imagery) if imagery is not None else [{}] * count
+    return tuple(
+        wavelength_from_um(item.get(GDAL_WAVELENGTH_ITEM)) or wavelength_from_name(d)
+        for item, d in zip(items, descriptions)
+    )

@@ -68,6 +68,8 @@ class DetectResult:
         changes: change polygons (GeoDataFrame in the stack's CRS).
         paths: output files written, by kind ("gpkg", "prob", "date"); empty when not written.
         run: the provenance record written to the GeoPackage's ``runs`` layer.
+        coords: the input cube's y/x coordinates and times (xarray input), for
+            :meth:`to_xarray`; None for files.
     """
 
     stack: Stack
@@ -76,6 +78,15 @@ class DetectResult:
     changes: gpd.GeoDataFrame
     paths: dict[str, Path] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
+    coords: dict[str, Any] | None = None
+
+    def to_xarray(self) -> Any:
+        """``prob`` and ``change_date`` (datetime64) as an ``xarray.Dataset`` with the CRS, on
+        the input cube's coordinates (the grid's pixel centres for files); needs the
+        ``[xarray]`` extra. See :func:`geochange.io.cube.result_dataset`."""
+        from geochange.io.cube import result_dataset
+
+        return result_dataset(self, self.coords)
 
 
 def output_paths(output: str | os.PathLike, *, quicklook: bool = False) -> dict[str, Path]:
@@ -128,7 +139,7 @@ def stack_chain(
 
 
 def detect(
-    inputs: str | os.PathLike | Sequence[str | os.PathLike] | Stack,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike] | Stack | Any,
     output: str | os.PathLike | None = None,
     config: DetectConfig | None = None,
     runtime: RuntimeConfig | None = None,
@@ -140,7 +151,10 @@ def detect(
     """Detect changes in a multi-date stack.
 
     Args:
-        inputs: GeoTIFF files (one per date), a directory, a glob, or an opened ``Stack``.
+        inputs: GeoTIFF files (one per date), a directory, a glob, an opened ``Stack``, or an
+            ``xarray.DataArray`` (time, band, y, x) with a CRS, lazy or not, as stackstac,
+            odc-stac or rioxarray give it (:mod:`geochange.io.cube`; ``result.to_xarray()``
+            then returns the rasters on its coordinates).
         output: GeoPackage path; the probability COG and date raster are written beside it.
             None = compute in memory and write nothing.
         config: what is computed and written (:class:`geochange.config.DetectConfig`).
@@ -177,6 +191,9 @@ def detect(
 
     cluster.check_args(runtime.scheduler, runtime.workers, runtime.threads_per_worker)
 
+    coords = None
+    if not isinstance(inputs, Stack) and _is_array(inputs):
+        inputs, coords = _cube_stack(inputs, stack_config, runtime.chunk_size)
     stack = (
         inputs
         if isinstance(inputs, Stack)
@@ -202,6 +219,7 @@ def detect(
         files = _input_files(stack)
         try:
             result = _run(stack, stack_stages, config, runtime, outputs.paths if outputs else {})
+            result.coords = coords
             if outputs is not None:
                 result.paths = outputs.publish()
         except GeochangeError:
@@ -383,6 +401,41 @@ def _run(
             )
         out_io.write_gpkg(changes, paths["gpkg"], runs=run, overwrite=True)
     return DetectResult(stack, prob, date_index, changes, dict(paths), run)
+
+
+def _is_array(inputs: Any) -> bool:
+    return hasattr(inputs, "shape") and hasattr(inputs, "dtype") or hasattr(inputs, "data_vars")
+
+
+def _cube_stack(cube: Any, stack_config: StackConfig, chunk_size: int) -> tuple[Stack, Any]:
+    """An xarray cube as a Stack and its coordinates; a bare array is refused clearly."""
+    from geochange.io.cube import cube_coords, is_cube, stack_from_xarray
+
+    if not is_cube(cube):
+        raise InputError(
+            f"inputs: found a {type(cube).__module__}.{type(cube).__name__} of shape "
+            f"{tuple(cube.shape)} without coordinates or CRS; expected GeoTIFF paths, a Stack or "
+            "an xarray.DataArray (time, band, y, x) with a CRS. Fix: wrap it, e.g. "
+            "xarray.DataArray(a, dims=('time', 'band', 'y', 'x'), coords=...)"
+            ".rio.write_crs('EPSG:32633')"
+        )
+    for name in ("align", "masks", "mask_values"):
+        if getattr(stack_config, name):
+            raise ConfigError(
+                name,
+                "given with an xarray input; expected a cube already on one grid with clouds "
+                "as NaN. Fix: drop it and mask or reproject the cube with xarray/rioxarray",
+            )
+    stack = stack_from_xarray(
+        cube,
+        chunk_size=chunk_size,
+        dates=stack_config.dates,
+        wavelengths=stack_config.wavelengths,
+    )
+    coords = cube_coords(cube)
+    if stack_config.dates is not None:
+        coords["time"] = np.array(stack.dates, dtype="datetime64[ns]")
+    return stack, coords
 
 
 @contextlib.contextmanager

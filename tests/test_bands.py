@@ -34,6 +34,10 @@ def _data(c: int = 4, seed: int = 0) -> np.ndarray:
         ("b02", 490.0),
         ("SR_B5", 865.0),  # Landsat 8/9 Collection 2: NIR
         ("red", 665.0),
+        ("rededge1", 705.0),  # Earth Search's Sentinel-2 asset keys
+        ("rededge3", 783.0),
+        ("nir09", 945.0),
+        ("swir16", 1610.0),
         ("nir band", 842.0),
         ("B4", None),  # Landsat 5/7 NIR or Sentinel-2 red: ambiguous, left unknown
         ("band 1", None),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import rasterio
@@ -26,7 +26,14 @@ from geochange.grid import GridSpec
 if TYPE_CHECKING:
     from geochange.io.stack import Stack
 
-__all__ = ["ALIGN_RESAMPLING", "GDAL_ENV", "StackReader", "read_sample", "stack_reader"]
+__all__ = [
+    "ALIGN_RESAMPLING",
+    "GDAL_ENV",
+    "DateSource",
+    "StackReader",
+    "read_sample",
+    "stack_reader",
+]
 
 #: GDAL settings for every read, in one place. Applied with ``rasterio.Env(**GDAL_ENV)`` inside
 #: each read task (GDAL settings are per process/thread, and dask workers are other processes).
@@ -57,7 +64,9 @@ def stack_reader(stack: Stack) -> StackReader:
     )
 
 
-def _sources(stack: Stack) -> tuple[_Source, ...]:
+def _sources(stack: Stack) -> tuple[DateSource, ...]:
+    if stack.sources:  # an xarray cube (geochange.io.cube)
+        return stack.sources
     grid = stack.grid
     target = (grid.crs, grid.transform, grid.height, grid.width)
     masks = stack.masks or (None,) * stack.T
@@ -71,9 +80,22 @@ def _sources(stack: Stack) -> tuple[_Source, ...]:
 # Read tasks: plain picklable values and top-level functions, one file opened per call.
 
 
+class DateSource(Protocol):
+    """One date of a stack, read on the stack grid inside a task (picklable, no open handle):
+    a file (below) or a date of an xarray cube (:class:`geochange.io.cube.CubeDate`)."""
+
+    def read(self, window: Window) -> np.ndarray:
+        """(c, h, w) float32 of ``window`` of the stack grid, NaN where any band is nodata."""
+        ...
+
+    def read_decimated(self, out_h: int, out_w: int) -> np.ndarray:
+        """(c, out_h, out_w) float32 of the whole date at reduced resolution (nearest)."""
+        ...
+
+
 @dataclass(frozen=True)
 class _Source:
-    """What a read task needs to read one date on the stack grid."""
+    """What a read task needs to read one date of a file on the stack grid."""
 
     path: str
     crs: CRS | None
@@ -84,6 +106,12 @@ class _Source:
     mask: tuple[str, int] | None = None
     mask_values: tuple[float, ...] | None = None
 
+    def read(self, window: Window) -> np.ndarray:
+        return _read_window(self, window)
+
+    def read_decimated(self, out_h: int, out_w: int) -> np.ndarray:
+        return _read_decimated(self, out_h, out_w)
+
 
 @dataclass(frozen=True)
 class StackReader:
@@ -93,7 +121,7 @@ class StackReader:
     chunk, inside the task.
     """
 
-    sources: tuple[_Source, ...]
+    sources: tuple[DateSource, ...]
     bands: int
     height: int
     width: int
@@ -119,7 +147,7 @@ class StackReader:
         if dates.size and y1 > y0 and x1 > x0 and self.shifts:
             out = np.stack([self._read_shifted(int(t), y0, y1, x0, x1) for t in dates])
         elif dates.size and y1 > y0 and x1 > x0:
-            out = np.stack([_read_window(self.sources[int(t)], window) for t in dates])
+            out = np.stack([self.sources[int(t)].read(window) for t in dates])
         else:  # nothing to read: do not open the files
             out = np.empty((dates.size, self.bands, y1 - y0, x1 - x0), np.float32)
         # Index one axis at a time so that arrays index each axis on its own (outer indexing).
@@ -134,11 +162,11 @@ class StackReader:
         pixels."""
         dy, dx = self.shifts[t]
         if max(abs(dy), abs(dx)) < shift.MIN_APPLIED:
-            return _read_window(self.sources[t], Window(x0, y0, x1 - x0, y1 - y0))
+            return self.sources[t].read(Window(x0, y0, x1 - x0, y1 - y0))
         m = shift.margin(np.asarray(self.shifts[t]))
         ya, yb = max(0, y0 - m), min(self.height, y1 + m)
         xa, xb = max(0, x0 - m), min(self.width, x1 + m)
-        img = _read_window(self.sources[t], Window(xa, ya, xb - xa, yb - ya))
+        img = self.sources[t].read(Window(xa, ya, xb - xa, yb - ya))
         return shift.shift_bilinear(img, dy, dx)[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
 
 
@@ -278,7 +306,7 @@ def read_sample(stack: Stack, max_pixels: int = 256 * 256) -> np.ndarray:
     # of a very elongated scene is made up for on the other axis.
     out_h = max(1, min(height, int(height * scale)))
     out_w = max(1, min(width, int(width * scale), max_pixels // out_h))
-    samples = [_read_decimated(src, out_h, out_w) for src in _sources(stack)]
+    samples = [src.read_decimated(out_h, out_w) for src in _sources(stack)]
     return np.stack(samples).reshape(stack.T, stack.band_count, out_h * out_w)
 
 

@@ -34,7 +34,7 @@ from geochange.bands import band_wavelengths, parse_wavelengths
 from geochange.dates import DateLike, name_date, parse_dates, value_date
 from geochange.errors import AlignmentError, DateError, InputError
 from geochange.grid import GridSpec
-from geochange.io.read import GDAL_ENV, StackReader, axis_chunks, stack_reader
+from geochange.io.read import GDAL_ENV, DateSource, StackReader, axis_chunks, stack_reader
 
 __all__ = ["Stack", "open_stack"]
 
@@ -74,6 +74,9 @@ class Stack:
         shifts: per date (dy, dx) pixels resampled away on every read (bilinear; output pixel
             (y, x) takes the date's (y - dy, x - dx)), set by
             :func:`geochange.stages.coregister.coregister`; () = read as stored.
+        sources: per date a picklable :class:`~geochange.io.read.DateSource` read instead of
+            ``paths`` (an xarray cube, :mod:`geochange.io.cube`); ``paths`` then only name the
+            dates. () = the files in ``paths``.
     """
 
     paths: tuple[str, ...]
@@ -88,6 +91,7 @@ class Stack:
     mask_values: tuple[float, ...] | None = None
     wavelengths: tuple[float | None, ...] = ()
     shifts: tuple[tuple[float, float], ...] = ()
+    sources: tuple[DateSource, ...] = ()
 
     @property
     def T(self) -> int:  # noqa: N802 - T is the glossary's name for the number of dates
@@ -458,7 +462,12 @@ def _inspect(path: str) -> _FileInfo:
                 dtype=src.dtypes[0],
                 nodata=src.nodata,
                 band_names=tuple(d or None for d in src.descriptions),
-                wavelengths=band_wavelengths(tags, src.descriptions, path),
+                wavelengths=band_wavelengths(
+                    tags,
+                    src.descriptions,
+                    path,
+                    imagery=[src.tags(i, ns="IMAGERY") for i in src.indexes],
+                ),
                 tag_date=_tag_date(tags),
                 tiff_date=value_date(tags.get("TIFFTAG_DATETIME")),
             )
