@@ -18,6 +18,7 @@ LAYERS: dict[str, int] = {
     "geochange.grid": 0,
     "geochange.shift": 0,
     "geochange.bands": 0,
+    "geochange.palette": 0,
     "geochange.dates": 0,
     "geochange.robust": 0,
     "geochange.io": 1,

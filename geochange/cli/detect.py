@@ -8,7 +8,7 @@ from geochange.cli import options
 
 
 @click.command("detect")
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1, required=False)
 @click.option(
     "-o",
     "--output",
@@ -18,6 +18,36 @@ from geochange.cli import options
     "written beside it.",
 )
 @options.dates_option
+@click.option(
+    "--stac",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read the dates from STAC items instead of INPUTS: an ItemCollection JSON file or a "
+    "STAC API search saved to disk (needs the [stac] extra). Items of one day are one date.",
+)
+@click.option(
+    "--assets",
+    default=None,
+    metavar="KEY,KEY,...",
+    help="With --stac: the asset keys loaded as bands, in order, e.g. blue,green,red,nir.",
+)
+@click.option(
+    "--bbox",
+    default=None,
+    metavar="W,S,E,N",
+    help="With --stac: load only this box, in degrees (EPSG:4326).",
+)
+@click.option(
+    "--crs",
+    default=None,
+    help="With --stac: output CRS, e.g. EPSG:32633 (default: the items' own).",
+)
+@click.option(
+    "--resolution",
+    type=float,
+    default=None,
+    help="With --stac: pixel size in units of the CRS (default: the items' own).",
+)
 @click.option(
     "--method",
     type=click.Choice(["cnn-lstm", "cva", "irmad", "diff"]),
@@ -151,6 +181,11 @@ def command(
     inputs,
     output,
     dates,
+    stac,
+    assets,
+    bbox,
+    crs,
+    resolution,
     method,
     model,
     threshold,
@@ -180,10 +215,11 @@ def command(
     examples,
     save_model,
 ):
-    """Detect changes in a stack of GeoTIFFs, one per date.
+    """Detect changes in a stack of GeoTIFFs, one per date, or in STAC items.
 
     INPUTS are GeoTIFF files, a directory or a glob. Dates come from --dates, else the
-    ACQUISITION_DATE or TIFFTAG_DATETIME tag, else a date in the file name.
+    ACQUISITION_DATE or TIFFTAG_DATETIME tag, else a date in the file name. With --stac, the
+    items' assets are read instead (one band per asset of --assets, one date per day).
 
     \b
     Examples:
@@ -201,12 +237,18 @@ def command(
       geochange detect stack/ -o changes.gpkg --skip clouds,emerge
       geochange detect stack/ -o changes.gpkg --examples my_examples.gpkg --save-model mine.ckpt
       geochange detect stack/ -o changes2.gpkg --examples changes.gpkg  # 'verdict' filled in
+      geochange detect --stac items.json --assets blue,green,red,nir -o c.gpkg
+      geochange detect --stac search.json --assets red,nir08,swir16 --bbox 11.0,46.0,11.2,46.1 \
+        --crs EPSG:32632 --resolution 20 -o c.gpkg
     """
     from geochange.config import DetectConfig, RuntimeConfig, StackConfig
     from geochange.pipeline import detect
 
+    source = _stac_stack(
+        inputs, stac, assets, bbox, crs, resolution, chunk_size, align, masks, dates, wavelengths
+    )
     result = detect(
-        list(inputs),
+        source if source is not None else list(inputs),
         output,
         DetectConfig(
             method=method,
@@ -252,6 +294,53 @@ def command(
         click.echo(f"  {kind:5s} {path}")
     if result.run.get("taught"):
         click.echo(_taught_line(result.run))
+
+
+def _stac_stack(
+    inputs, stac, assets, bbox, crs, resolution, chunk_size, align, masks, dates, wavelengths
+):
+    """The stack of ``--stac`` (None without it); option mix-ups are one clear error."""
+    from geochange.errors import InputError
+
+    given = {"--assets": assets, "--bbox": bbox, "--crs": crs, "--resolution": resolution}
+    if stac is None:
+        extra = [flag for flag, value in given.items() if value is not None]
+        if extra:
+            raise InputError(
+                f"{extra[0]}: given without --stac; expected it only with STAC items. Fix: add "
+                "--stac items.json, or drop the option"
+            )
+        if not inputs:
+            raise InputError(
+                "no INPUTS given; expected GeoTIFF files, a folder or a glob, or --stac "
+                "items.json --assets KEY,... Fix: e.g. geochange detect stack/ -o changes.gpkg"
+            )
+        return None
+    if inputs:
+        raise InputError(
+            f"--stac {stac} given with INPUTS ({inputs[0]}, ...); expected one or the other. "
+            "Fix: drop the INPUTS or --stac"
+        )
+    if assets is None:
+        raise InputError(
+            "--stac given without --assets; expected the asset keys to load as bands. Fix: "
+            "add e.g. --assets blue,green,red,nir"
+        )
+    for flag, value in (("--align", align or None), ("--masks", masks or None)):
+        if value is not None:
+            raise InputError(
+                f"{flag}: given with --stac; the items are loaded onto one grid already and "
+                "masks are not read from STAC. Fix: drop it"
+            )
+    from geochange.io.cube import stack_from_xarray
+    from geochange.io.stac import load_stac
+
+    cube, labels = load_stac(
+        stac, assets, bbox=bbox, crs=crs, resolution=resolution, chunk_size=chunk_size
+    )
+    return stack_from_xarray(
+        cube, chunk_size=chunk_size, dates=dates, wavelengths=wavelengths, labels=labels
+    )
 
 
 def _taught_line(run: dict) -> str:

@@ -122,8 +122,11 @@ def _load(part: Any) -> np.ndarray:
 
 def _as_dataarray(cube: Any) -> xr.DataArray:
     if hasattr(cube, "data_vars"):  # a Dataset: its variables are the bands
+        nodata = {cube[v].attrs.get("nodata", cube[v].attrs.get("_FillValue")) for v in cube}
         to = getattr(cube, "to_dataarray", None) or cube.to_array
         cube = to(dim="band")
+        if len(nodata) == 1 and None not in nodata:  # odc-stac's per-band nodata attribute
+            cube.attrs["nodata"] = nodata.pop()
     return cube
 
 
@@ -263,8 +266,11 @@ def stack_from_xarray(
                 "one date per time step"
             )
         cube = cube.assign_coords(time=np.array(given, dtype="datetime64[ns]"))
-    _dates(cube)  # a clear error before sorting by a missing or non-datetime coordinate
-    cube = cube.sortby("time")
+    _, unsorted = _dates(cube)  # a clear error before sorting by a missing or odd coordinate
+    order = np.argsort(unsorted, kind="stable")
+    if labels is not None and len(labels) == len(order):
+        labels = [labels[i] for i in order]
+    cube = cube.isel(time=order)
     days, times = _dates(cube)
     if len(days) < 2:
         raise InputError(
@@ -341,8 +347,6 @@ def result_dataset(result: DetectResult, coords: dict[str, Any] | None = None) -
     except ImportError:
         raise InputError(f"to_xarray: xarray is not installed. Fix: {_INSTALL}") from None
     _require_rio()
-    from geochange.pipeline import DATE_NODATA
-
     stack = result.stack
     grid = stack.grid
     if coords is None:
@@ -353,9 +357,9 @@ def result_dataset(result: DetectResult, coords: dict[str, Any] | None = None) -
             "time": np.array(stack.dates, dtype="datetime64[ns]"),
         }
     times = np.asarray(coords["time"]).astype("datetime64[ns]")
+    # Date index j = 1 … T-1 -> its time; 0 (no change) and 255 (nodata) stay NaT.
     lut = np.full(256, np.datetime64("NaT"), dtype="datetime64[ns]")
     lut[1 : len(times)] = times[1:]
-    lut[DATE_NODATA] = np.datetime64("NaT")
     index = result.date_index
     change_date = (
         da.map_blocks(lambda block: lut[block], index, dtype=lut.dtype)
