@@ -34,6 +34,7 @@ from geochange.config import (
     split_options,
 )
 from geochange.errors import EmptyResultError, GeochangeError, InputError, OutputExistsError
+from geochange.io import encoding
 from geochange.io.read import read_sample
 from geochange.io.stack import Stack, open_stack
 from geochange.stages import Chain, Context, build_chain, prepare_stack
@@ -62,7 +63,8 @@ class DetectResult:
 
     Attributes:
         stack: the opened stack (dates, grid, paths).
-        prob: (y, x) float32 change probability, NaN = nodata. Lazy (dask) unless written.
+        prob: (y, x) float32 change probability in steps of 1/254 (as written), NaN = nodata.
+            Lazy (dask) unless written.
         date_index: (y, x) uint8 change date index: 0 no change, j = 1..T-1 first date the change
             is seen, 255 nodata.
         changes: change polygons (GeoDataFrame in the stack's CRS).
@@ -235,7 +237,7 @@ def detect(
         if outputs is not None:
             from geochange.io import rasters as out_io
 
-            result.prob = out_io.read_raster_lazy(result.paths["prob"], chunks=stack.chunk_size)
+            result.prob = encoding.read_prob(result.paths["prob"], chunks=stack.chunk_size)
             result.date_index = out_io.read_raster_lazy(
                 result.paths["date"], chunks=stack.chunk_size
             )
@@ -348,8 +350,10 @@ def _run(
                 dtype=np.float32,
                 name="geochange-detect",
             )
-        prob = result[0]
-        date_index = _date_raster(result[0], result[1], config.threshold)
+        # Kept in steps of 1/254, as written (geochange.io.encoding): in-memory and written
+        # results agree.
+        prob = encoding.quantise(result[0])
+        date_index = _date_raster(prob, result[1], config.threshold)
 
         run = _provenance(stack, config, chunk_size, chain)
         run["scheduler"] = rt.layout.kind
@@ -510,31 +514,52 @@ def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso):
     out_io.write_rasters(
         [
             dict(
-                array=prob,
+                array=encoding.encode(prob),
                 path=paths["prob"],
-                dtype="float32",
-                nodata=float("nan"),
+                dtype="uint8",
+                nodata=encoding.PROB_NODATA,
                 cog=True,
-                tags=tags,
+                tags={**tags, "encoding": "probability = value / 254 (GDAL scale); 255 = nodata"},
                 band_descriptions=["change_probability"],
+                resampling="average",
+                scale=encoding.PROB_SCALE,
             ),
             dict(
                 array=date_index,
                 path=paths["date"],
                 dtype="uint8",
                 nodata=DATE_NODATA,
-                cog=False,
+                cog=True,  # overviews by nearest neighbour: date indices are never averaged
                 tags=date_tags,
                 band_descriptions=["change_date_index"],
+                colormap=_date_colormap(len(dates_iso)),
             ),
         ],
         stack.grid,
         overwrite=True,
     )
     return (
-        out_io.read_raster_lazy(paths["prob"], chunks=stack.chunk_size),
+        encoding.read_prob(paths["prob"], chunks=stack.chunk_size),
         out_io.read_raster_lazy(paths["date"], chunks=stack.chunk_size),
     )
+
+
+def _date_colormap(n_dates: int) -> dict[int, tuple[int, int, int, int]]:
+    """Colour table of the date raster: the quicklook's colour per date index, 0 (no change)
+    white; nodata is transparent through the nodata value (TIFF colour tables hold no alpha)."""
+    from geochange.palette import date_colours_rgb255
+
+    table = {0: (255, 255, 255, 255), DATE_NODATA: (0, 0, 0, 0)}
+    for j, rgb in enumerate(date_colours_rgb255(max(1, n_dates - 1)), start=1):
+        table[j] = (*rgb, 255)
+    return table
+
+
+def _absolute(path: str) -> str:
+    """A local input path as an absolute path for the ``runs`` record (URLs as they are)."""
+    if path.startswith("/vsi") or "://" in path or ":" in path.split(os.sep)[0]:
+        return path
+    return os.path.abspath(path)
 
 
 def _provenance(stack: Stack, config: DetectConfig, chunk_size: int, chain: Chain) -> dict:
@@ -544,7 +569,7 @@ def _provenance(stack: Stack, config: DetectConfig, chunk_size: int, chain: Chai
     run = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "geochange_version": __version__,
-        "inputs": [str(p) for p in stack.paths],
+        "inputs": [_absolute(str(p)) for p in stack.paths],
         "dates": [d.isoformat() for d in stack.dates],
         "crs": stack.grid.crs.to_string() if stack.grid.crs else "",
         "method": method,

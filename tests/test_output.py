@@ -175,7 +175,12 @@ def test_write_gpkg_layers_roundtrip(tmp_path: Path, grid: GridSpec) -> None:
         "extra": {"halo": 12},
     }
     out = write_gpkg(_changes(grid.crs), tmp_path / "c.gpkg", runs=runs)
-    assert sorted(name for name, _ in pyogrio.list_layers(out)) == ["changes", "runs"]
+    # runs with dates: the changes layer's default style in layer_styles
+    assert sorted(name for name, _ in pyogrio.list_layers(out)) == [
+        "changes",
+        "layer_styles",
+        "runs",
+    ]
     back = gpd.read_file(out, layer="changes")
     assert back.crs == grid.crs
     assert list(back.columns) == ["id", "area_m2", "mean_prob", "change_date", "geometry"]

@@ -673,8 +673,8 @@ def test_allow_empty_accepts_an_all_nodata_result(tmp_path, stack):
     out = tmp_path / "out" / "c.gpkg"
     code, _, err = run_cli("detect", inputs, "-o", out, *FAST, "--method", "irmad", "--allow-empty")
     assert code == 0, err
-    with rasterio.open(out.with_name("c_prob.tif")) as src:
-        assert np.isnan(src.read(1)).all()
+    with rasterio.open(out.with_name("c_prob.tif")) as src:  # uint8, 255 = nodata
+        assert src.nodata == 255 and (src.read(1) == 255).all()
 
 
 def test_non_finite_input_values_are_nodata(tmp_path):

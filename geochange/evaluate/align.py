@@ -61,6 +61,8 @@ class _Raster:
     grid: GridSpec | None  # None when not georeferenced
     nodata: float | None
     tags: dict[str, str]
+    scale: float = 1.0  # GDAL scale/offset of band 1 (geochange's probability: uint8, 1/254)
+    offset: float = 0.0
 
 
 def _check_exists(path: PathLike, role: str) -> Path:
@@ -89,7 +91,9 @@ def _read_raster(p: Path, role: str) -> _Raster:
                     if georef
                     else None
                 )
-                return _Raster(p, data, grid, src.nodata, dict(src.tags()))
+                return _Raster(
+                    p, data, grid, src.nodata, dict(src.tags()), src.scales[0], src.offsets[0]
+                )
     except RasterioIOError as exc:
         raise InputError(
             f"{role} {str(p)!r}: unknown format ({exc}); expected a GeoTIFF (probability, 0/1 or "
@@ -374,8 +378,16 @@ def align_inputs(
     pred_date = None
     if pred_r is not None:
         band = pred_r.data[0]
-        if np.issubdtype(band.dtype, np.floating):
-            src = band.astype(np.float32)
+        scaled = (pred_r.scale, pred_r.offset) != (1.0, 0.0)
+        if np.issubdtype(band.dtype, np.floating) or scaled:
+            # A probability; integers with a GDAL scale (detect's uint8) are unscaled first,
+            # as a division when the scale is 1/k so that k/2 reads exactly 0.5.
+            steps = 1.0 / pred_r.scale
+            if abs(steps - round(steps)) < 1e-6:
+                src = band.astype(np.float32) / np.float32(round(steps))
+            else:
+                src = band.astype(np.float32) * np.float32(pred_r.scale)
+            src += np.float32(pred_r.offset)
             if pred_r.nodata is not None and not math.isnan(pred_r.nodata):
                 src[band == pred_r.nodata] = np.nan
             prob = _warp(src, pred_r.grid, grid, Resampling.bilinear)

@@ -68,6 +68,10 @@ class RasterOutput:
         band_descriptions: one description per band.
         resampling: overview resampling for COGs; None = "average" for floats, "nearest"
             otherwise (categorical rasters such as the change date must not be averaged).
+        scale: GDAL scale of every band (value x scale = quantity; offset 0), or None.
+        colormap: colour table of band 1, value -> (r, g, b, a) 0-255 (integer rasters only).
+        creation: GDAL creation options of the final copy (COG or GTiff), overriding ours, e.g.
+            ``{"COMPRESS": "LERC", "MAX_Z_ERROR": "0.001"}``.
     """
 
     array: da.Array | np.ndarray
@@ -78,6 +82,9 @@ class RasterOutput:
     tags: Mapping[str, Any] | None = None
     band_descriptions: Sequence[str] | None = None
     resampling: str | None = None
+    scale: float | None = None
+    colormap: Mapping[int, tuple[int, int, int, int]] | None = None
+    creation: Mapping[str, Any] | None = None
 
 
 class _WindowWriter:
@@ -190,6 +197,11 @@ def write_rasters(
                     dst.update_tags(**{k: str(v) for k, v in o.tags.items()})
                 for i, desc in enumerate(o.band_descriptions or [], start=1):
                     dst.set_band_description(i, desc)
+                if o.colormap:
+                    dst.write_colormap(1, dict(o.colormap))
+                if o.scale is not None:
+                    dst.scales = (o.scale,) * dst.count
+                    dst.offsets = (0.0,) * dst.count
             target = _WindowWriter(work, arr.shape, dtype)
             lock = _new_lock(f"geochange-write-{work.name}")
             stores.append(da.store(arr, target, lock=lock, compute=False))
@@ -198,7 +210,7 @@ def write_rasters(
         for o, arr, work, tmp in zip(outs, arrays, works, finals_tmp):
             dtype = np.dtype(o.dtype)
             if o.cog:
-                _copy_cog(work, tmp, grid, dtype, o.resampling, block)
+                _copy_cog(work, tmp, grid, dtype, o.resampling, block, o.creation)
             elif _aligned(arr.chunks, block):
                 os.replace(work, tmp)
             else:
@@ -213,13 +225,20 @@ def write_rasters(
                     COMPRESS="DEFLATE",
                     PREDICTOR=_predictor(dtype),
                     BIGTIFF="IF_SAFER",
+                    **dict(o.creation or {}),
                 )
             logger.info("wrote %s", o.path)
     return finals
 
 
 def _copy_cog(
-    src: Path, dst: Path, grid: GridSpec, dtype: np.dtype, resampling: str | None, block: int
+    src: Path,
+    dst: Path,
+    grid: GridSpec,
+    dtype: np.dtype,
+    resampling: str | None,
+    block: int,
+    creation: Mapping[str, Any] | None = None,
 ) -> None:
     resampling = resampling or ("average" if dtype.kind == "f" else "nearest")
     options: dict[str, Any] = {
@@ -234,6 +253,7 @@ def _copy_cog(
         # GDAL's AUTO stops once a level fits one block; give small rasters one level anyway so
         # every output has overviews.
         options["OVERVIEW_COUNT"] = 1
+    options.update({k.upper(): v for k, v in (creation or {}).items()})
     rasterio.shutil.copy(src, dst, driver="COG", **options)
 
 
@@ -328,8 +348,11 @@ def write_gpkg(
 ) -> Path:
     """Write the change polygons and the run's provenance to a GeoPackage.
 
-    Layers: ``changes`` (the polygons, in their CRS; Polygon, or MultiPolygon when mixed) and
-    ``runs`` (an attribute table, one row; lists and dicts JSON-encoded, dates ISO strings).
+    Layers: ``changes`` (the polygons, in their CRS; Polygon, or MultiPolygon when mixed;
+    ``change_date``, ``date_before``, ``date_after`` as DATE fields) and ``runs`` (an attribute
+    table, one row; lists and dicts JSON-encoded, ``created`` a UTC DATETIME). With a ``runs``
+    record holding ``dates``, the ``layer_styles`` table gets the ``changes`` layer's default
+    QGIS style (:mod:`geochange.io.gpkg`).
 
     Args:
         changes: change polygons (may be empty).
@@ -349,19 +372,19 @@ def write_gpkg(
     check_writable([path], overwrite)
     kinds = set(changes.geom_type.dropna()) if len(changes) else set()
     geometry_type = "Polygon" if kinds <= {"Polygon"} else "MultiPolygon"
+    from geochange.io import gpkg
+
     with atomic_path(path) as tmp:
-        changes.to_file(
-            tmp,
-            layer="changes",
-            driver="GPKG",
-            engine="pyogrio",
-            geometry_type=geometry_type,
-            promote_to_multi=geometry_type == "MultiPolygon",
-        )
+        gpkg.write_changes(changes, tmp, "changes", geometry_type)
         if runs is not None:
-            row = pd.DataFrame([{k: _runs_value(v) for k, v in runs.items()}])
+            record = {k: _runs_value(v) for k, v in runs.items()}
+            if "created" in runs:
+                record["created"] = gpkg.as_utc(runs["created"])
+            row = pd.DataFrame([record])
             import pyogrio
 
             pyogrio.write_dataframe(row, tmp, layer="runs", driver="GPKG", append=False)
+            if runs.get("dates"):
+                gpkg.write_style(tmp, "changes", list(runs["dates"]), "geom")
     logger.info("wrote %s (%d polygons)", path, len(changes))
     return path

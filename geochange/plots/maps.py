@@ -29,6 +29,7 @@ from geochange.grid import GridSpec
 from geochange.io.atomic import atomic_path
 from geochange.io.read import GDAL_ENV
 from geochange.io.stack import Stack
+from geochange.palette import date_colours
 
 __all__ = [
     "BAND_COLOURS",
@@ -354,16 +355,6 @@ def date_legend_labels(dates: Sequence[dt.date]) -> list[str]:
     Label j reads ``"YYYY-MM-DD"`` of ``dates[j]``, the date on which the change is first seen.
     """
     return [f"{d.isoformat()}" for d in list(dates)[1:]]
-
-
-def date_colours(n: int) -> list[tuple[float, float, float, float]]:
-    """``n`` distinct colours ordered in time (early = dark blue … late = yellow/red)."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["turbo"]
-    if n == 1:
-        return [cmap(0.8)]
-    return [cmap(0.08 + 0.84 * i / (n - 1)) for i in range(n)]
 
 
 def save_png(fig: Figure, path: Path, overwrite: bool, dpi: int = 100) -> Path:

@@ -1,0 +1,191 @@
+"""GeoPackage conventions GIS users expect: typed date fields and a default QGIS style.
+
+- ``change_date``, ``date_before`` and ``date_after`` are GeoPackage ``DATE`` fields and the
+  ``runs`` layer's ``created`` a ``DATETIME`` (UTC), so QGIS's Temporal Controller, filters and
+  pyogrio/GeoPandas read them as dates, not text.
+- The ``changes`` layer's default style is stored in the ``layer_styles`` table (the table QGIS
+  itself writes with "Save as Default" in a GeoPackage): polygon outlines only, graduated by change
+  date in the quicklook's palette (:mod:`geochange.palette`), so the layer opens looking like the
+  quicklook.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from geochange.palette import date_colours_rgb255
+
+__all__ = [
+    "DATE_COLUMNS",
+    "STYLE_NAME",
+    "as_utc",
+    "default_style_qml",
+    "write_changes",
+    "write_style",
+]
+
+#: Columns of the ``changes`` layer written as GeoPackage DATE fields.
+DATE_COLUMNS = ("change_date", "date_before", "date_after")
+
+#: ``styleName`` of the default style row.
+STYLE_NAME = "geochange change date"
+
+# The graduated value: the change date as the number yyyymmdd (QGIS graduates numbers only).
+_DATE_NUMBER = "to_int(format_date(\"change_date\", 'yyyyMMdd'))"
+
+
+def _as_days(values: pd.Series) -> np.ndarray:
+    """ISO strings, dates or datetimes -> datetime64[D] (NaT where empty)."""
+    return pd.to_datetime(values, errors="raise").to_numpy().astype("datetime64[D]")
+
+
+def write_changes(
+    changes: gpd.GeoDataFrame, path: str | os.PathLike, layer: str, geometry_type: str
+) -> None:
+    """Write the polygons with :data:`DATE_COLUMNS` as DATE fields (a new file at ``path``).
+
+    pyogrio writes a pandas datetime column as DATETIME; a numpy ``datetime64[D]`` array given to
+    its raw writer becomes a DATE field, which is what a day is.
+    """
+    import pyogrio.raw
+    import shapely
+
+    columns = [c for c in changes.columns if c != changes.geometry.name]
+    data = [_as_days(changes[c]) if c in DATE_COLUMNS else changes[c].to_numpy() for c in columns]
+    geometry = shapely.to_wkb(np.asarray(changes.geometry.values))
+    pyogrio.raw.write(
+        str(path),
+        geometry,
+        data,
+        fields=columns,
+        layer=layer,
+        driver="GPKG",
+        geometry_type=geometry_type,
+        crs=changes.crs.to_wkt() if changes.crs else None,
+        promote_to_multi=geometry_type == "MultiPolygon",
+    )
+
+
+def as_utc(value: str | _dt.datetime) -> pd.Timestamp:
+    """A run's ``created`` time as a UTC timestamp (written as a DATETIME field)."""
+    stamp = pd.Timestamp(value)
+    return stamp.tz_convert("UTC") if stamp.tzinfo else stamp.tz_localize("UTC")
+
+
+def _yyyymmdd(day: str | _dt.date) -> int:
+    return int(str(day)[:10].replace("-", ""))
+
+
+def default_style_qml(dates: Sequence[str | _dt.date]) -> str:
+    """A QGIS QML style for the ``changes`` layer: outlines graduated by change date.
+
+    Args:
+        dates: the stack's dates (ISO); class j = 1 … T-1 is the change first seen on date j,
+            coloured as in the quicklook.
+    """
+    days = [_yyyymmdd(d) for d in dates]
+    colours = date_colours_rgb255(max(1, len(days) - 1))
+    ranges, symbols = [], []
+    for j in range(1, len(days)):
+        r, g, b = colours[j - 1]
+        lower = days[j - 1] if j > 1 else days[j] - 1
+        label = f"{str(dates[j])[:10]}"
+        ranges.append(
+            f'      <range symbol="{j - 1}" lower="{lower}" upper="{days[j]}" '
+            f'label={quoteattr(label)} render="true"/>'
+        )
+        symbols.append(_outline_symbol(str(j - 1), f"{r},{g},{b},255"))
+    source = _outline_symbol("0", "255,255,255,255")
+    return "\n".join(
+        [
+            "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>",
+            '<qgis version="3.28.0" styleCategories="Symbology">',
+            f'  <renderer-v2 type="graduatedSymbol" attr={quoteattr(_DATE_NUMBER)} '
+            'graduatedMethod="GraduatedColor" symbollevels="0" forceraster="0" '
+            'enableorderby="0" referencescale="-1">',
+            "    <ranges>",
+            *ranges,
+            "    </ranges>",
+            "    <symbols>",
+            *symbols,
+            "    </symbols>",
+            "    <source-symbol>",
+            source,
+            "    </source-symbol>",
+            '    <mode name="manual"/>',
+            '    <classificationMethod id="Manual"/>',
+            "  </renderer-v2>",
+            "  <layerGeometryType>2</layerGeometryType>",
+            "</qgis>",
+        ]
+    )
+
+
+def _outline_symbol(name: str, colour: str) -> str:
+    """A fill symbol with no fill: a 0.6 mm outline of ``colour`` ("r,g,b,a")."""
+    options = {
+        "color": "0,0,0,0",
+        "style": "no",
+        "outline_color": colour,
+        "outline_style": "solid",
+        "outline_width": "0.6",
+        "outline_width_unit": "MM",
+        "joinstyle": "miter",
+    }
+    opts = "\n".join(
+        f'            <Option type="QString" name="{k}" value="{v}"/>' for k, v in options.items()
+    )
+    return "\n".join(
+        [
+            f'      <symbol type="fill" name="{name}" alpha="1" clip_to_extent="1" force_rhr="0">',
+            '        <layer class="SimpleFill" enabled="1" locked="0" pass="0">',
+            '          <Option type="Map">',
+            opts,
+            "          </Option>",
+            "        </layer>",
+            "      </symbol>",
+        ]
+    )
+
+
+def write_style(
+    path: str | os.PathLike, layer: str, dates: Sequence[str | _dt.date], geometry_column: str
+) -> None:
+    """Store :func:`default_style_qml` as the default style of ``layer`` in the GeoPackage's
+    ``layer_styles`` table (the columns QGIS reads; created here as an attributes table)."""
+    import pyogrio
+
+    row = pd.DataFrame(
+        [
+            {
+                "f_table_catalog": "",
+                "f_table_schema": "",
+                "f_table_name": layer,
+                "f_geometry_column": geometry_column,
+                "styleName": STYLE_NAME,
+                "styleQML": default_style_qml(dates),
+                "styleSLD": "",
+                "useAsDefault": True,
+                "description": "Change polygons outlined by the date the change is first seen",
+                "owner": "",
+                "ui": "",
+                "update_time": pd.Timestamp.now(tz="UTC").floor("s"),
+            }
+        ]
+    )
+    pyogrio.write_dataframe(
+        row,
+        Path(path),
+        layer="layer_styles",
+        driver="GPKG",
+        append=False,
+        layer_options={"FID": "id"},
+    )
