@@ -51,11 +51,11 @@ PROTOCOLS = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 
 
 def cpu_cores() -> int:
-    """Cores this process may run on (CPU affinity, e.g. a batch job's allocation)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return max(1, os.cpu_count() or 1)
+    """Cores this process may use: dask's count, which honours the CPU affinity (a batch job's
+    allocation) and a container's cgroup CPU quota (Kubernetes ``limits.cpu``)."""
+    from dask.system import CPU_COUNT
+
+    return max(1, int(CPU_COUNT))
 
 
 def threads_layout(n_chunks: int, cores: int | None = None) -> tuple[int, int]:

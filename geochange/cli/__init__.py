@@ -57,7 +57,8 @@ def _module_exists(name: str) -> bool:
 @click.version_option(__version__, prog_name="geochange")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-def cli(verbose: int, quiet: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Change detection for satellite image time series.
 
     \b
@@ -70,6 +71,7 @@ def cli(verbose: int, quiet: bool) -> None:
         logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"quiet": quiet}
 
 
 class _Terminated(KeyboardInterrupt):

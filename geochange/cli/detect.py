@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from geochange.cli import options
@@ -119,7 +121,10 @@ from geochange.cli import options
     help="Accept a result without information (every pixel nodata) instead of failing.",
 )
 @click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="Progress bar over chunks."
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Progress bar over chunks (never with -q, nor when stderr is not a terminal).",
 )
 @click.option(
     "--scheduler",
@@ -244,6 +249,9 @@ def command(
     from geochange.config import DetectConfig, RuntimeConfig, StackConfig
     from geochange.pipeline import detect
 
+    quiet = bool((click.get_current_context().find_root().obj or {}).get("quiet"))
+    # No bar with -q or into a log file (its carriage returns would land there).
+    progress = progress and not quiet and sys.stderr.isatty()
     source = _stac_stack(
         inputs, stac, assets, bbox, crs, resolution, chunk_size, align, masks, dates, wavelengths
     )
