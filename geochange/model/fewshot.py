@@ -637,17 +637,17 @@ def teach_network(
     oof = [np.full(lab.shape, np.nan, np.float32) for lab in labels]
     fold_maps = None
     if folds and folds >= 2:
-        fold_maps = []
-        ok = True
+        # Folds over the whole scene's examples, then cut per region.
+        full = np.full(examples.label.shape, UNKNOWN, np.uint8)
         for r in teacher.regions:
-            got = blocked_folds(r.label, int(folds), seed)
-            if got is None:
-                ok = False
-                break
-            fold_maps.append(got[0])
-        if not ok:
-            # Too few units per region: try the regions together (fold maps per region).
-            fold_maps = None
+            sl = (slice(r.y0, r.y0 + r.label.shape[0]), slice(r.x0, r.x0 + r.label.shape[1]))
+            full[sl] = np.where(r.label != UNKNOWN, r.label, full[sl])
+        got = blocked_folds(full, int(folds), seed)
+        if got is not None:
+            fold_maps = [
+                got[0][r.y0 : r.y0 + r.label.shape[0], r.x0 : r.x0 + r.label.shape[1]]
+                for r in teacher.regions
+            ]
     fits = 1 + (int(folds) if fold_maps is not None else 0)
     steps_done = []
     # Examples without a completely reviewed area: the threshold by the positive-unlabelled
