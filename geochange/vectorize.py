@@ -61,6 +61,7 @@ COLUMNS = (
     "change_date",
     "date_before",
     "date_after",
+    "later_dates",
     "n_pixels",
 )
 _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
@@ -223,6 +224,7 @@ def _empty_frame(crs: object) -> gpd.GeoDataFrame:
         "change_date": pd.Series([], dtype="object"),
         "date_before": pd.Series([], dtype="object"),
         "date_after": pd.Series([], dtype="object"),
+        "later_dates": pd.Series([], dtype="int64"),
         "n_pixels": pd.Series([], dtype="int64"),
     }
     return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
@@ -274,8 +276,12 @@ def polygons_from_rasters(
     Returns:
         GeoDataFrame in ``grid.crs`` with columns ``id`` (1..n, ordered by top-left pixel),
         ``area_m2``, ``mean_prob``, ``max_prob``, ``change_date`` (ISO, = ``date_after``),
-        ``date_before``, ``date_after``, ``n_pixels`` and ``geometry`` (Polygon, holes kept).
-        The change date of a region is the date index with most of its pixels (ties: earliest).
+        ``date_before``, ``date_after``, ``later_dates``, ``n_pixels`` and ``geometry``
+        (Polygon, holes kept). The change date of a region is the date index with most of its
+        pixels (ties: earliest). ``later_dates`` is the number of dates after the change date:
+        0 = the change rests on the last date alone, nothing yet shows it lasts (a cloud there
+        and a new surface can look alike), so a later acquisition should confirm it; -1 =
+        undated.
     """
     dates = [to_date(d, "dates") for d in dates]
     _check(prob, date_index, grid, dates, threshold, min_area, simplify, chunk_size)
@@ -375,6 +381,7 @@ def polygons_from_rasters(
             "change_date": np.array(after, dtype=object)[keep],
             "date_before": np.array(before, dtype=object)[keep],
             "date_after": np.array(after, dtype=object)[keep],
+            "later_dates": np.where(j > 0, n_dates - 1 - j, -1).astype(np.int64)[keep],
             "n_pixels": g_count[keep],
         },
         geometry=gpd.GeoSeries(crs_geoms[keep], crs=grid.crs),

@@ -86,6 +86,8 @@ def test_attributes_and_dates() -> None:
     assert island.n_pixels == 1 and island.max_prob == pytest.approx(0.95)
     assert (blob.date_before, blob.date_after) == ("2023-05-02", "2023-08-30")
     assert blob.mean_prob == pytest.approx(0.6)
+    # Dates after the change date: the blob's change is on the last date, seen there alone.
+    assert (ring.later_dates, blob.later_dates) == (len(DATES) - 3, 0)
     assert gdf["id"].dtype == np.int64 and gdf["n_pixels"].dtype == np.int64
 
 

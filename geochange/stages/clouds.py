@@ -30,10 +30,25 @@ How it works, per date ``t`` and pixel, in the scene's own radiometry:
    (within ``PERSIST`` of the change's size) reach the start or the end of the series, or are
    ``STATE_DATES`` many. A change stays to the end; the state before it goes back to the
    start; a cloud passes, even one seen on two neighbouring dates. Dates that look different
-   but are themselves cloud- or shadow-like do not break a run. A change seen on the last date
-   only and a cloud there cannot be told apart by time; spectra alone decide (a change to a
-   bright grey surface on the last date is lost).
-6. Specks are removed by an opening of radius ``OPEN_RADIUS`` (a cloud is not 3 pixels wide,
+   but are themselves cloud- or shadow-like do not break a run.
+6. **The first and the last date**: no later date can show that a look on the last date
+   passes, and no earlier date that a look on the first date came and went, so time cannot
+   tell a cloud there from a lasting change (the new state on the last date, the old one on
+   the first date of a change seen from the second date on); and the scene's bright end (the
+   cloud spectrum of step 3) is often the very roofs and bare soil a change turns into or away
+   from. On these two dates a cloud needs a wide core (an opening of radius
+   ``END_OPEN_RADIUS``: buildings are narrower than a cloud) of pixels with a veil's spectral
+   shape: a veil of opacity ``a`` moves every band about the same share ``a`` of its way to
+   the cloud spectrum (the least share at least ``VEIL_AGREE`` of the largest; a roof on
+   vegetation brightens the visible bands, not NIR), most strongly in blue (in scene spreads,
+   the bluest band's change at least ``BLUE_SHARE`` of the largest). The rest of the cloud
+   joins the core as a fringe does (step 7). Only when the bands' wavelengths say which band
+   is blue (one below ``BLUE_NM``); otherwise these two dates are not screened at all. On four
+   bands a grey roof and a thin cloud can share a spectral shape: the core's width is what
+   separates them best. A change kept on the last date rests on that date alone:
+   ``geochange detect`` reports how many dates follow each change (``later_dates``), 0 meaning
+   that a later acquisition should confirm it.
+7. Specks are removed by an opening of radius ``OPEN_RADIUS`` (a cloud is not 3 pixels wide,
    a micro-change may be); faint fringes (opacity ``FRINGE_OPACITY``) join the cloud they touch,
    up to ``FRINGE_REACH`` px out; the result is grown by ``GROW`` px.
 
@@ -53,6 +68,7 @@ benchmarks/README.md and benchmarks/DEFAULT_MODEL.md.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -60,7 +76,7 @@ from scipy import ndimage
 from geochange.robust import scene_stats
 from geochange.stages import Block, Context, Reach
 
-__all__ = ["REACH", "Clouds", "fit", "refit", "scene_spectra", "screen", "usable"]
+__all__ = ["REACH", "Clouds", "blue_band", "fit", "refit", "scene_spectra", "screen", "usable"]
 
 #: A cloud's least opacity, as a fraction of the way from the ground to the cloud spectrum.
 MIN_OPACITY = 0.07
@@ -89,8 +105,19 @@ SHADOW_REACH = 16
 OPEN_RADIUS = 2
 #: The screen is grown by this many pixels (faint fringes, residual misregistration).
 GROW = 5
+#: The first and the last date (step 6): a cloud's core is opened with a disk of this radius
+#: (px) ...
+END_OPEN_RADIUS = 4
+#: ... of pixels whose bands moved alike shares of their way to the cloud spectrum (the least
+#: share at least this fraction of the largest) ...
+VEIL_AGREE = 0.4
+#: ... most in blue (the bluest band's change, in scene spreads, at least this fraction of the
+#: largest band's) ...
+BLUE_SHARE = 0.5
+#: ... where a band centred below this wavelength (nm) is known to be blue.
+BLUE_NM = 520.0
 #: Farthest (px) any step looks: the halo the screen adds to a tile.
-REACH = 2 * OPEN_RADIUS + SHADOW_REACH + FRINGE_REACH + GROW
+REACH = 2 * max(OPEN_RADIUS, END_OPEN_RADIUS) + SHADOW_REACH + FRINGE_REACH + GROW
 #: Quantiles (percent) of each band, over all dates, taken as the cloud and the dark spectrum.
 SPECTRUM_QUANTILES = (99.5, 0.5)
 #: :func:`refit`: pixels of the sample it uses, lines it tries, the tolerance of agreement (a
@@ -111,6 +138,17 @@ MIN_BANDS = 4
 def usable(n_dates: int, n_bands: int) -> bool:
     """True when a stack has enough dates and bands for the screen to mean anything."""
     return n_dates >= MIN_DATES and n_bands >= MIN_BANDS
+
+
+def blue_band(wavelengths: Sequence[float | None] | None) -> int | None:
+    """Index of the bluest band when one is known to be blue (centre below ``BLUE_NM``)."""
+    if wavelengths is None:
+        return None
+    known = [(float(w), i) for i, w in enumerate(wavelengths) if w is not None and np.isfinite(w)]
+    if not known:
+        return None
+    nm, i = min(known)
+    return i if nm < BLUE_NM else None
 
 
 def _matched(
@@ -263,7 +301,11 @@ def _within(mask: np.ndarray, radius: float) -> np.ndarray:
 
 
 def screen(
-    tile: np.ndarray, stats: np.ndarray, spectra: np.ndarray, fit: np.ndarray | None = None
+    tile: np.ndarray,
+    stats: np.ndarray,
+    spectra: np.ndarray,
+    fit: np.ndarray | None = None,
+    blue: int | None = None,
 ) -> np.ndarray:
     """Cloud and shadow mask of every date of a tile.
 
@@ -272,16 +314,19 @@ def screen(
         stats: (t, c, 2) scene statistics (:func:`geochange.robust.scene_stats`).
         spectra: (2, c) from :func:`scene_spectra` (with the same ``fit``).
         fit: (t, c, 2) from :func:`refit`, or None (the statistics' matching alone).
+        blue: index of the blue band (:func:`blue_band`), or None when no band is known to be
+            blue: then the last date is not screened.
 
     Returns:
         (t, h, w) bool, True = cloud or shadow on that date.
     """
-    cloudy, fringe, dim, nodata = _looks(tile, stats, spectra, fit)
+    cloudy, fringe, dim, nodata = _looks(tile, stats, spectra, fit, blue)
     disk = _disk(OPEN_RADIUS)
     eight = np.ones((3, 3), dtype=bool)
     out = np.zeros(cloudy.shape, dtype=bool)
     for i in range(out.shape[0]):
-        cloud = ndimage.binary_opening(cloudy[i], disk)
+        end = i in (0, out.shape[0] - 1)
+        cloud = ndimage.binary_opening(cloudy[i], _disk(END_OPEN_RADIUS) if end else disk)
         if cloud.any():
             shadow = ndimage.binary_opening(dim[i], disk)
             cloud |= shadow & _within(cloud, SHADOW_REACH)
@@ -294,7 +339,11 @@ def screen(
 
 
 def _looks(
-    tile: np.ndarray, stats: np.ndarray, spectra: np.ndarray, fit: np.ndarray | None
+    tile: np.ndarray,
+    stats: np.ndarray,
+    spectra: np.ndarray,
+    fit: np.ndarray | None,
+    blue: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The per-pixel tests of :func:`screen`: (t, h, w) bool each, a passing cloud, a passing
     faint cloud (fringe), a passing shadow, and nodata."""
@@ -320,6 +369,14 @@ def _looks(
         cloudy[i] = (opacity >= MIN_OPACITY) & (residual < MAX_RESIDUAL)
         cloudy[i] |= (d / spread).min(axis=0) > BRIGHT_SPREADS
         fringe[i] = (opacity >= FRINGE_OPACITY) & (residual < FRINGE_RESIDUAL)
+        if i in (0, t - 1):  # an end date: spectral shape and width alone (step 6)
+            if blue is None:
+                cloudy[i] = fringe[i] = False
+            else:
+                # A cloud needs a core of veil-shaped pixels (opened wide in screen); what else
+                # looks cloudy joins it as a fringe (at most FRINGE_REACH px away).
+                fringe[i] |= cloudy[i]
+                cloudy[i] &= _veil(d, cloud_spec - refs[i], spread, blue)
         depth, residual = _along(d, dark_spec - refs[i], size)
         dim[i] = (depth >= SHADOW_DEPTH) & (residual < SHADOW_RESIDUAL)
         ratio = y[i] / np.maximum(refs[i], 1e-6 * np.abs(refs[i]).max() + 1e-12)
@@ -333,6 +390,23 @@ def _looks(
             for flags in (cloudy, fringe, dim):
                 flags[i][where] &= ~state
     return cloudy, fringe, dim, nodata
+
+
+def _veil(d: np.ndarray, towards: np.ndarray, spread: np.ndarray, blue: int) -> np.ndarray:
+    """Where the change ``d`` (c, h, w) has a veil's spectral shape: the bluest band ``blue``
+    moved at least ``BLUE_SHARE`` of the most any band moved (in scene spreads ``spread``
+    (c, 1, 1)), and every band moved a like share of its way ``towards`` the cloud spectrum (at
+    least ``VEIL_AGREE`` of the largest share); bands whose way is under one spread (the ground
+    is as bright as the cloud there) say nothing."""
+    z = d / spread
+    bluest = z[blue] >= BLUE_SHARE * z.max(axis=0)
+    far = towards > spread
+    share = np.where(far, d / np.where(far, towards, 1.0), np.nan)
+    with warnings.catch_warnings():  # pixels where no band has far to go
+        warnings.simplefilter("ignore", RuntimeWarning)
+        top, low = np.nanmax(share, axis=0), np.nanmin(share, axis=0)
+    alike = np.nan_to_num(low, nan=0.0) >= VEIL_AGREE * np.nan_to_num(top, nan=np.inf)
+    return bluest & alike
 
 
 def _along(d: np.ndarray, towards: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -392,37 +466,46 @@ class Clouds:
         stats: (t, c, 2) scene statistics of the stack's sample.
         spectra: (2, c) cloud and dark spectra of the same sample (:func:`scene_spectra`).
         fit: (t, c, 2) clear-pixel matching of the same sample (:func:`refit`), or None.
+        blue: index of the blue band (:func:`blue_band`), or None (last date not screened).
     """
 
     name = "clouds"
 
     def __init__(
-        self, stats: np.ndarray, spectra: np.ndarray, fit: np.ndarray | None = None
+        self,
+        stats: np.ndarray,
+        spectra: np.ndarray,
+        fit: np.ndarray | None = None,
+        blue: int | None = None,
     ) -> None:
         self.stats = np.asarray(stats, dtype=np.float32)
         self.spectra = np.asarray(spectra, dtype=np.float32)
         self.fit = None if fit is None else np.asarray(fit, dtype=np.float32)
+        self.blue = None if blue is None else int(blue)
 
     @classmethod
-    def from_sample(cls, sample: np.ndarray) -> Clouds:
-        """Fit the scene-wide parameters on a decimated scene sample (t, c, n)."""
+    def from_sample(
+        cls, sample: np.ndarray, wavelengths: Sequence[float | None] | None = None
+    ) -> Clouds:
+        """Fit the scene-wide parameters on a decimated scene sample (t, c, n); ``wavelengths``
+        (nm per band, None = unknown) say which band is blue."""
         stats = scene_stats(sample)
         fit = refit(sample, stats)
-        return cls(stats, scene_spectra(sample, stats, fit), fit)
+        return cls(stats, scene_spectra(sample, stats, fit), fit, blue_band(wavelengths))
 
     def reach(self, n_dates: int) -> Reach:
         return Reach(input=REACH)
 
     def params(self) -> dict:
-        return {"refit": self.fit is not None}
+        return {"refit": self.fit is not None, "blue_band": self.blue}
 
     def __dask_tokenize__(self) -> tuple:
         fit = b"" if self.fit is None else self.fit.tobytes()
-        return ("Clouds", self.stats.tobytes(), self.spectra.tobytes(), fit)
+        return ("Clouds", self.stats.tobytes(), self.spectra.tobytes(), fit, self.blue)
 
     def mask(self, tile: np.ndarray) -> np.ndarray:
         """(t, h, w) bool cloud/shadow mask of a tile (see :func:`screen`)."""
-        return screen(tile, self.stats, self.spectra, self.fit)
+        return screen(tile, self.stats, self.spectra, self.fit, self.blue)
 
     def run(self, block: Block) -> None:
         tile = np.array(block.tile, dtype=np.float32)  # a copy: the tile as read stays
@@ -436,4 +519,4 @@ def fit(sample: np.ndarray, context: Context, name: str = "clouds") -> Clouds | 
     they are) or the stack has too few dates or bands (:func:`usable`)."""
     if context.masks or not usable(*sample.shape[:2]):
         return None
-    return Clouds.from_sample(sample)
+    return Clouds.from_sample(sample, context.wavelengths)
