@@ -55,9 +55,11 @@ def make_series(
     change_at: int,
     seed: int,
     wavelengths: Sequence[float] | None = None,
+    quiet: bool = False,
 ) -> list[np.ndarray]:
     """``dates`` images (c, h, w) in the source dtype: ``t0`` before ``change_at``, ``t1`` from
-    it on, each with its own gain, offset, haze and sub-pixel shift."""
+    it on, each with its own gain, offset, haze and sub-pixel shift (``quiet``: none of them,
+    the two images repeated as they are)."""
     if not 1 <= change_at <= dates - 1:
         raise ValueError(f"change_at: {change_at}, expected 1..{dates - 1}")
     rng = np.random.default_rng(seed)
@@ -70,6 +72,8 @@ def make_series(
         blue = np.ones(c, dtype=np.float32)
     info = np.iinfo(t0.dtype) if np.issubdtype(t0.dtype, np.integer) else None
     out = []
+    if quiet:
+        return [(t0 if i < change_at else t1).copy() for i in range(dates)]
     for i in range(dates):
         img = a0 if i < change_at else a1
         gain = rng.uniform(*GAIN) * (1 + rng.uniform(-BAND_JITTER, BAND_JITTER, c))

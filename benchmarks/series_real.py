@@ -2,19 +2,26 @@
 
 Writes benchmarks/SERIES_REAL.md. One command, from the repository root::
 
-    OMP_NUM_THREADS=1 python benchmarks/series_real.py           # full run (~25 min, 2 cores)
+    OMP_NUM_THREADS=1 python benchmarks/series_real.py           # full run (about 350 runs)
     OMP_NUM_THREADS=1 python benchmarks/series_real.py --quick   # 2 samples, 1 seed, T = 6
+
+A run can be split by sample (``--samples ... --rows part.jsonl``, one process each) and the
+report rebuilt from the concatenated rows (``--rows all.jsonl --report-only``).
 
 Every shared real pair (../shared/data/real_samples) is scored
 
-- as it is, 2 dates (the pair), centre-cropped to 320 px (``--crop``; DSIFN pairs are 256 px) so a
-  full run stays near 25 minutes on 2 cores,
+- as it is, 2 dates (the pair), centre-cropped to 320 px (``--crop``; DSIFN pairs are 256 px) to
+  bound the run's time,
 - as semi-synthetic series of T = 3, 6 and 12 dates (``_series.make_series``: the first image
   repeated up to the change date, the second from it on; per-date gain, offset, haze and
   sub-pixel shift), with the change on an early date (index 1), a middle date (T // 2) and the
   last date (T - 1), over several seeds, with the default chain,
 - and, for T = 6, with each stage of the chain switched off in turn (coregister, clouds,
-  refine, micro, emerge).
+  refine, micro, emerge), and with the network alone (every stage off) on the series, on the
+  series without per-date differences (the two images repeated as they are) and on the pair.
+
+For each series run with the default chain it also reports the share of the reference change
+pixels that the cloud screen flags on the change date.
 
 Change-date exactness is scored on the true positives of the series (the reference date is the
 change date). Every run is ``geochange detect``'s production path in memory
@@ -45,6 +52,9 @@ import _series as S  # noqa: E402
 log = logging.getLogger("series_real")
 
 STAGES = ("coregister", "clouds", "refine", "micro", "emerge")
+#: The network alone: every stage off ("bare"), on the series and on the pair, and on series
+#: without per-date differences ("bare quiet": the two images repeated as they are).
+BARE = ("bare", "bare quiet")
 POSITIONS = ("early", "middle", "last")
 SEED = 2800
 
@@ -69,6 +79,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=2, help="seeds per sample, length and position")
     p.add_argument("--dates", type=int, nargs="*", default=[3, 6, 12], help="series lengths")
     p.add_argument("--ablate", type=int, default=6, help="series length of the stage-off runs")
+    p.add_argument(
+        "--chains",
+        nargs="*",
+        default=None,
+        help="only these chains: pair, default, a stage name (that stage off), bare, 'bare quiet'",
+    )
     p.add_argument("--ablate-seeds", type=int, default=1, help="seeds of the stage-off runs")
     p.add_argument("--crop", type=int, default=320, help="centre crop (px) of every pair (0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (fixed for determinism)")
@@ -82,30 +98,49 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _run(case: C.Case, off: str | None, chunk_size: int) -> tuple[dict[str, Any], float]:
-    """Default chain (``off`` None) or the chain with stage ``off`` switched off."""
-    kw: dict[str, Any] = {}
-    if off == "coregister":
-        kw["coregister"] = False
-    elif off == "clouds":
-        kw["cloud_screen"] = False
-    elif off in ("refine", "micro", "emerge"):
-        kw[off] = False
-    prob, interval, secs, _ = C.run_method("cnn-lstm", case, chunk_size=chunk_size, **kw)
+    """Default chain (``off`` None), the chain with stage ``off`` switched off, or the network
+    alone (``off`` "all")."""
+    skip = () if off is None else STAGES if off == "all" else (off,)
+    prob, interval, secs, _ = C.run_method("cnn-lstm", case, chunk_size=chunk_size, skip=skip)
     return C.score(prob, interval, case), secs
 
 
+def screened_share(case: C.Case) -> float:
+    """Share of the reference change pixels that the cloud screen flags on the change date
+    (the stack co-registered first, as detect does); NaN when the screen does not apply."""
+    from geochange.io.stack import open_stack, read_sample
+    from geochange.stages import Context, prepare_stack
+    from geochange.stages.clouds import fit
+
+    stack, _ = prepare_stack(open_stack(case.paths, dates=case.dates))
+    stage = fit(read_sample(stack), Context(wavelengths=stack.wavelengths))
+    ref = case.ref & case.labelled
+    if stage is None or case.ref_date is None or not ref.any():
+        return float("nan")
+    k = int(case.ref_date[ref].max())
+    flagged = stage.mask(np.asarray(stack.data.compute(), dtype=np.float32))
+    return float(flagged[k][ref].mean())
+
+
 def series_case(
-    tmp: Path, sample: Path, *, dates: int, position: str, seed: int, crop: int | None
+    tmp: Path,
+    sample: Path,
+    *,
+    dates: int,
+    position: str,
+    seed: int,
+    crop: int | None,
+    quiet: bool = False,
 ) -> C.Case:
     """A ``dates``-date series of a real pair with its change at ``position``."""
     t0, t1, label, grid = C._load(sample, crop)
     wl = C.SENSOR_WAVELENGTHS.get(sample.name.split("_")[0])
     wl = wl if wl is not None and len(wl) == t0.shape[0] else None
     k = change_index(position, dates)
-    images = S.make_series(t0, t1, dates=dates, change_at=k, seed=seed, wavelengths=wl)
+    images = S.make_series(t0, t1, dates=dates, change_at=k, seed=seed, wavelengths=wl, quiet=quiet)
     pd = C._pair_dates(sample)
     iso = S.series_dates(pd[0], pd[1], dates)
-    folder = tmp / f"{sample.name}_T{dates}_{position}_{seed}"
+    folder = tmp / f"{sample.name}_T{dates}_{position}_{seed}{'_quiet' if quiet else ''}"
     paths = S.write_series(images, iso, folder, name=sample.name, grid=grid, wavelengths=wl)
     ref = label == 1
     ref_date = np.where(ref, k, 0).astype(np.uint8)
@@ -134,21 +169,32 @@ def run_all(a: argparse.Namespace, rows_path: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="series_real_") as td:
         tmp = Path(td)
         for si, sample in enumerate(samples):
-            jobs: list[tuple[str, C.Case | None, int, str, int]] = [("pair", None, 2, "-", 0)]
+            jobs: list[tuple[str, C.Case | None, int, str, int]] = [
+                ("pair", None, 2, "-", 0),
+                ("bare", None, 2, "-", 0),
+            ]
             for t in a.dates:
                 for pos in _positions(t):
                     for s in range(a.seeds):
                         jobs.append(("default", None, t, pos, _seed(si, t, pos, s)))
             for pos in _positions(a.ablate):
                 for s in range(a.ablate_seeds):
-                    for stage in STAGES:
+                    for stage in (*STAGES, *BARE):
                         jobs.append((stage, None, a.ablate, pos, _seed(si, a.ablate, pos, s)))
+            if a.chains is not None:
+                jobs = [j for j in jobs if j[0] in a.chains]
             for chain, _, t, pos, seed in jobs:
-                if chain == "pair":
+                if t == 2:
                     case = C.real_case(tmp, sample, crop=a.crop)
                 else:
-                    case = series_case(tmp, sample, dates=t, position=pos, seed=seed, crop=a.crop)
-                r, secs = _run(case, None if chain in ("pair", "default") else chain, a.chunk_size)
+                    case = series_case(
+                        tmp, sample, dates=t, position=pos, seed=seed, crop=a.crop,
+                        quiet=chain == "bare quiet",
+                    )  # fmt: skip
+                skip = {"pair": None, "default": None, "bare": "all"}.get(chain, chain)
+                r, secs = _run(case, "all" if chain in BARE else skip, a.chunk_size)
+                if chain == "default" and t > 2:
+                    r["screened"] = screened_share(case)
                 row = {
                     "sample": sample.name,
                     "chain": chain,
@@ -193,7 +239,13 @@ def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) ->
     lines = [
         "# Real pairs as date series: do more dates hurt?",
         "",
-        f"- Command: `{' '.join(shlex.quote(x) for x in ['python', *sys.argv])}`",
+        f"- Command: `{' '.join(shlex.quote(x) for x in ['python', *sys.argv])}`"
+        + (
+            " (the report rebuilt from the rows of runs split by `--samples`, one process each, "
+            "with the other options at their defaults)"
+            if a.report_only
+            else ""
+        ),
         f"- Commit: {C.git_commit()}",
         f"- Model: {model}",
         f"- Machine: {C.machine()}",
@@ -226,6 +278,7 @@ def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) ->
         "worst run - pair",
         "runs below pair by > 0.05",
         "date exact % (TP)",
+        "change px screened % (change date)",
     ]
     body = []
     for t in lengths:
@@ -247,10 +300,46 @@ def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) ->
                     f"{min(diffs):+.3f}",
                     str(sum(d < -0.05 for d in diffs)),
                     f(ok / n if n else float("nan"), pct=True),
+                    f(_nanmean([r.get("screened", float("nan")) for r in rs]), pct=True),
                 ]
             )
     lines += C.md_table(header, body)
-    lines += ["", f"Pair mean F1 over the {len(samples)} samples: {f(pair_mean)}.", ""]
+    lines += [
+        "",
+        f"Pair mean F1 over the {len(samples)} samples: {f(pair_mean)}. 'Change px screened': "
+        "share of the reference change pixels the cloud screen flags on the change date (mean "
+        "over the runs where it applies: 4+ bands, not DSIFN's RGB).",
+        "",
+    ]
+    bare = [r for r in rows if r["chain"] in BARE]
+    if bare:
+        lines += [
+            "## The network alone (every stage off)",
+            "",
+            f"T = {a.ablate}, the same series as the stage-off runs; 'quiet' repeats the two "
+            "images as they are (no per-date gain, offset, haze or shift), which isolates the "
+            "network's handling of repeated dates from the differences between acquisitions.",
+            "",
+        ]
+        pair_bare = {r["sample"]: r["f1"] for r in bare if r["dates"] == 2}
+        header = ["change", "series", "series quiet", "pair (network alone)", "pair (default)"]
+        body = []
+        for pos in POSITIONS:
+            rs = [r for r in bare if r["dates"] > 2 and r["position"] == pos]
+            if not rs:
+                continue
+            names = sorted({r["sample"] for r in rs})
+            body.append(
+                [
+                    pos,
+                    f(_nanmean([r["f1"] for r in rs if r["chain"] == "bare"])),
+                    f(_nanmean([r["f1"] for r in rs if r["chain"] == "bare quiet"])),
+                    f(_nanmean([pair_bare.get(n, float("nan")) for n in names])),
+                    f(_nanmean([pair[n]["f1"] for n in names])),
+                ]
+            )
+        lines += C.md_table(header, body)
+        lines.append("")
 
     # Per stage off.
     t = a.ablate
