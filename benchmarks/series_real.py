@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -420,7 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         run_all(a, rows_path)
     rows = [json.loads(x) for x in rows_path.read_text().splitlines() if x.strip()]
     seconds = time.perf_counter() - start if not a.report_only else sum(r["seconds"] for r in rows)
-    C.write_text(out, report(a, rows, seconds))
+    tmp = out.with_name(f".{out.name}.tmp")  # written whole, then renamed
+    tmp.write_text(report(a, rows, seconds))
+    os.replace(tmp, out)
     log.info("wrote %s", out)
     return 0
 
