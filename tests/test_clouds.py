@@ -250,7 +250,7 @@ def test_new_roofs_on_the_last_date_of_a_brighter_acquisition_are_kept(tmp_path)
     for r in roofs:
         on_roof = changes[changes.intersects(_pixel_box(res, r[0].start + 3, r[1].start + 3))]
         assert len(on_roof) == 1 and on_roof.later_dates.iloc[0] == 0
-        assert on_roof.change_date.iloc[0] == dates[-1]
+        assert str(on_roof.change_date.iloc[0])[:10] == dates[-1]
     # Without the bands' wavelengths nothing says which band is blue: the last date is kept
     # whole (the veil too), never masked on a guess.
     assert not Clouds.from_sample(x.reshape(6, 4, -1)).mask(x)[-1].any()
