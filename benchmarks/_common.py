@@ -32,6 +32,7 @@ from rasterio.crs import CRS
 
 from geochange.evaluate import evaluate_arrays
 from geochange.grid import GridSpec
+from geochange.io.atomic import write_text  # noqa: F401 - the benchmarks' report writer
 from geochange.io.stack import open_stack
 from geochange.pipeline import detect
 from geochange.synth import load_pair, make_scene, semi_synthetic, write_scene

@@ -18,6 +18,7 @@ A stage that helps on neither real nor synthetic data should be removed, not kep
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -45,6 +46,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scenes", type=int, default=6, help="held-out synthetic scenes")
     p.add_argument("--crop", type=int, default=320, help="real pairs: centre crop in pixels")
     p.add_argument("--threads", type=int, default=1, help="torch threads (fixed)")
+    p.add_argument(
+        "--rows",
+        default=None,
+        help="JSON file of finished runs: saved after every run, reused when it exists "
+        "(a rerun or a crash loses nothing); its 'commit' is the code that made them",
+    )
     return p.parse_args(argv)
 
 
@@ -104,12 +111,18 @@ def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
     C.setup_determinism(a.threads)
     start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
+    saved = Path(a.rows) if a.rows else None
+    cache = json.loads(saved.read_text()) if saved and saved.exists() else {}
+    commit = cache.get("commit") or C.git_commit()
+    rows: list[dict[str, Any]] = list(cache.get("rows", []))
+    done = {(r["group"], r["case"], r["off"]) for r in rows}
     with tempfile.TemporaryDirectory(prefix="geochange-stages-") as tmpdir:
         groups = _cases(a, Path(tmpdir))
         for group, cases in groups.items():
             for case in cases:
                 for off in (None, *OPTIONAL):
+                    if (group, case.name, off or "") in done:
+                        continue
                     skip = () if off is None else (off,)
                     prob, interval, secs, _ = C.run_method("cnn-lstm", case, skip=skip)
                     score = C.score(prob, interval, case)
@@ -117,14 +130,18 @@ def main(argv: list[str] | None = None) -> int:
                                  "seconds": secs, **score})  # fmt: skip
                     print(f"[stages] {group:<20} {case.name:<18} without {off or '-':<10} "
                           f"F1 {C.fmt(score['f1'])} ({secs:.1f} s)", flush=True)  # fmt: skip
+                    if saved:
+                        C.write_text(saved, json.dumps({"commit": commit, "rows": rows}))
     costs = _stage_costs(a.threads)
-    text = report(a, rows, costs, time.perf_counter() - start)
+    text = report(a, rows, costs, time.perf_counter() - start, commit)
     C.write_text(Path(a.out), text)
     print(text)
     return 0
 
 
-def report(a: argparse.Namespace, rows: list[dict], costs: dict[str, float], secs: float) -> str:
+def report(
+    a: argparse.Namespace, rows: list[dict], costs: dict[str, float], secs: float, commit: str
+) -> str:
     groups = list(dict.fromkeys(r["group"] for r in rows))
 
     def mean_f1(group: str, off: str) -> float:
@@ -148,8 +165,9 @@ def report(a: argparse.Namespace, rows: list[dict], costs: dict[str, float], sec
     lines = [
         "# What each stage earns",
         "",
-        f"`python benchmarks/stages.py{' --quick' if a.quick else ''}` — {C.machine()}, "
-        f"commit {C.git_commit()}, {secs / 60:.1f} min, {a.threads} torch thread(s).",
+        f"`python benchmarks/stages.py{' --quick' if a.quick else ''}` — {C.machine()}; "
+        f"runs at commit {commit}, stage costs at {C.git_commit()}; {a.threads} torch "
+        f"thread(s); this invocation {secs / 60:.1f} min.",
         "",
         "Mean change F1 of the default chain with the stage vs without it (`detect --skip "
         "STAGE`), the difference in brackets (positive: the stage helps). Cases: "
