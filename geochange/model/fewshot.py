@@ -62,14 +62,7 @@ from geochange.model.cnn_lstm import CNNLSTM, MASKED_LOGIT, shift_min_distance
 from geochange.model.normalize import apply
 from geochange.model.pseudo import change_magnitude, ignore_threshold
 from geochange.robust import scene_stats
-from geochange.stages.emerge import REACH as EMERGE_REACH
-from geochange.stages.emerge import add as emerge_add
-from geochange.stages.emerge import usable as emerge_usable
-from geochange.stages.micro import REACH as MICRO_REACH
-from geochange.stages.micro import rescue
-from geochange.stages.micro import usable as micro_usable
-from geochange.stages.refine import REACH as REFINE_REACH
-from geochange.stages.refine import refine as refine_prob
+from geochange.stages import REGISTRY, Block, Context
 
 __all__ = [
     "TaughtResult",
@@ -395,17 +388,20 @@ class _Teacher:
         thr = ignore_threshold(change_magnitude(sx, sv)[0])
         wl = wavelength_array(stack.wavelengths, stack.band_count)
         self.wl = torch.from_numpy(wl[None]).to(device)
-        self.post = {
-            "refine": True,
-            "micro": micro_usable(self.t),
-            "emerge": emerge_usable(self.t),
-        }
-        pad = int(base.halo(self.t)) + REFINE_REACH
-        if self.post["micro"]:
-            pad = max(pad, MICRO_REACH)
-        if self.post["emerge"]:
-            pad = max(pad, EMERGE_REACH)
-        pad = max(pad, CV_BUFFER + 16)
+        # The deep model's result stages, as detect's chain runs them after the network.
+        fitted = (
+            spec.load().fit(sample, Context(), spec.name)
+            for spec in REGISTRY
+            if spec.role == "result" and "cnn-lstm" in spec.after
+        )
+        self.post = [stage for stage in fitted if stage is not None]
+        # Context each region needs, walked back from the output as the chain's halo is.
+        margin, need = 0, 0
+        for stage in reversed(self.post):
+            reach = stage.reach(self.t)
+            need = max(need, margin + reach.input)
+            margin += reach.result
+        pad = max(need, margin + int(base.halo(self.t)), CV_BUFFER + 16)
         self.regions: list[_Region] = []
         label = examples.label
         for y0, x0, y1, x1 in _regions(label, pad):
@@ -562,13 +558,11 @@ class _Teacher:
                 logit, interval = _heads(net, r.z, r.final, r.possible)
                 prob = torch.sigmoid(logit)[0].cpu().numpy().astype(np.float32)
                 k = interval.argmax(dim=1)[0].cpu().numpy().astype(np.float32)
-            if self.post["refine"]:
-                prob = refine_prob(prob, r.x, r.valid)
-            if self.post["micro"]:
-                prob, k = rescue(r.x, r.valid, prob, k)
-            if self.post["emerge"]:
-                prob, k = emerge_add(r.x, r.valid, prob, k)
-            out.append(prob)
+            # Result stages read the normalised series, not the raw tile.
+            block = Block(r.x, x=r.x, valid=r.valid, prob=prob, interval=k)
+            for stage in self.post:
+                stage.run(block)
+            out.append(block.prob)
         return out
 
 
