@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "geochange"
 #: Layer of each part, lowest first: a module may import its own layer or lower ones only.
 LAYERS: dict[str, int] = {
     "geochange._version": 0,
+    "geochange._lazy": 0,
     "geochange.errors": 0,
     "geochange.grid": 0,
     "geochange.shift": 0,

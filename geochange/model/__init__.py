@@ -8,8 +8,7 @@ on first use, so the pure-numpy parts (``geochange.model.normalize``) load no to
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from geochange._lazy import lazy_exports
 
 _EXPORTS = {
     "CNNLSTM": "geochange.model.cnn_lstm",
@@ -32,9 +31,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'geochange.model' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
