@@ -134,8 +134,8 @@ class Runtime:
     def progress(self, group: str, total: int, enabled: bool) -> contextlib.AbstractContextManager:
         """A tqdm bar over the ``total`` tasks of the task group ``group`` (a graph layer name).
 
-        On the threaded scheduler a dask callback counts finished tasks; on a cluster a thread
-        polls the scheduler's count for that group twice a second.
+        On the threaded scheduler a dask callback counts finished tasks; on a cluster each
+        finished task sends an event the client listens to (:class:`_ClusterProgress`).
         """
         if not enabled:
             return contextlib.nullcontext()
@@ -450,62 +450,54 @@ class _ThreadedProgress(dask.callbacks.Callback):
             self._bar = None
 
 
-def _group_done(dask_scheduler: Any, group: str) -> int | None:
-    """Tasks of ``group`` finished (in memory or already forgotten); None if unknown."""
-    tg = dask_scheduler.task_groups.get(group)
-    if tg is None:
-        return None
-    return int(tg.states.get("memory", 0) + tg.states.get("forgotten", 0))
-
-
-def _quiet_poll(record: logging.LogRecord) -> bool:
-    return _group_done.__name__ not in record.getMessage()
-
-
 class _ClusterProgress:
-    """A tqdm bar over a task group on a distributed cluster, polled from a thread."""
+    """A tqdm bar over a task group on a distributed cluster, fed by the workers' events.
+
+    Each finished chunk task publishes its group name on :data:`PROGRESS_TOPIC` through the
+    worker's public event log (:func:`geochange.tiling.tell_done`); the client subscribes to
+    that topic. The scheduler only relays the events: it needs no geochange and none of its
+    internals are read. The dashboard link is printed first, for the full picture.
+    """
 
     def __init__(self, client: Any, group: str, total: int, dashboard: str | None) -> None:
         self._client = client
         self._group = group
         self._n = total
         self._dashboard = dashboard
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._bar: Any = None
+        self._lock = threading.Lock()
+        self.received = 0  # chunk events of this group seen (a retried task may send two)
 
     def __enter__(self) -> _ClusterProgress:
         from tqdm.auto import tqdm
 
-        # A scheduler in this process (LocalCluster) logs every poll at INFO: keep those out.
-        logging.getLogger("distributed.worker").addFilter(_quiet_poll)
+        from geochange.tiling import PROGRESS_TOPIC
+
         if self._dashboard:
             tqdm.write(f"dask dashboard: {self._dashboard}", file=sys.stderr)
         self._bar = tqdm(total=self._n, unit="chunk", desc="detect", leave=False)
-        self._thread = threading.Thread(target=self._poll, name="geochange-progress", daemon=True)
-        self._thread.start()
+        self._client.subscribe_topic(PROGRESS_TOPIC, self._on_event)
         return self
 
-    def _poll(self) -> None:
-        seen = False
-        while not self._stop.wait(0.5):
-            try:
-                done = self._client.run_on_scheduler(_group_done, group=self._group)
-            except Exception as exc:  # the bar is a convenience: never fail the run for it
-                log.debug("progress poll failed: %s", exc)
-                return
-            if done is None:
-                done = self._n if seen else 0
-            else:
-                seen = True
-            self._bar.update(max(0, min(self._n, done) - self._bar.n))
+    def _on_event(self, event: Any) -> None:
+        _, group = event
+        if group != self._group:
+            return  # another run on the same cluster
+        with self._lock:
+            self.received += 1
+            if self._bar is not None and self._bar.n < self._n:
+                self._bar.update(1)
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        logging.getLogger("distributed.worker").removeFilter(_quiet_poll)
-        if self._bar is not None:
-            if exc[0] is None:
-                self._bar.update(self._n - self._bar.n)
-            self._bar.close()
+        from geochange.tiling import PROGRESS_TOPIC
+
+        try:
+            self._client.unsubscribe_topic(PROGRESS_TOPIC)
+        except Exception as err:  # the bar is a convenience: never fail the run for it
+            log.debug("progress unsubscribe failed: %s", err)
+        with self._lock:
+            if self._bar is not None:
+                if exc[0] is None:
+                    self._bar.update(self._n - self._bar.n)
+                self._bar.close()
+                self._bar = None

@@ -121,6 +121,9 @@ class DetectConfig:
             three bands, or one for greyscale.
         allow_empty: accept a result without information (every pixel nodata); otherwise such
             a run fails and says why.
+        co: GDAL creation options of the output COGs, over the package's own: ``KEY=VALUE``
+            strings or a mapping, e.g. ``("COMPRESS=ZSTD", "LEVEL=15")``; checked with GDAL
+            before any work (:mod:`geochange.io.creation`).
     """
 
     method: Method = "cnn-lstm"
@@ -136,9 +139,17 @@ class DetectConfig:
     quicklook: bool = True
     rgb_bands: tuple[int, ...] | None = None
     allow_empty: bool = False
+    co: Any = ()
 
     def __post_init__(self) -> None:
+        from geochange.io.creation import parse_creation_options
         from geochange.stages import DETECTORS, parse_skip
+
+        try:
+            co = parse_creation_options(self.co)
+        except InputError as exc:
+            raise ConfigError("co", str(exc).split(": ", 1)[1]) from None
+        object.__setattr__(self, "co", tuple(co.items()))
 
         if self.method not in DETECTORS:
             raise ConfigError(

@@ -108,6 +108,8 @@ def output_paths(output: str | os.PathLike, *, quicklook: bool = False) -> dict[
         "gpkg": gpkg,
         "prob": stem.parent / f"{stem.name}_prob.tif",
         "date": stem.parent / f"{stem.name}_date.tif",
+        # The date raster's attribute table (GDAL keeps a GeoTIFF's table in this side-car).
+        "date_rat": stem.parent / f"{stem.name}_date.tif.aux.xml",
     }
     if quicklook:
         paths["quicklook"] = stem.parent / f"{stem.name}_quicklook.png"
@@ -189,6 +191,13 @@ def detect(
         check_target(paths, overwrite)
     if config.model is not None:
         _check_model_file(config.model)
+    if config.co and paths:
+        from geochange.io.creation import check_creation_options
+
+        try:
+            check_creation_options(dict(config.co))
+        except InputError as exc:
+            raise ConfigError("co", str(exc).split(": ", 1)[1]) from None
     from geochange import cluster
 
     cluster.check_args(runtime.scheduler, runtime.workers, runtime.threads_per_worker)
@@ -363,7 +372,7 @@ def _run(
             with rt.progress(result.name, n_chunks, enabled=runtime.progress):
                 if paths:
                     prob, date_index = _write_rasters(
-                        prob, date_index, stack, paths, config.threshold, dates_iso
+                        prob, date_index, stack, paths, config.threshold, dates_iso, config.co
                     )
                 elif rt.distributed:
                     # The cluster may be gone after this block: bring the rasters home.
@@ -497,8 +506,11 @@ def _date_raster(prob: da.Array, interval: da.Array, threshold: float) -> da.Arr
     return da.map_blocks(block, prob, interval, dtype=np.uint8)
 
 
-def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso):
-    """Write both rasters from one pass over the graph; return them re-read lazily from disk."""
+def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso, co=None):
+    """Write both rasters from one pass over the graph; return them re-read lazily from disk.
+
+    ``co``: GDAL creation options of both COGs (``--co``), over ours.
+    """
     from geochange.io import rasters as out_io
 
     tags = {
@@ -523,6 +535,7 @@ def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso):
                 band_descriptions=["change_probability"],
                 resampling="average",
                 scale=encoding.PROB_SCALE,
+                creation=dict(co or ()),
             ),
             dict(
                 array=date_index,
@@ -533,6 +546,8 @@ def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso):
                 tags=date_tags,
                 band_descriptions=["change_date_index"],
                 colormap=_date_colormap(len(dates_iso)),
+                creation=dict(co or ()),
+                rat=_date_table(dates_iso),
             ),
         ],
         stack.grid,
@@ -542,6 +557,27 @@ def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso):
         encoding.read_prob(paths["prob"], chunks=stack.chunk_size),
         out_io.read_raster_lazy(paths["date"], chunks=stack.chunk_size),
     )
+
+
+def _date_table(dates_iso: list[str]) -> list[dict]:
+    """The date raster's attribute table: per value its change date, the date before it, a
+    label and the colour of :func:`_date_colormap`."""
+    colours = _date_colormap(len(dates_iso))
+    rows = []
+    for value in [0, *range(1, len(dates_iso)), DATE_NODATA]:
+        if value == 0:
+            after, before, label = "", "", "no change"
+        elif value == DATE_NODATA:
+            after, before, label = "", "", "nodata"
+        else:
+            after, before = dates_iso[value], dates_iso[value - 1]
+            label = f"change between {before} and {after}"
+        r, g, b, a = colours[value]
+        rows.append(
+            dict(value=value, label=label, change_date=after, date_before=before, red=r, green=g,
+                 blue=b, alpha=a)
+        )  # fmt: skip
+    return rows
 
 
 def _date_colormap(n_dates: int) -> dict[int, tuple[int, int, int, int]]:
@@ -573,7 +609,9 @@ def _provenance(stack: Stack, config: DetectConfig, chunk_size: int, chain: Chai
         "dates": [d.isoformat() for d in stack.dates],
         "crs": stack.grid.crs.to_string() if stack.grid.crs else "",
         "method": method,
-        "model": str(model) if model is not None else ("default" if method == "cnn-lstm" else ""),
+        "model": _absolute(str(model))
+        if model is not None
+        else ("default" if method == "cnn-lstm" else ""),
         "model_name": str(meta.get("name", method)),
         "model_version": str(meta.get("version", __version__)),
         "adapted": bool(meta.get("adapted", False)),
@@ -584,10 +622,11 @@ def _provenance(stack: Stack, config: DetectConfig, chunk_size: int, chain: Chai
         "chunk_size": int(chunk_size),
         "halo": int(chain.halo),
         "align": bool(stack.align),
-        "masks": stack.mask_names,
+        "masks": [f"{_absolute(m[0])}:{m[1]}" if m else "" for m in stack.masks],
         "mask_values": list(stack.mask_values) if stack.mask_values else [],
         "wavelengths_nm": list(stack.wavelengths),
         "shifts_px": [list(s) for s in stack.shifts],
+        "creation_options": [f"{k}={v}" for k, v in config.co],
     }
     run.update(chain.record())
     if meta.get("taught"):

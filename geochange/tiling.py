@@ -224,6 +224,23 @@ def _apply(
     return out[:, y0:y1, x0:x1].astype(dtype, copy=False)
 
 
+#: Event topic on which chunk tasks running on a dask.distributed worker say they are done.
+PROGRESS_TOPIC = "geochange-progress"
+
+
+def tell_done(group: str) -> None:
+    """Publish that one chunk of the task group ``group`` is done, when running on a
+    dask.distributed worker (through its event log; a client's progress bar subscribes to
+    :data:`PROGRESS_TOPIC`). Does nothing elsewhere."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    worker.log_event(PROGRESS_TOPIC, group)
+
+
 def overlap_map(
     data: da.Array,
     fn: BlockFunction,
@@ -280,7 +297,9 @@ def overlap_map(
             dx if ix > 0 else 0,
             w - (dx if ix < nx - 1 else 0),
         )
-        return _apply(fn, tile, out_bands, core, dtype, "overlap_map")
+        out = _apply(fn, tile, out_bands, core, dtype, "overlap_map")
+        tell_done(key)
+        return out
 
     key = f"{name}-" + tokenize(data.name, halo, out_bands, dtype.str, _fn_token(fn))
     return da.map_blocks(
@@ -338,7 +357,9 @@ def window_map(
         xa, xb = max(0, x0 - halo), min(width, x1 + halo)
         tile = np.asarray(reader[:, :, ya:yb, xa:xb])
         core = (y0 - ya, y1 - ya, x0 - xa, x1 - xa)
-        return _apply(fn, tile, out_bands, core, dtype, "window_map")
+        out = _apply(fn, tile, out_bands, core, dtype, "window_map")
+        tell_done(key)
+        return out
 
     key = f"{name}-" + tokenize(reader, ychunks, xchunks, halo, out_bands, dtype.str, _fn_token(fn))
     return da.map_blocks(

@@ -165,6 +165,28 @@ def test_cluster_workers_loaded_the_model_once(dask_cluster, stack_dir, tiny_mod
     assert all(n <= 1 for n in counts.values()) and sum(counts.values()) >= 1, counts
 
 
+def test_progress_on_a_cluster_counts_every_chunk_from_the_workers(dask_cluster, stack_dir):
+    """The bar hears each finished chunk from the workers' events (no scheduler internals;
+    the scheduler only relays them)."""
+    import functools
+
+    from geochange import cluster, tiling
+
+    stack = open_stack(stack_dir, chunk_size=32)
+    ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, 32, 0)
+    n = len(ychunks) * len(xchunks)
+    fn = functools.partial(np.nanmean, axis=0)  # (t, c, h, w) -> (c, h, w), picklable
+    with cluster.runtime(dask_cluster, None, None, n_chunks=n) as rt:
+        arr = tiling.window_map(stack.reader(), (ychunks, xchunks), fn, 0, out_bands=3, name="m")
+        with rt.compute(), rt.progress(arr.name, n, enabled=True) as bar:
+            total = float(arr.sum().compute())
+            deadline = time.monotonic() + 20  # events travel on their own
+            while bar.received < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert bar.received == n > 1
+    assert total == pytest.approx(float(np.nanmean(stack.data.compute(), axis=0).sum()))
+
+
 def test_local_cluster_gives_the_local_result(stack_dir, tmp_path):
     args = [str(stack_dir), "--method", "cva", "--chunk-size", "32", "--no-quicklook"]
     _run(["detect", *args, "-o", str(tmp_path / "a.gpkg")])

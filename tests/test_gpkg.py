@@ -4,6 +4,7 @@ what detect returns, absolute input paths in ``runs``."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import xml.etree.ElementTree as ET
 
@@ -11,6 +12,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+import rasterio.shutil
 from helpers import write_stack
 
 from geochange.evaluate import evaluate
@@ -153,3 +155,62 @@ def test_quantised_probability_keeps_its_steps():
 def test_style_for_two_dates_has_one_class():
     qml = default_style_qml(["2023-01-15", "2023-03-02"])
     assert qml.count("<range ") == 1 and 'lower="20230301" upper="20230302"' in qml
+
+
+def test_date_raster_carries_its_date_table_as_a_raster_attribute_table(run, tmp_path):
+    """GDAL reads the side-car table back: its copy to a VRT carries it (and the palette)."""
+    _, result = run
+    assert result.paths["date_rat"].name == "c_date.tif.aux.xml"
+    rasterio.shutil.copy(result.paths["date"], tmp_path / "date.vrt", driver="VRT")
+    band = ET.parse(tmp_path / "date.vrt").find("VRTRasterBand")
+    assert band.find("ColorTable") is not None
+    table = band.find("GDALRasterAttributeTable")
+    assert table is not None and table.get("tableType") == "thematic"
+    names = [f.findtext("Name") for f in table.findall("FieldDefn")]
+    usages = [f.findtext("Usage") for f in table.findall("FieldDefn")]
+    assert names[:4] == ["value", "label", "change_date", "date_before"]
+    assert usages[0] == "5" and usages[names.index("red")] == "6"  # MinMax value, red colour
+    rows = [[f.text or "" for f in row.findall("F")] for row in table.findall("Row")]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3", "255"]
+    assert [r[2] for r in rows[1:4]] == DATES[1:] and [r[3] for r in rows[1:4]] == DATES[:-1]
+    assert rows[0][1] == "no change" and rows[-1][1] == "nodata"
+    red = names.index("red")
+    assert [int(r[red]) for r in rows[1:4]] == [c[0] for c in date_colours_rgb255(3)]
+
+
+@pytest.mark.parametrize(
+    ("co", "match"),
+    [
+        (["FOO=1"], r"--co: found FOO=1; GDAL refused them: driver COG does not support "
+         r"creation option FOO"),
+        (["COMPRESS=BAR"], r"--co: found COMPRESS=BAR; GDAL refused them: 'BAR' is an "
+         r"unexpected value for COMPRESS"),
+        (["COMPRESS"], r"--co: found 'COMPRESS', expected KEY=VALUE"),
+    ],
+)  # fmt: skip
+def test_bad_creation_options_are_refused_before_any_work(tmp_path, co, match):
+    from helpers import run_cli
+
+    write_stack(tmp_path / "stack", _scene(t=2, h=20, w=20), DATES[:2], nodata=0)
+    args = [str(tmp_path / "stack"), "-o", str(tmp_path / "o" / "c.gpkg"), "--method", "cva"]
+    for item in co:
+        args += ["--co", item]
+    code, _, err = run_cli("detect", *args)
+    assert code == 2
+    assert re.search(match, err) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_creation_options_reach_both_cogs(tmp_path):
+    write_stack(tmp_path / "stack", _scene(t=3, h=40, w=40), DATES[:3], nodata=0)
+    out = tmp_path / "c.gpkg"
+    result = detect(
+        tmp_path / "stack", out, method="cva", chunk_size=32, quicklook=False,
+        co=["COMPRESS=ZSTD", "level=9"],
+    )  # fmt: skip
+    for kind in ("prob", "date"):
+        with rasterio.open(result.paths[kind]) as src:
+            assert src.compression.name == "zstd", kind
+            assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and src.overviews(1)
+    runs = pyogrio.read_dataframe(out, layer="runs")
+    assert "COMPRESS=ZSTD" in runs["creation_options"][0]

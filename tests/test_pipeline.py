@@ -291,7 +291,7 @@ def test_existing_output_needs_overwrite(stack_dir, tmp_path, capsys):
     assert gpd.read_file(out, layer="changes").crs == crs
     assert gpd.read_file(out, layer="runs")["method"].tolist() == ["cva"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["c.gpkg", "c_prob.tif", "c_date.tif", "c_quicklook.png", "stack"]
+        ["c.gpkg", "c_prob.tif", "c_date.tif", "c_date.tif.aux.xml", "c_quicklook.png", "stack"]
     )
 
 

@@ -234,7 +234,7 @@ def test_a_run_without_quicklook_removes_the_old_one_with_its_set(stack, out):
         "detect", stack, "-o", out / "c.gpkg", *FAST, "--overwrite", "--no-quicklook"
     )
     assert code == 0, err
-    assert sorted(_files(out)) == ["c.gpkg", "c_date.tif", "c_prob.tif"]
+    assert sorted(_files(out)) == ["c.gpkg", "c_date.tif", "c_date.tif.aux.xml", "c_prob.tif"]
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -104,6 +104,14 @@ from geochange.cli import options
     help="1-based bands shown as red,green,blue in the quicklook, e.g. 3,2,1.",
 )
 @click.option(
+    "--co",
+    "co",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="GDAL creation option of the output COGs (COG driver), over ours; checked by GDAL "
+    "before any work, e.g. --co COMPRESS=ZSTD --co LEVEL=15. Repeatable.",
+)
+@click.option(
     "--allow-driver",
     multiple=True,
     metavar="NAME",
@@ -206,6 +214,7 @@ def command(
     overwrite,
     quicklook,
     rgb_bands,
+    co,
     allow_driver,
     allow_no_crs,
     allow_empty,
@@ -240,6 +249,7 @@ def command(
       geochange detect stack/ -o changes.gpkg --device cuda --batch-size 16 --amp
       geochange detect stack/ -o changes.gpkg --adapt --adapt-minutes 5
       geochange detect stack/ -o changes.gpkg --skip clouds,emerge
+      geochange detect stack/ -o changes.gpkg --co COMPRESS=ZSTD --co LEVEL=15
       geochange detect stack/ -o changes.gpkg --examples my_examples.gpkg --save-model mine.ckpt
       geochange detect stack/ -o changes2.gpkg --examples changes.gpkg  # 'verdict' filled in
       geochange detect --stac items.json --assets blue,green,red,nir -o c.gpkg
@@ -272,6 +282,7 @@ def command(
             quicklook=quicklook,
             rgb_bands=options.parse_int_list(rgb_bands, "--rgb-bands"),
             allow_empty=allow_empty,
+            co=co,
         ),
         RuntimeConfig(
             chunk_size=chunk_size,

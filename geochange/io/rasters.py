@@ -35,10 +35,11 @@ from rasterio.windows import Window
 
 from geochange.errors import InputError
 from geochange.grid import GridSpec
-from geochange.io.atomic import atomic_path, check_writable, remove_temp, temp_path
+from geochange.io.atomic import atomic_path, check_writable, remove_temp, temp_path, write_text
 
 __all__ = [
     "RasterOutput",
+    "rat_xml",
     "read_raster_lazy",
     "write_gpkg",
     "write_raster",
@@ -72,6 +73,9 @@ class RasterOutput:
         colormap: colour table of band 1, value -> (r, g, b, a) 0-255 (integer rasters only).
         creation: GDAL creation options of the final copy (COG or GTiff), overriding ours, e.g.
             ``{"COMPRESS": "LERC", "MAX_Z_ERROR": "0.001"}``.
+        rat: raster attribute table of band 1, one dict per class (same keys in each, a
+            ``value`` key first), written as GDAL's side-car ``PATH.aux.xml`` (GDAL keeps a
+            GeoTIFF's attribute table there; QGIS and ArcGIS read it).
     """
 
     array: da.Array | np.ndarray
@@ -85,6 +89,38 @@ class RasterOutput:
     scale: float | None = None
     colormap: Mapping[int, tuple[int, int, int, int]] | None = None
     creation: Mapping[str, Any] | None = None
+    rat: Sequence[Mapping[str, Any]] | None = None
+
+
+# GDAL's field usages (GDALRATFieldUsage) by column name; other columns are generic (0).
+_RAT_USAGE = {"value": 5, "label": 2, "red": 6, "green": 7, "blue": 8, "alpha": 9}
+
+
+def rat_xml(rows: Sequence[Mapping[str, Any]]) -> str:
+    """GDAL's PAM XML (``.aux.xml``) holding ``rows`` as band 1's thematic attribute table.
+
+    Column types follow the first row: int -> GFT_Integer (0), float -> GFT_Real (1),
+    anything else -> GFT_String (2).
+    """
+    import xml.etree.ElementTree as ET
+
+    names = list(rows[0])
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    table = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    for i, name in enumerate(names):
+        first = rows[0][name]
+        kind = 0 if isinstance(first, (int, np.integer)) else 1 if isinstance(first, float) else 2
+        field = ET.SubElement(table, "FieldDefn", index=str(i))
+        ET.SubElement(field, "Name").text = name
+        ET.SubElement(field, "Type").text = str(kind)
+        ET.SubElement(field, "Usage").text = str(_RAT_USAGE.get(name.lower(), 0))
+    for r, row in enumerate(rows):
+        element = ET.SubElement(table, "Row", index=str(r))
+        for name in names:
+            ET.SubElement(element, "F").text = "" if row[name] is None else str(row[name])
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
 
 
 class _WindowWriter:
@@ -168,7 +204,7 @@ def write_rasters(
     """
     outs = [o if isinstance(o, RasterOutput) else RasterOutput(**o) for o in outputs]
     finals = [Path(o.path) for o in outs]
-    check_writable(finals, overwrite)
+    check_writable(finals + [Path(f"{o.path}.aux.xml") for o in outs if o.rat], overwrite)
     arrays = [_as_bands(o.array, grid, p) for o, p in zip(outs, finals)]
     block = _block_size(grid)
 
@@ -228,6 +264,9 @@ def write_rasters(
                     **dict(o.creation or {}),
                 )
             logger.info("wrote %s", o.path)
+    for o in outs:
+        if o.rat:
+            write_text(f"{o.path}.aux.xml", rat_xml(o.rat))
     return finals
 
 
