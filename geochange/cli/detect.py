@@ -231,8 +231,10 @@ def command(
 ):
     """Detect changes in a stack of GeoTIFFs, one per date, or in STAC items.
 
-    INPUTS are GeoTIFF files, a directory or a glob. Dates come from --dates, else the
-    ACQUISITION_DATE or TIFFTAG_DATETIME tag, else a date in the file name. With --stac, the
+    INPUTS are GeoTIFF files, a directory or a glob (local, or on GDAL paths and object
+    stores: '/vsizip/a.zip/*.tif', 's3://bucket/T32/*.tif'), or @list.txt naming one input per
+    line. A folder of .vrt files is read with --allow-driver VRT only. Dates come from --dates,
+    else the ACQUISITION_DATE or TIFFTAG_DATETIME tag, else a date in the file name. With --stac, the
     items' assets are read instead (one band per asset of --assets, one date per day).
 
     \b
@@ -250,6 +252,9 @@ def command(
       geochange detect stack/ -o changes.gpkg --adapt --adapt-minutes 5
       geochange detect stack/ -o changes.gpkg --skip clouds,emerge
       geochange detect stack/ -o changes.gpkg --co COMPRESS=ZSTD --co LEVEL=15
+      geochange detect @scenes.txt -o changes.gpkg
+      geochange detect 's3://bucket/T32TQM/S2_*.tif' -o changes.gpkg
+      geochange detect vrts/ -o changes.gpkg --allow-driver VRT
       geochange detect stack/ -o changes.gpkg --examples my_examples.gpkg --save-model mine.ckpt
       geochange detect stack/ -o changes2.gpkg --examples changes.gpkg  # 'verdict' filled in
       geochange detect --stac items.json --assets blue,green,red,nir -o c.gpkg

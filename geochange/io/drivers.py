@@ -64,12 +64,17 @@ def _kind(head: bytes) -> str:
     return "a file that is not a TIFF"
 
 
-def _opens(path: str, driver: str, env: dict) -> bool:
+def _opens(path: str, driver: str, env: dict) -> str | None:
+    """None when ``path`` opens with ``driver``, else GDAL's reason."""
     try:
         with rasterio.Env(**env), rasterio.open(path, driver=driver):
-            return True
-    except RasterioError:
-        return False
+            return None
+    except RasterioError as exc:
+        return str(exc) or type(exc).__name__
+
+
+# GDAL's words for a failure to reach a remote file (network, server or credentials).
+_NETWORK_WORDS = ("CURL", "HTTP", "credentials", "Access Denied", "AccessDenied", "403", "401")
 
 
 def _check_vrt(path: str) -> None:
@@ -101,17 +106,35 @@ def check_drivers(
     Raises:
         InputError: naming the first file that does not, what it is, and the flag to allow it.
     """
+    from geochange.io.inputs import NETWORK_HELP, is_url
+
     env = dict(env or {})
     for path in map(str, paths):
-        head = None if path.startswith("/vsi") else _head(path)
-        if head is None and not path.startswith("/vsi"):
+        remote = is_url(path)
+        head = None if remote else _head(path)
+        if head is None and not remote:
             continue  # missing or unreadable files are told by the stack's own checks
         if head is not None and head.startswith(_TIFF_MAGIC) and "GTiff" in drivers:
             continue
         if head is not None and head.lstrip().startswith(b"<VRTDataset"):
             _check_vrt(path)
-        if any(_opens(path, driver, env) for driver in drivers):
+        errors: list[str | None] = []
+        for driver in drivers:
+            errors.append(_opens(path, driver, env))
+            if errors[-1] is None:
+                break
+        if errors[-1] is None:
             continue
+        network = next((e for e in errors if e and any(w in e for w in _NETWORK_WORDS)), None)
+        if remote and network is not None:
+            raise InputError(
+                f"{path}: cannot reach it: {network}; expected a reachable GeoTIFF. {NETWORK_HELP}"
+            )
+        if remote and all("does not exist" in str(e) for e in errors):
+            raise InputError(
+                f"{path}: no such file (GDAL: {errors[0]}); expected a GeoTIFF. Fix: check the "
+                "path or URL"
+            )
         found = _kind(head) if head is not None else "a dataset GDAL does not read as GeoTIFF"
         raise InputError(
             f"{path}: cannot read it as a raster with {', '.join(drivers)}: found {found}; "

@@ -12,11 +12,10 @@ The dask graph holds one read task per (date, chunk); the reading itself is
 from __future__ import annotations
 
 import datetime as dt
-import glob
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -42,9 +41,6 @@ logger = logging.getLogger(__name__)
 
 InputPath = str | os.PathLike
 Inputs = InputPath | Sequence[InputPath]
-
-_TIF_SUFFIXES = (".tif", ".tiff")
-_GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,8 +201,11 @@ def open_stack(
     """Open a time series of GeoTIFFs, one file per date, as a lazy :class:`Stack`.
 
     Args:
-        inputs: a file, a folder (its ``*.tif``/``*.tiff``, not recursive), a glob pattern, a GDAL
-            URL (``/vsis3/bucket/key.tif``), or a list mixing them.
+        inputs: a file, a folder (its ``*.tif``/``*.tiff``, not recursive; ``*.vrt`` too when
+            ``allow_driver`` names VRT), a glob pattern (local, or on a GDAL path or object
+            store: ``/vsizip/a.zip/*.tif``, ``s3://bucket/S2_*.tif``), a GDAL URL, a list file
+            ``@paths.txt`` (one input per line), or a list mixing them
+            (:mod:`geochange.io.inputs`).
         dates: one date per file (ISO ``YYYY-MM-DD`` strings, a comma-separated string or
             ``datetime.date``), in the order the files are listed (folders and globs sorted by
             name). Default: each file's ``ACQUISITION_DATE`` tag, else its TIFF DateTime tag, else
@@ -244,7 +243,10 @@ def open_stack(
             f"--mask-values {mask_values!r} given without --masks; expected the mask rasters "
             "these values refer to. Fix: add --masks (e.g. the SCL rasters) or drop --mask-values"
         )
-    paths = _expand_inputs(inputs)
+    from geochange.io.drivers import allowed_drivers, check_drivers
+
+    drivers = allowed_drivers(allow_driver)
+    paths = _expand_inputs(inputs, drivers)
     given = None
     if dates is not None:
         given = parse_dates([dates] if isinstance(dates, (str, dt.date)) else list(dates))
@@ -257,12 +259,9 @@ def open_stack(
                 "date per file, in the order the files are listed (folders and globs sorted by "
                 "name). Fix: give exactly one date per file"
             )
-    from geochange.io.drivers import allowed_drivers, check_drivers
-
-    drivers = allowed_drivers(allow_driver)
     check_drivers(paths, drivers, GDAL_ENV)
     if masks is not None:
-        check_drivers(_expand_inputs(masks), drivers, GDAL_ENV)
+        check_drivers(_expand_inputs(masks, drivers), drivers, GDAL_ENV)
     infos = [_inspect(p) for p in paths]
     file_dates = given if given is not None else [_file_date(info) for info in infos]
 
@@ -295,7 +294,7 @@ def open_stack(
             "on Earth; assign one (gdal_edit.py -a_srs EPSG:32633 -a_ullr ...) or pass "
             "--allow-no-crs to work in pixel coordinates"
         )
-    date_masks = () if masks is None else _match_masks(masks, file_dates, ref, align)
+    date_masks = () if masks is None else _match_masks(masks, file_dates, ref, align, drivers)
     logger.info("opened %d dates on %s", len(infos), ref.grid.describe())
     return Stack(
         paths=tuple(info.path for info in infos),
@@ -339,10 +338,10 @@ def _parse_mask_values(values: Sequence[float] | str | None) -> tuple[float, ...
 
 
 def _match_masks(
-    masks: Inputs, dates: Sequence[dt.date], ref: _FileInfo, align: bool
+    masks: Inputs, dates: Sequence[dt.date], ref: _FileInfo, align: bool, drivers: Sequence[str]
 ) -> tuple[tuple[str, int] | None, ...]:
     """Per date ``(path, band)`` of its mask, or None (see ``open_stack(masks=...)``)."""
-    infos = [_inspect(p) for p in _expand_inputs(masks)]
+    infos = [_inspect(p) for p in _expand_inputs(masks, drivers)]
     for info in infos:
         _check_mask_grid(info, ref, align)
     if len(infos) == 1 and infos[0].count == len(dates):
@@ -392,54 +391,11 @@ def _check_mask_grid(info: _FileInfo, ref: _FileInfo, align: bool) -> None:
         )
 
 
-def _expand_inputs(inputs: Inputs) -> list[str]:
-    """Files named by ``inputs``: folders and globs expanded (sorted by name), duplicates dropped."""
-    items: Iterable[InputPath]
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    if not items:
-        raise InputError("no input given; expected GeoTIFF files, a folder or a glob pattern")
-    found: list[str] = []
-    for item in items:
-        text = os.fspath(item)
-        if text.startswith("/vsi") or "://" in text:
-            found.append(text)  # a GDAL URL: checked when opened
-        elif os.path.isdir(text):
-            names = sorted(
-                os.path.join(text, n)
-                for n in os.listdir(text)
-                if n.lower().endswith(_TIF_SUFFIXES) and os.path.isfile(os.path.join(text, n))
-            )
-            if not names:
-                raise InputError(
-                    f"{text}: folder has no .tif/.tiff files; expected one GeoTIFF per date. "
-                    "Fix: point to the folder holding the GeoTIFFs (subfolders are not searched)"
-                )
-            found.extend(names)
-        elif os.path.exists(text):
-            found.append(text)
-        elif _GLOB_CHARS.search(text):
-            names = sorted(n for n in glob.glob(text) if os.path.isfile(n))
-            if not names:
-                raise InputError(
-                    f"{text}: glob pattern matches no file; expected GeoTIFFs, one per date. "
-                    "Fix: check the pattern and the folder"
-                )
-            found.extend(names)
-        else:
-            raise InputError(
-                f"{text}: no such file or folder; expected a GeoTIFF, a folder of GeoTIFFs or a "
-                "glob pattern. Fix: check the path"
-            )
-    unique: list[str] = []
-    seen: set[str] = set()
-    for path in found:
-        key = path if path.startswith("/vsi") or "://" in path else os.path.realpath(path)
-        if key in seen:
-            logger.info("%s listed twice; reading it once", path)
-            continue
-        seen.add(key)
-        unique.append(path)
-    return unique
+def _expand_inputs(inputs: Inputs, drivers: Sequence[str] = ("GTiff",)) -> list[str]:
+    """Files named by ``inputs`` (:func:`geochange.io.inputs.expand_inputs`)."""
+    from geochange.io.inputs import expand_inputs
+
+    return expand_inputs(inputs, drivers)
 
 
 def _inspect(path: str) -> _FileInfo:

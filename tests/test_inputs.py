@@ -1,0 +1,125 @@
+"""Varied inputs: list files, folders of VRTs (only when allowed), globs inside archives and
+object stores through GDAL, and honest lines for unreachable remote paths."""
+
+from __future__ import annotations
+
+import re
+import zipfile
+
+import numpy as np
+import pytest
+from helpers import run_cli, write_stack
+
+from geochange.errors import InputError
+from geochange.io.inputs import expand_inputs
+from geochange.io.stack import open_stack
+
+DATES = ["2022-03-01", "2022-05-17", "2022-08-02"]
+
+
+def _scene(t=3, c=3, h=24, w=20, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(100, 3000, size=(t, c, h, w)).astype(np.uint16)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    paths = write_stack(tmp_path / "stack", _scene(), DATES)
+    return tmp_path / "stack", paths
+
+
+def _vrt(path, source, width=20, height=24, bands=3):
+    """A VRT reading every band of a GeoTIFF beside it (SimpleSource, relative path)."""
+    body = "".join(
+        f'<VRTRasterBand dataType="UInt16" band="{b}"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="1">{source}</SourceFilename>'
+        f"<SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+        for b in range(1, bands + 1)
+    )
+    path.write_text(
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>EPSG:32633</SRS>'
+        f"<GeoTransform>500000, 10, 0, 4600000, 0, -10</GeoTransform>{body}</VRTDataset>"
+    )
+
+
+def test_a_list_file_names_the_inputs_relative_to_itself(stack, tmp_path):
+    folder, paths = stack
+    listing = folder / "list.txt"
+    listing.write_text(
+        f"# the scenes\n{paths[2].name}\n\n{paths[0].name}\n  {paths[1]}  \n"
+    )  # relative, blank, absolute
+    assert expand_inputs(f"@{listing}") == [str(paths[2]), str(paths[0]), str(paths[1])]
+    s = open_stack(f"@{listing}")
+    assert [d.isoformat() for d in s.dates] == DATES
+
+
+def test_a_list_file_with_a_missing_path_names_it(stack, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("stack/S2_20220301.tif\nstack/nope.tif\n")
+    with pytest.raises(InputError, match=re.escape(str(tmp_path / "stack" / "nope.tif"))):
+        open_stack(f"@{listing}")
+    with pytest.raises(InputError, match=r"@.*missing\.txt: cannot read the list file"):
+        open_stack(f"@{tmp_path / 'missing.txt'}")
+
+
+def test_a_folder_of_vrts_needs_allow_driver(stack, tmp_path):
+    folder, paths = stack
+    vrts = tmp_path / "vrts"
+    vrts.mkdir()
+    for p in paths:
+        _vrt(vrts / p.with_suffix(".vrt").name, f"../stack/{p.name}")
+    code, _, err = run_cli("detect", vrts, "-o", tmp_path / "o" / "c.gpkg", "--method", "cva")
+    assert code == 2
+    assert "folder has 3 .vrt file(s) and no GeoTIFF" in err and "--allow-driver VRT" in err
+    assert len(err.strip().splitlines()) == 1
+    s = open_stack(vrts, allow_driver="VRT")
+    assert [d.isoformat() for d in s.dates] == DATES  # dates from the VRTs' names
+    np.testing.assert_array_equal(s.data.compute(), open_stack(folder).data.compute())
+
+
+def test_a_glob_inside_a_zip_is_expanded_by_gdal(stack, tmp_path):
+    folder, paths = stack
+    archive = tmp_path / "scenes.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in paths:
+            z.write(p, f"tiles/{p.name}")
+        z.writestr("tiles/readme.txt", "not an image")
+    found = expand_inputs(f"/vsizip/{archive}/tiles/S2_*.tif")
+    assert found == [f"/vsizip/{archive}/tiles/{p.name}" for p in paths]
+    assert expand_inputs(f"/vsizip/{archive}/tiles/") == found  # a GDAL folder
+    s = open_stack(f"/vsizip/{archive}/tiles/*.tif")
+    np.testing.assert_array_equal(s.data.compute(), open_stack(folder).data.compute())
+    with pytest.raises(InputError, match=r"glob pattern matches no file under /vsizip/"):
+        expand_inputs(f"/vsizip/{archive}/tiles/L8_*.tif")
+    with pytest.raises(InputError, match=r"missing\.zip/tiles: no such folder or archive"):
+        expand_inputs(f"/vsizip/{tmp_path / 'missing.zip'}/tiles/*.tif")
+
+
+@pytest.fixture
+def closed_s3(monkeypatch):
+    """An S3 endpoint on a closed local port: every request fails at once, offline."""
+    for key, value in {
+        "AWS_S3_ENDPOINT": "127.0.0.1:9",
+        "AWS_HTTPS": "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
+        "AWS_NO_SIGN_REQUEST": "YES",
+        "GDAL_HTTP_MAX_RETRY": "0",
+        "CPL_VSIL_CURL_NON_CACHED": "/vsis3/",
+    }.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.mark.parametrize(
+    ("item", "match"),
+    [
+        ("s3://bucket/tiles/*.tif", r"^Error: /vsis3/bucket/tiles: cannot list it: CURL error"),
+        ("s3://bucket/tiles/a_20220301.tif", r"^Error: s3://bucket/tiles/a_20220301\.tif: "
+         r"cannot reach it: CURL error"),
+    ],
+)  # fmt: skip
+def test_an_unreachable_object_store_is_one_honest_line(closed_s3, tmp_path, item, match):
+    code, _, err = run_cli("detect", item, "s3://bucket/b_20220401.tif", "-o", tmp_path / "c.gpkg")
+    assert code == 2
+    assert re.search(match, err) and "AWS_NO_SIGN_REQUEST=YES" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c.gpkg").exists()
