@@ -234,8 +234,9 @@ def command(
     INPUTS are GeoTIFF files, a directory or a glob (local, or on GDAL paths and object
     stores: '/vsizip/a.zip/*.tif', 's3://bucket/T32/*.tif'), or @list.txt naming one input per
     line. A folder of .vrt files is read with --allow-driver VRT only. Dates come from --dates,
-    else the ACQUISITION_DATE or TIFFTAG_DATETIME tag, else a date in the file name. With --stac, the
-    items' assets are read instead (one band per asset of --assets, one date per day).
+    else the ACQUISITION_DATE or TIFFTAG_DATETIME tag, else a date in the file name. With
+    --stac, the items' assets are read instead (one band per asset of --assets, one date per
+    day).
 
     \b
     Examples:
