@@ -18,6 +18,7 @@ __all__ = [
     "ModelError",
     "OutputExistsError",
     "OutputLockedError",
+    "ResumeError",
     "RunEnvironmentError",
 ]
 
@@ -36,6 +37,11 @@ class AlignmentError(InputError):
 
 class DateError(InputError):
     """A date is missing, duplicated or malformed."""
+
+
+class ResumeError(InputError):
+    """``--resume`` was asked, but the kept chunks of the killed run were made from other
+    inputs, options or model."""
 
 
 class ModelError(GeochangeError, ValueError):

@@ -72,6 +72,7 @@ class DetectResult:
         run: the provenance record written to the GeoPackage's ``runs`` layer.
         coords: the input cube's y/x coordinates and times (xarray input), for
             :meth:`to_xarray`; None for files.
+        resumed: chunks taken from a run that did not finish (``resume=True``), not computed.
     """
 
     stack: Stack
@@ -81,6 +82,7 @@ class DetectResult:
     paths: dict[str, Path] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
     coords: dict[str, Any] | None = None
+    resumed: int = 0
 
     def to_xarray(self) -> Any:
         """``prob`` and ``change_date`` (datetime64) as an ``xarray.Dataset`` with the CRS, on
@@ -150,6 +152,7 @@ def detect(
     *,
     stack_config: StackConfig | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     **options: Any,
 ) -> DetectResult:
     """Detect changes in a multi-date stack.
@@ -166,6 +169,10 @@ def detect(
         stack_config: how ``inputs`` are opened (:class:`geochange.config.StackConfig`;
             ignored for an opened ``Stack``).
         overwrite: replace existing outputs.
+        resume: continue a run on the same ``output`` that was killed or interrupted, from the
+            chunks it finished (kept in its work folder, :mod:`geochange.io.resume`); refused
+            when its inputs, options or model differ. The outputs are bit-identical to those of
+            an uninterrupted run. Without a run to continue, starts from the beginning.
         **options: fields of any of the three configurations, put into them, e.g.
             ``threshold=0.6, skip=("clouds",), chunk_size=1024, dates=[...]``.
 
@@ -186,6 +193,8 @@ def detect(
                     "on numpy; drop it or use method cnn-lstm",
                 )
     paths = output_paths(output, quicklook=config.quicklook) if output is not None else {}
+    if resume:
+        _check_resume(paths, config)
     if paths:
         restore_interrupted(paths["gpkg"])
         check_target(paths, overwrite)
@@ -218,7 +227,9 @@ def detect(
             # Every output is written into a work folder and published together at the end;
             # an error anywhere before that leaves the previous outputs as they were.
             stale = () if config.quicklook else (output_paths(output, quicklook=True)["quicklook"],)
-            outputs = exits.enter_context(OutputSet(paths, overwrite=overwrite, stale=stale))
+            outputs = exits.enter_context(
+                OutputSet(paths, overwrite=overwrite, stale=stale, resume=resume)
+            )
         if config.examples is not None:
             taught = exits.enter_context(_taught_model(stack, config, runtime, overwrite))
             config = dataclasses.replace(config, model=taught, examples=None, save_model=None)
@@ -229,7 +240,7 @@ def detect(
             stack, stack_stages = prepare_stack(stack, config.skip)
         files = _input_files(stack)
         try:
-            result = _run(stack, stack_stages, config, runtime, outputs.paths if outputs else {})
+            result = _run(stack, stack_stages, config, runtime, outputs)
             result.coords = coords
             if outputs is not None:
                 result.paths = outputs.publish()
@@ -252,6 +263,25 @@ def detect(
             )
     log.info("%d change polygons", len(result.changes))
     return result
+
+
+def _check_resume(paths: dict[str, Path], config: DetectConfig) -> None:
+    """``resume`` needs an output (the kept chunks live beside it) and a model that is the same
+    from run to run."""
+    if not paths:
+        raise ConfigError(
+            "resume",
+            "given without an output; the chunks of an unfinished run are kept beside its "
+            "output: pass the output path of the run to continue",
+        )
+    for name, value in (("adapt", config.adapt or None), ("examples", config.examples)):
+        if value is not None:
+            raise ConfigError(
+                "resume",
+                f"given with {name}; that model is trained anew in every run, so an unfinished "
+                "run's chunks cannot be continued with it. Save it first (geochange adapt -o, "
+                "or --save-model) and pass it with --model, or drop --resume",
+            )
 
 
 def _input_files(stack: Stack) -> dict[str, int]:
@@ -303,12 +333,15 @@ def _run(
     stack_stages: list,
     config: DetectConfig,
     runtime: RuntimeConfig,
-    paths: dict[str, Path],
+    outputs: Any = None,
 ) -> DetectResult:
-    """Compute the run and write its outputs to ``paths`` (none: keep the rasters in memory)."""
+    """Compute the run and write its outputs into ``outputs`` (an entered
+    :class:`geochange.io.outputs.OutputSet`, which also keeps the finished chunks; None: keep
+    the rasters in memory)."""
     from geochange import cluster, tiling, vectorize
     from geochange.io import rasters as out_io
 
+    paths = outputs.paths if outputs is not None else {}
     chain = stack_chain(stack, config, runtime, stack_stages)
     if config.threshold is None:
         # The model's own threshold (a taught model's, chosen from its examples), else 0.5.
@@ -340,6 +373,13 @@ def _run(
         )
         if rt.distributed:
             _check_shipping(chain)
+        store = None
+        if outputs is not None:
+            # Finished chunks are kept as they come, for --resume (geochange.io.resume).
+            store = outputs.chunk_store(
+                _manifest(stack, config, runtime, chain, (ychunks, xchunks), rt.layout)
+            )
+        resumed = store.count() if store is not None else 0
 
         annotations = {}
         if rt.distributed and chain.device.startswith("cuda"):
@@ -358,6 +398,7 @@ def _run(
                 out_bands=2,
                 dtype=np.float32,
                 name="geochange-detect",
+                store=store,
             )
         # Kept in steps of 1/254, as written (geochange.io.encoding): in-memory and written
         # results agree.
@@ -413,7 +454,70 @@ def _run(
                 overwrite=True,
             )
         out_io.write_gpkg(changes, paths["gpkg"], runs=run, overwrite=True)
-    return DetectResult(stack, prob, date_index, changes, dict(paths), run)
+    return DetectResult(stack, prob, date_index, changes, dict(paths), run, resumed=resumed)
+
+
+def _manifest(
+    stack: Stack,
+    config: DetectConfig,
+    runtime: RuntimeConfig,
+    chain: Chain,
+    chunks: tuple[tuple[int, ...], tuple[int, ...]],
+    layout: Any,
+) -> dict[str, Any]:
+    """What the chunks of a run are made from (see :mod:`geochange.io.resume`): input files
+    with size and modification time, every option that shapes the outputs, the model file's
+    sha256, the version and the dask token of the chunk computation."""
+    from dask.base import tokenize
+
+    from geochange.io.resume import file_sha256
+
+    inputs = []
+    for name in [str(p) for p in stack.paths] + [str(m[0]) for m in stack.masks or [] if m]:
+        try:
+            st = os.stat(name)
+            inputs.append([_absolute(name), st.st_size, st.st_mtime_ns])
+        except OSError:  # a GDAL URL
+            inputs.append([name, None, None])
+    model = getattr(chain.detector, "model_path", None)
+    if model is None and config.method == "cnn-lstm":
+        from geochange.model import DEFAULT_MODEL_PATH
+
+        model = DEFAULT_MODEL_PATH
+    options: dict[str, Any] = {
+        "method": config.method,
+        "model": None if config.model is None else _absolute(str(config.model)),
+        "skip": sorted(config.skip),
+        "threshold": float(config.threshold),
+        "min_area": float(config.min_area),
+        "simplify": float(config.simplify),
+        "quicklook": bool(config.quicklook),
+        "rgb_bands": None if config.rgb_bands is None else list(config.rgb_bands),
+        "allow_empty": bool(config.allow_empty),
+        "co": [f"{k}={v}" for k, v in config.co],
+        "dates": [d.isoformat() for d in stack.dates],
+        "align": bool(stack.align),
+        "masks": stack.mask_names,
+        "mask_values": list(stack.mask_values) if stack.mask_values else [],
+        "wavelengths": [None if w is None or w != w else float(w) for w in stack.wavelengths],
+        "chunk_size": int(runtime.chunk_size),
+        "device": chain.device,
+        "batch_size": runtime.batch_size,
+        "amp": bool(runtime.amp),
+    }
+    if config.method == "cnn-lstm":
+        # The deep model's float sums depend on how many threads split them.
+        options["torch_threads"] = int(layout.torch_threads)
+    ychunks, xchunks = chunks
+    return {
+        "format": 1,
+        "geochange_version": __version__,
+        "inputs": inputs,
+        "options": options,
+        "model_sha256": file_sha256(model) if model is not None else None,
+        "chunks": len(ychunks) * len(xchunks),
+        "graph": tokenize(stack.reader(), ychunks, xchunks, int(chain.halo), chain),
+    }
 
 
 def _is_array(inputs: Any) -> bool:

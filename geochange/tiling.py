@@ -322,6 +322,7 @@ def window_map(
     out_bands: int,
     dtype: np.typing.DTypeLike = np.float32,
     name: str = "window_map",
+    store: Any = None,
 ) -> da.Array:
     """Like :func:`overlap_map`, but every task reads its own tile from ``reader``.
 
@@ -336,6 +337,10 @@ def window_map(
             :meth:`geochange.io.stack.Stack.reader`.
         chunks: ``(y_chunks, x_chunks)`` of the output, e.g. from :func:`plan_chunks`.
         fn, halo, out_bands, dtype, name: as in :func:`overlap_map`.
+        store: where finished chunks are kept (None: nowhere), an object with
+            ``get((iy, ix), shape, dtype) -> array | None`` and ``put((iy, ix), array)``, e.g.
+            :class:`geochange.io.resume.ChunkStore`. A chunk it holds is loaded instead of
+            computed; each computed chunk is put there as soon as it is done.
 
     Returns:
         Lazy (out_bands, y, x) array with the given spatial chunks.
@@ -353,11 +358,19 @@ def window_map(
 
     def _run(block_info: dict | None = None) -> np.ndarray:
         (y0, y1), (x0, x1) = block_info[None]["array-location"][1:]
+        loc = tuple(block_info[None]["chunk-location"][1:])
+        if store is not None:
+            kept = store.get(loc, (out_bands, y1 - y0, x1 - x0), dtype)
+            if kept is not None:
+                tell_done(key)
+                return kept
         ya, yb = max(0, y0 - halo), min(height, y1 + halo)
         xa, xb = max(0, x0 - halo), min(width, x1 + halo)
         tile = np.asarray(reader[:, :, ya:yb, xa:xb])
         core = (y0 - ya, y1 - ya, x0 - xa, x1 - xa)
         out = _apply(fn, tile, out_bands, core, dtype, "window_map")
+        if store is not None:
+            store.put(loc, out)
         tell_done(key)
         return out
 

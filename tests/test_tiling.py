@@ -133,6 +133,35 @@ def test_window_map_equals_whole_scene_and_overlap_map(scene: np.ndarray, chunk_
         np.testing.assert_allclose(got, ref, atol=1e-6, rtol=0)
 
 
+def test_window_map_keeps_chunks_and_loads_them_instead_of_computing(scene, tmp_path) -> None:
+    from geochange.io.resume import ChunkStore
+
+    fn = make_fn(2)
+    calls = []
+
+    def counted(tile: np.ndarray) -> np.ndarray:
+        calls.append(tile.shape)
+        return fn(tile)
+
+    chunks = plan_chunks(100, 130, 32, 2)
+    n = len(chunks[0]) * len(chunks[1])
+    store = ChunkStore(tmp_path, n)
+    first = window_map(scene, chunks, counted, halo=2, out_bands=2, store=store)
+    first = first.compute(scheduler="threads")
+    assert len(calls) == n and store.count() == n
+    lost = sorted(tmp_path.glob("*.npy"))[::3]
+    for path in lost:
+        path.unlink()
+    damaged = sorted(tmp_path.glob("*.npy"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])  # cut short: computed again
+    calls.clear()
+    again = window_map(scene, chunks, counted, halo=2, out_bands=2, store=store)
+    assert len(calls) == 0  # building the graph computes nothing
+    np.testing.assert_array_equal(again.compute(scheduler="threads"), first)
+    assert len(calls) == len(lost) + 1
+    assert store.count() == n and not list(tmp_path.glob("*.tmp"))
+
+
 def test_window_map_checks_shapes(scene: np.ndarray) -> None:
     with pytest.raises(ValueError, match="reader is"):
         window_map(scene, ((50,), (130,)), make_fn(1), halo=1, out_bands=2)

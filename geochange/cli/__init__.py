@@ -3,7 +3,8 @@
 Commands are thin: parse options, call the library, report. A :class:`GeochangeError` is printed
 as one line on stderr, never as a traceback, with exit status 2 for a user's mistake and 1 for a
 fault of the machine (:class:`RunEnvironmentError`: disk full, output locked by another run).
-SIGTERM stops a run as Ctrl-C does: outputs being written are dropped, earlier ones kept.
+SIGTERM stops a run as Ctrl-C does: outputs being written are dropped, earlier ones kept, and
+the finished chunks stay for ``detect --resume``.
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _stopped(exc: BaseException | None, what: str) -> str:
+    """The line for a stopped run, with what was kept for --resume (a note on the exception)."""
+    notes = getattr(exc, "__notes__", None) or []
+    kept = "; ".join(" ".join(n.split()) for n in notes)
+    return f"{what}; outputs of this run were not published" + (f"; {kept}" if kept else ".")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `geochange` script."""
     try:
@@ -114,12 +122,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Abort as exc:
         if isinstance(exc.__context__, _Terminated):
-            click.echo("Terminated (SIGTERM); outputs of this run were not published.", err=True)
+            click.echo(_stopped(exc.__context__, "Terminated (SIGTERM)"), err=True)
             sys.exit(143)
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            click.echo(_stopped(exc.__context__, "Aborted (Ctrl-C)"), err=True)
+            sys.exit(1)
         click.echo("Aborted.", err=True)
         sys.exit(1)
-    except _Terminated:
-        click.echo("Terminated (SIGTERM); outputs of this run were not published.", err=True)
+    except _Terminated as exc:
+        click.echo(_stopped(exc, "Terminated (SIGTERM)"), err=True)
         sys.exit(143)
     except click.UsageError as exc:  # one line, like every other refusal
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""

@@ -93,6 +93,12 @@ from geochange.cli import options
 @options.device_option()
 @options.overwrite_option
 @click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a run on the same output that was killed or interrupted, from the chunks it "
+    "finished; refused if its inputs, options or model differ. Same outputs, bit for bit.",
+)
+@click.option(
     "--quicklook/--no-quicklook",
     default=True,
     show_default=True,
@@ -212,6 +218,7 @@ def command(
     wavelengths,
     device,
     overwrite,
+    resume,
     quicklook,
     rgb_bands,
     co,
@@ -244,6 +251,7 @@ def command(
       geochange detect 'scenes/S2_*.tif' -o out/changes.gpkg --threshold 0.6 --min-area 200
       geochange detect a.tif b.tif --dates 2021-06-01,2022-06-03 -o ab.gpkg --method cva
       geochange detect stack/ -o changes.gpkg --model my_model.ckpt --align --overwrite
+      geochange detect stack/ -o changes.gpkg --resume  # after a kill, Ctrl-C or SIGTERM
       geochange detect stack/ -o changes.gpkg --masks truth/clouds.tif
       geochange detect 'S2_*_B.tif' -o c.gpkg --masks 'S2_*_SCL.tif' --mask-values 3,8,9,10 --align
       geochange detect landsat/ -o c.gpkg --wavelengths 485,560,660,830,1650,2215
@@ -310,7 +318,10 @@ def command(
             allow_no_crs=allow_no_crs,
         ),
         overwrite=overwrite,
+        resume=resume,
     )
+    if result.resumed:
+        click.echo(f"continued an unfinished run: {result.resumed} chunks were kept from it")
     click.echo(
         f"{len(result.changes)} change polygons over {result.stack.T} dates "
         f"({result.stack.dates[0]} .. {result.stack.dates[-1]})"

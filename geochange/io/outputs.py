@@ -18,6 +18,11 @@ makes them one unit:
 - **Dead runs are cleaned.** A run killed with ``kill -9`` leaves its work folder (and, if killed
   within the publishing renames, its journal). The next run on the same target, holding the lock,
   rolls such a journal back (the previous set comes back) and removes the folder.
+- **Finished chunks are kept for ``--resume``.** A run's finished chunks live in ``chunks/`` of
+  its work folder (:mod:`geochange.io.resume`). When a run is killed, interrupted (Ctrl-C,
+  SIGTERM) or fails for an unexplained reason, that folder is kept: the next run on the target
+  continues from it with ``resume=True`` (:meth:`OutputSet.chunk_store`), or says that it
+  exists and starts over; the first run that publishes a set removes it.
 
 Nothing is written before :meth:`OutputSet.__enter__`: :func:`check_target` validates the paths
 without touching the file system.
@@ -39,9 +44,31 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from geochange.errors import InputError, OutputExistsError, OutputLockedError
+from geochange.errors import (
+    GeochangeError,
+    InputError,
+    OutputExistsError,
+    OutputLockedError,
+    ResumeError,
+)
+from geochange.io.resume import (
+    CHUNKS,
+    MANIFEST,
+    ChunkStore,
+    count_chunks,
+    difference,
+    read_manifest,
+    write_manifest,
+)
 
-__all__ = ["OutputSet", "check_target", "recover", "restore_interrupted", "work_folders"]
+__all__ = [
+    "OutputSet",
+    "check_target",
+    "recover",
+    "restore_interrupted",
+    "resumable",
+    "work_folders",
+]
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +194,35 @@ def _read_pid(fd: int) -> int | None:
 # ---------------------------------------------------------------------------------- recovery
 
 
+def _has_chunks(work: Path) -> bool:
+    """A work folder holds kept chunks and their manifest (a run that can be resumed)."""
+    return (work / CHUNKS / MANIFEST).is_file() and count_chunks(work / CHUNKS) > 0
+
+
+def _keep_chunks_only(work: Path) -> None:
+    """Remove everything in a work folder but its kept chunks (half-written outputs)."""
+    for p in work.iterdir():
+        if p.name == CHUNKS:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def resumable(target: str | os.PathLike) -> list[Path]:
+    """Work folders of dead runs on ``target`` holding chunks a run can resume from; call only
+    while holding its lock (or after :func:`recover`)."""
+    return [w for w in work_folders(target) if _has_chunks(w)]
+
+
 def recover(target: str | os.PathLike) -> list[Path]:
     """Clean up after dead runs on ``target``; call only while holding its lock.
 
     A work folder with a publishing journal belongs to a run killed while renaming: the previous
-    files are put back from its ``old/`` copies and the new ones removed. Every such folder is
-    then deleted.
+    files are put back from its ``old/`` copies and the new ones removed. A folder with kept
+    chunks is then stripped to them (see :func:`resumable`); any other is deleted.
 
     Returns:
         The work folders removed.
@@ -186,8 +236,10 @@ def recover(target: str | os.PathLike) -> list[Path]:
                 "a run on %s was killed while publishing; its previous outputs are restored",
                 target,
             )
-        else:
-            log.info("removing %s, left by a run on %s that did not finish", work, target)
+        if _has_chunks(work):
+            _keep_chunks_only(work)
+            continue
+        log.info("removing %s, left by a run on %s that did not finish", work, target)
         shutil.rmtree(work, ignore_errors=True)
         removed.append(work)
     # Temporary files that writers before output sets left beside each output.
@@ -278,6 +330,9 @@ class OutputSet:
         overwrite: replace an existing set.
         stale: further paths of the set that this run does not write (e.g. the quicklook of an
             earlier run with one): removed on publish, so no old member outlives its set.
+        resume: continue from the kept chunks of a killed run on the target
+            (:meth:`chunk_store`); without it such chunks are reported and left until this
+            run publishes.
 
     Raises (on entry):
         OutputLockedError: another run holds the target.
@@ -290,6 +345,7 @@ class OutputSet:
         *,
         overwrite: bool = False,
         stale: tuple[str | os.PathLike, ...] = (),
+        resume: bool = False,
     ) -> None:
         self.finals = {k: Path(v) for k, v in finals.items()}
         self.target = next(iter(self.finals.values()))
@@ -298,7 +354,9 @@ class OutputSet:
             raise ValueError("every output of a set must lie in one folder")
         self.overwrite = overwrite
         self.stale = tuple(Path(p) for p in stale if overwrite)
+        self.resume = resume
         self.work: Path | None = None
+        self._store: ChunkStore | None = None
         self.published = False
         self._lock: _Lock | None = None
         self._made: Path | None = None
@@ -326,24 +384,98 @@ class OutputSet:
         except BaseException:
             self._close(failed=True)
             raise
+        if not self.resume:
+            for dead in resumable(self.target):
+                kept = read_manifest(dead / CHUNKS) or {}
+                log.warning(
+                    "a run on %s that did not finish left %d of %s chunks (%s); this run starts "
+                    "over and removes them when it finishes. To continue that run instead, stop "
+                    "this one and run the same command with --resume",
+                    self.target,
+                    count_chunks(dead / CHUNKS),
+                    kept.get("chunks", "?"),
+                    dead.name,
+                )
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._close(failed=not self.published)
+    def chunk_store(self, manifest: Mapping[str, object]) -> ChunkStore:
+        """Where this run keeps its finished chunks, tied to ``manifest`` (JSON-able: inputs,
+        options, model, ``chunks`` = their number; see :mod:`geochange.io.resume`).
 
-    def _close(self, failed: bool) -> None:
+        With ``resume``, the kept chunks of a killed run on the target whose manifest equals
+        ``manifest`` become this run's (the one with the most chunks if several do).
+
+        Raises:
+            ResumeError: ``resume`` was asked and kept chunks exist, but none fit ``manifest``
+                (the message names the first difference).
+        """
+        if self.work is None:
+            raise RuntimeError("OutputSet.chunk_store() is called inside its `with` block only")
+        own = self.work / CHUNKS
+        if self.resume and not own.exists():
+            dead = sorted(
+                resumable(self.target), key=lambda w: count_chunks(w / CHUNKS), reverse=True
+            )
+            why = None
+            for work in dead:
+                why = difference(read_manifest(work / CHUNKS) or {}, manifest)
+                if why is None:
+                    os.rename(work / CHUNKS, own)
+                    shutil.rmtree(work, ignore_errors=True)
+                    log.info(
+                        "resuming a run on %s: %d of %s chunks are kept",
+                        self.target,
+                        count_chunks(own),
+                        manifest.get("chunks", "?"),
+                    )
+                    break
+            else:
+                if why is not None:
+                    raise ResumeError(
+                        f"--resume: the run on {str(self.target)!r} that did not finish cannot "
+                        f"be continued: {why}. Run it with its own inputs and options to continue "
+                        "it, or drop --resume to start over"
+                    )
+                log.warning(
+                    "--resume: no unfinished run on %s to continue; starting from the beginning",
+                    self.target,
+                )
+        own.mkdir(exist_ok=True)
+        write_manifest(own, manifest)
+        self._store = ChunkStore(own, int(manifest.get("chunks", 0) or 0))
+        return self._store
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # Interrupted (Ctrl-C, SIGTERM) or failed for an unexplained reason: keep the finished
+        # chunks for --resume. A refusal or an explained fault (GeochangeError) keeps nothing.
+        keep = exc is not None and not isinstance(exc, GeochangeError)
+        kept = self._close(failed=not self.published, keep_chunks=keep)
+        if kept and exc is not None:
+            exc.add_note(
+                f"{kept} of {self._store.total if self._store else '?'} chunks are kept: run the "
+                "same command with --resume to continue"
+            )
+
+    def _close(self, failed: bool, keep_chunks: bool = False) -> int:
+        """Remove the work folder (or strip it to its chunks); returns the chunks kept."""
+        kept = 0
         try:
             if self.work is not None:
                 if (self.work / _JOURNAL).exists():
                     _roll_back(self.work, self.folder)
-                shutil.rmtree(self.work, ignore_errors=True)
+                if failed and keep_chunks and _has_chunks(self.work):
+                    _keep_chunks_only(self.work)
+                    kept = count_chunks(self.work / CHUNKS)
+                else:
+                    shutil.rmtree(self.work, ignore_errors=True)
                 self.work = None
         finally:
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
-            if failed and self._made is not None:
+            if failed and self._made is not None and not kept:
                 _remove_empty(self.folder, self._made)
+        return kept
 
     def publish(self, _after_rename: Callable[[int], None] | None = None) -> dict[str, Path]:
         """Replace the previous set (if any) by the files written to :attr:`paths`.
@@ -384,6 +516,9 @@ class OutputSet:
             _fsync_dir(self.folder)
             (self.work / _JOURNAL).unlink()  # the commit point
             self.published = True
+        for dead in resumable(self.target):  # unfinished runs this set supersedes
+            if dead != self.work:
+                shutil.rmtree(dead, ignore_errors=True)
         return dict(self.finals)
 
 
