@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 Method = Literal["cnn-lstm", "cva", "irmad", "diff"]
+EventMode = Literal["first", "latest", "all"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -124,6 +125,14 @@ class DetectConfig:
         co: GDAL creation options of the output COGs, over the package's own: ``KEY=VALUE``
             strings or a mapping, e.g. ``("COMPRESS=ZSTD", "LEVEL=15")``; checked with GDAL
             before any work (:mod:`geochange.io.creation`).
+        window: dates per temporal window: a longer series runs in overlapping windows of this
+            many dates and every change event is kept (:mod:`geochange.events`); the default
+            is the length that measured best (benchmarks/LONG_SERIES.md).
+        window_overlap: dates shared by consecutive windows (1 .. window - 2).
+        events: which event of a pixel the probability and date rasters and the ``changes``
+            layer show: "first", "latest" (a monitoring product's latest change and its
+            confidence) or "all" (the ``changes`` layer then holds one polygon per event).
+        since: leave out events first seen before this date (ISO date or ``datetime.date``).
     """
 
     method: Method = "cnn-lstm"
@@ -140,6 +149,10 @@ class DetectConfig:
     rgb_bands: tuple[int, ...] | None = None
     allow_empty: bool = False
     co: Any = ()
+    window: int = 16
+    window_overlap: int = 3
+    events: EventMode = "first"
+    since: Any = None
 
     def __post_init__(self) -> None:
         from geochange.io.creation import parse_creation_options
@@ -150,6 +163,28 @@ class DetectConfig:
         except InputError as exc:
             raise ConfigError("co", str(exc).split(": ", 1)[1]) from None
         object.__setattr__(self, "co", tuple(co.items()))
+        _whole("window", self.window, 3, "a whole number of dates >= 3")
+        _whole("window_overlap", self.window_overlap, 1, "a whole number of dates >= 1")
+        if self.window_overlap > self.window - 2:
+            raise ConfigError(
+                "window_overlap",
+                f"found {self.window_overlap}, expected 1 .. {self.window - 2} dates (window - 2) "
+                f"for a window of {self.window} dates",
+            )
+        if self.events not in ("first", "latest", "all"):
+            raise ConfigError(
+                "events", f"found {self.events!r}, expected one of first, latest, all"
+            )
+        if self.since is not None:
+            from geochange.dates import to_date
+            from geochange.errors import DateError
+
+            try:
+                object.__setattr__(self, "since", to_date(self.since, "since"))
+            except DateError:
+                raise ConfigError(
+                    "since", f"found {self.since!r}, expected an ISO date such as 2024-06-01"
+                ) from None
 
         if self.method not in DETECTORS:
             raise ConfigError(
@@ -226,6 +261,10 @@ class RuntimeConfig:
         workers: run on a local cluster of this many worker processes.
         threads_per_worker: dask threads per worker process.
         progress: show a progress bar over chunks.
+        memory_limit: memory budget of one worker process (bytes, or a size such as "2GB",
+            "1.5GiB"; None = 2 GiB): the deep model's chunk and batch are lowered until the
+            tasks in flight fit it (:mod:`geochange.memory`); never raised above
+            ``chunk_size`` and ``batch_size``.
     """
 
     chunk_size: int = 512
@@ -236,9 +275,17 @@ class RuntimeConfig:
     workers: int | None = None
     threads_per_worker: int | None = None
     progress: bool = False
+    memory_limit: str | int | float | None = None
 
     def __post_init__(self) -> None:
         _whole("chunk_size", self.chunk_size, 16, "at least 16 pixels")
+        if self.memory_limit is not None:
+            from geochange.memory import parse_bytes
+
+            try:
+                parse_bytes(self.memory_limit)
+            except ValueError as exc:
+                raise ConfigError("memory_limit", str(exc)) from None
         _whole("batch_size", self.batch_size, 1, "a whole number of tiles >= 1")
         if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
             raise ConfigError("device", f"found {self.device!r}, expected auto, cpu or cuda")

@@ -73,6 +73,11 @@ class DetectResult:
         coords: the input cube's y/x coordinates and times (xarray input), for
             :meth:`to_xarray`; None for files.
         resumed: chunks taken from a run that did not finish (``resume=True``), not computed.
+        events: a series run in temporal windows (longer than ``window`` dates): (4, y, x)
+            uint8 number of change events, first and last event's date index, last event's
+            probability x 254 (255 nodata); None otherwise.
+        event_polygons: with ``events``: one polygon per event (``change_date``,
+            ``date_before``, ``date_after``), the ``events`` layer of the GeoPackage.
     """
 
     stack: Stack
@@ -83,6 +88,8 @@ class DetectResult:
     run: dict[str, Any] = field(default_factory=dict)
     coords: dict[str, Any] | None = None
     resumed: int = 0
+    events: da.Array | None = None
+    event_polygons: gpd.GeoDataFrame | None = None
 
     def to_xarray(self) -> Any:
         """``prob`` and ``change_date`` (datetime64) as an ``xarray.Dataset`` with the CRS, on
@@ -93,11 +100,14 @@ class DetectResult:
         return result_dataset(self, self.coords)
 
 
-def output_paths(output: str | os.PathLike, *, quicklook: bool = False) -> dict[str, Path]:
+def output_paths(
+    output: str | os.PathLike, *, quicklook: bool = False, events: bool = False
+) -> dict[str, Path]:
     """Output files of a detect run named after ``output`` (the GeoPackage).
 
-    ``changes.gpkg`` gives ``changes.gpkg``, ``changes_prob.tif`` (COG), ``changes_date.tif``
-    and, with ``quicklook``, ``changes_quicklook.png``.
+    ``changes.gpkg`` gives ``changes.gpkg``, ``changes_prob.tif`` (COG), ``changes_date.tif``,
+    with ``events`` (a series run in temporal windows) ``changes_events.tif`` and, with
+    ``quicklook``, ``changes_quicklook.png``.
     """
     gpkg = Path(output)
     if gpkg.suffix.lower() != ".gpkg":
@@ -113,6 +123,8 @@ def output_paths(output: str | os.PathLike, *, quicklook: bool = False) -> dict[
         # The date raster's attribute table (GDAL keeps a GeoTIFF's table in this side-car).
         "date_rat": stem.parent / f"{stem.name}_date.tif.aux.xml",
     }
+    if events:
+        paths["events"] = stem.parent / f"{stem.name}_events.tif"
     if quicklook:
         paths["quicklook"] = stem.parent / f"{stem.name}_quicklook.png"
     return paths
@@ -133,7 +145,12 @@ def stack_chain(
     (:func:`geochange.stages.prepare_stack`), for the ``runs`` record.
     """
     _, config, runtime = split_options(options, None, config, runtime)
-    context = Context(
+    context = _context(stack, config, runtime)
+    return build_chain(read_sample(stack), config.method, config.skip, context, stack_stages)
+
+
+def _context(stack: Stack, config: DetectConfig, runtime: RuntimeConfig) -> Context:
+    return Context(
         wavelengths=tuple(stack.wavelengths) if stack.wavelengths else None,
         masks=any(stack.masks),
         model=None if config.model is None else str(config.model),
@@ -141,7 +158,6 @@ def stack_chain(
         batch_size=runtime.batch_size,
         amp=runtime.amp,
     )
-    return build_chain(read_sample(stack), config.method, config.skip, context, stack_stages)
 
 
 def detect(
@@ -220,13 +236,18 @@ def detect(
         else open_stack(inputs, chunk_size=runtime.chunk_size, **dataclasses.asdict(stack_config))
     )
     _check_stack(stack, config)
+    windowed = _windowed(stack.T, config)
+    if paths and windowed:
+        paths = output_paths(output, quicklook=config.quicklook, events=True)
+        check_target(paths, overwrite)
     stack, stack_stages = prepare_stack(stack, config.skip)
     with contextlib.ExitStack() as exits:
         outputs = None
         if paths:
             # Every output is written into a work folder and published together at the end;
             # an error anywhere before that leaves the previous outputs as they were.
-            stale = () if config.quicklook else (output_paths(output, quicklook=True)["quicklook"],)
+            every = output_paths(output, quicklook=True, events=True)
+            stale = tuple(every[k] for k in ("quicklook", "events") if k not in paths)
             outputs = exits.enter_context(
                 OutputSet(paths, overwrite=overwrite, stale=stale, resume=resume)
             )
@@ -261,6 +282,10 @@ def detect(
             result.date_index = out_io.read_raster_lazy(
                 result.paths["date"], chunks=stack.chunk_size
             )
+            if "events" in result.paths:
+                result.events = out_io.read_raster_lazy(
+                    result.paths["events"], band=None, chunks=stack.chunk_size
+                )
     log.info("%d change polygons", len(result.changes))
     return result
 
@@ -342,13 +367,21 @@ def _run(
     from geochange.io import rasters as out_io
 
     paths = outputs.paths if outputs is not None else {}
-    chain = stack_chain(stack, config, runtime, stack_stages)
+    windowed = _windowed(stack.T, config)
+    chain: Any = (
+        _windowed_chain(stack, config, runtime, stack_stages)
+        if windowed
+        else stack_chain(stack, config, runtime, stack_stages)
+    )
     if config.threshold is None:
         # The model's own threshold (a taught model's, chosen from its examples), else 0.5.
         own = (getattr(chain, "meta", None) or {}).get("threshold")
         config = dataclasses.replace(config, threshold=float(own) if own is not None else 0.5)
+    if windowed:
+        chain.threshold = float(config.threshold)
+    since = _since_index(stack.dates, config.since)
     halo = int(chain.halo)
-    chunk_size = runtime.chunk_size
+    chunk_size = _plan_memory(stack, config, runtime, chain, windowed)
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)
     n_chunks = len(ychunks) * len(xchunks)
     with cluster.runtime(
@@ -361,7 +394,7 @@ def _run(
         # On a cluster each worker's torch threads are set by the worker plugin.
         chain.num_threads = None if rt.distributed else rt.layout.torch_threads
         log.info(
-            "%d dates, %d bands, %dx%d px, %d chunks, halo %d px, stages %s; %s",
+            "%d dates, %d bands, %dx%d px, %d chunks, halo %d px, stages %s%s; %s",
             stack.T,
             stack.band_count,
             stack.grid.width,
@@ -369,6 +402,7 @@ def _run(
             n_chunks,
             halo,
             ", ".join(chain.names),
+            f", {len(chain.windows)} windows of {config.window} dates" if windowed else "",
             rt.layout.describe(),
         )
         if rt.distributed:
@@ -390,20 +424,41 @@ def _run(
         with dask.annotate(**annotations):
             # Each task reads its own tile (chunk + halo) from the files: no input chunk is
             # kept for its neighbours and none moves between workers (see benchmarks/SCALE.md).
+            # A windowed chain reads one window's dates at a time (lazy tile).
             result = tiling.window_map(
                 stack.reader(),
                 (ychunks, xchunks),
                 chain,
                 halo,
-                out_bands=2,
+                out_bands=chain.out_bands if windowed else 2,
                 dtype=np.float32,
                 name="geochange-detect",
                 store=store,
+                lazy=windowed,
             )
-        # Kept in steps of 1/254, as written (geochange.io.encoding): in-memory and written
-        # results agree.
-        prob = encoding.quantise(result[0])
-        date_index = _date_raster(prob, result[1], config.threshold)
+        slots = None
+        if windowed:
+            reported = _report(result, chain.n_slots, config.threshold, config.events, since)
+            prob, interval = reported[0], reported[1]
+            n = chain.n_slots
+            slots = (reported[2 : 2 + n], reported[2 + n :])
+        else:
+            # Kept in steps of 1/254, as written (geochange.io.encoding): in-memory and written
+            # results agree.
+            prob, interval = encoding.quantise(result[0]), result[1]
+            if since > 1:
+                prob = _drop_before(prob, interval, config.threshold, since)
+        date_index = _date_raster(prob, interval, config.threshold)
+        events = None
+        if slots is not None:
+            events = da.map_blocks(
+                _summary_block,
+                slots[0],
+                slots[1],
+                prob,
+                dtype=np.uint8,
+                chunks=((len(EVENT_BANDS),),) + prob.chunks,
+            )
 
         run = _provenance(stack, config, chunk_size, chain)
         run["scheduler"] = rt.layout.kind
@@ -412,16 +467,36 @@ def _run(
         with rt.compute():
             with rt.progress(result.name, n_chunks, enabled=runtime.progress):
                 if paths:
-                    prob, date_index = _write_rasters(
-                        prob, date_index, stack, paths, config.threshold, dates_iso, config.co
+                    prob, date_index, events, slots = _write_rasters(
+                        prob,
+                        date_index,
+                        stack,
+                        paths,
+                        config.threshold,
+                        dates_iso,
+                        config.co,
+                        events,
+                        slots,
                     )
                 elif rt.distributed:
                     # The cluster may be gone after this block: bring the rasters home.
-                    p, d = dask.compute(prob, date_index)
+                    p, d, e, sp, sd = dask.compute(
+                        prob, date_index, events, *(slots or (None, None))
+                    )
                     prob = da.from_array(p, chunks=stack.chunk_size)
                     date_index = da.from_array(d, chunks=stack.chunk_size)
+                    if slots is not None:
+                        chunks3 = (1, stack.chunk_size, stack.chunk_size)
+                        events = da.from_array(e, chunks=(4,) + chunks3[1:])
+                        slots = (
+                            da.from_array(sp, chunks=chunks3),
+                            da.from_array(sd, chunks=chunks3),
+                        )
                 else:
-                    prob, date_index = dask.persist(prob, date_index)
+                    prob, date_index, events, *rest = dask.persist(
+                        prob, date_index, events, *(slots or ())
+                    )
+                    slots = tuple(rest) if rest else None
             if not config.allow_empty and not bool(da.isfinite(prob).any().compute()):
                 raise EmptyResultError(
                     f"result: every pixel of the {stack.grid.width}x{stack.grid.height} px "
@@ -430,16 +505,23 @@ def _run(
                     "masks, or pass --allow-empty (allow_empty=True) to accept an empty result"
                 )
             # Per chunk on the workers, merged here.
-            changes = vectorize.polygons_from_rasters(
-                prob,
-                date_index,
-                stack.grid,
-                stack.dates,
+            polygon_options = dict(
                 threshold=config.threshold,
                 min_area=config.min_area,
                 simplify=config.simplify,
                 chunk_size=chunk_size,
             )
+            changes = vectorize.polygons_from_rasters(
+                prob, date_index, stack.grid, stack.dates, **polygon_options
+            )
+            event_polygons = None
+            if slots is not None:
+                event_polygons = _event_polygons(slots, prob, stack, polygon_options)
+                if config.events == "all":
+                    changes = event_polygons
+                if paths:
+                    with contextlib.suppress(OSError):
+                        os.remove(_slots_path(paths))
     if paths:
         if "quicklook" in paths:
             from geochange.plots import quicklook as _quicklook
@@ -453,8 +535,19 @@ def _run(
                 rgb_bands=config.rgb_bands,
                 overwrite=True,
             )
-        out_io.write_gpkg(changes, paths["gpkg"], runs=run, overwrite=True)
-    return DetectResult(stack, prob, date_index, changes, dict(paths), run, resumed=resumed)
+        layers = {} if event_polygons is None else {"events": event_polygons}
+        out_io.write_gpkg(changes, paths["gpkg"], runs=run, overwrite=True, layers=layers)
+    return DetectResult(
+        stack,
+        prob,
+        date_index,
+        changes,
+        dict(paths),
+        run,
+        events=events,
+        event_polygons=event_polygons,
+        resumed=resumed,
+    )
 
 
 def _manifest(
@@ -504,6 +597,11 @@ def _manifest(
         "device": chain.device,
         "batch_size": runtime.batch_size,
         "amp": bool(runtime.amp),
+        "window": int(config.window),
+        "window_overlap": int(config.window_overlap),
+        "events": config.events,
+        "since": None if config.since is None else config.since.isoformat(),
+        "memory_limit": None if runtime.memory_limit is None else str(runtime.memory_limit),
     }
     if config.method == "cnn-lstm":
         # The deep model's float sums depend on how many threads split them.
@@ -597,6 +695,146 @@ def _taught_model(
                     minutes=config.adapt_minutes, device=runtime.device)[0]  # fmt: skip
 
 
+def _plan_memory(
+    stack: Stack, config: DetectConfig, runtime: RuntimeConfig, chain: Any, windowed: bool
+) -> int:
+    """The chunk size, and the deep model's batch, that keep a worker within
+    ``runtime.memory_limit`` (:func:`geochange.memory.plan`); the chunk size asked for when
+    it fits, or for a classical baseline."""
+    from dask.system import CPU_COUNT
+
+    from geochange import memory
+
+    if config.method != "cnn-lstm":
+        return runtime.chunk_size
+    limit_text = runtime.memory_limit
+    limit = memory.DEFAULT_LIMIT if limit_text is None else memory.parse_bytes(limit_text)
+    chains = chain.chains if windowed else (chain,)
+    detector = chains[0].detector
+    batch = int(getattr(detector, "batch_size", 1))
+    tile_size = int(getattr(detector, "tile_size", 256))
+    tasks = runtime.threads_per_worker or max(1, CPU_COUNT // (runtime.workers or 1))
+    halo = int(chain.halo)
+    dates = config.window if windowed else stack.T
+    n_windows = len(chain.windows) if windowed else 1
+    size = max(stack.grid.height, stack.grid.width)
+    asked = min(runtime.chunk_size, size)
+    args = (halo, int(chains[0].detector_halo), dates, stack.band_count, n_windows)
+    chunk, new_batch = memory.plan(limit, asked, *args, tasks, tile_size, batch)
+    if chunk == 0 or (chunk < halo and chunk < size):
+        smallest = max(16, min(halo, size))
+        need = memory.PROCESS_BYTES + tasks * memory.task_bytes(smallest, *args, tile_size, 1)
+        raise ConfigError(
+            "memory_limit",
+            f"found {limit_text or '2GiB'} ({limit / 2**30:.2f} GiB), but {tasks} task(s) of "
+            f"this stack ({dates} dates at a time, {stack.band_count} bands, halo {halo} px) "
+            f"need about {need / 2**30:.2f} GiB; raise it, run fewer threads per worker "
+            "(--threads-per-worker) or shorter windows (--window)",
+        )
+    if new_batch < batch:
+        for ch in chains:
+            ch.detector.batch_size = new_batch
+    if chunk < asked or new_batch < batch:
+        log.info(
+            "memory limit %.2f GiB per worker, %d task(s) in flight: chunk %d px (asked %d), "
+            "batch %d (asked %d)", limit / 2**30, tasks, chunk, asked, new_batch, batch,
+        )  # fmt: skip
+    return chunk if chunk < asked else runtime.chunk_size
+
+
+def _windowed(n_dates: int, config: DetectConfig) -> bool:
+    """Whether the series runs in more than one temporal window."""
+    from geochange.events import plan_windows
+
+    return len(plan_windows(n_dates, config.window, config.window_overlap)) > 1
+
+
+def _windowed_chain(stack: Stack, config: DetectConfig, runtime: RuntimeConfig, stack_stages):
+    """The chain of ``config`` fitted per temporal window (:mod:`geochange.stages.windows`)."""
+    from geochange.stages.windows import build_windowed
+
+    return build_windowed(
+        read_sample(stack),
+        config.method,
+        config.skip,
+        _context(stack, config, runtime),
+        stack_stages,
+        config.window,
+        config.window_overlap,
+    )
+
+
+def _since_index(dates: Sequence[_dt.date], since: _dt.date | None) -> int:
+    """First date index on or after ``since`` (0 = every event; T = none)."""
+    if since is None:
+        return 0
+    return next((j for j, d in enumerate(dates) if d >= since), len(dates))
+
+
+def _drop_before(prob: da.Array, interval: da.Array, threshold: float, since: int) -> da.Array:
+    """One-window run: a change first seen before date ``since`` is no change (probability 0)."""
+
+    def block(p: np.ndarray, k: np.ndarray) -> np.ndarray:
+        early = (np.nan_to_num(p, nan=0.0) >= threshold) & (np.nan_to_num(k, nan=0.0) + 1 < since)
+        return np.where(early, np.float32(0.0), p).astype(np.float32)
+
+    return da.map_blocks(block, prob, interval, dtype=np.float32)
+
+
+def _report(result: da.Array, n_slots: int, threshold: float, mode: str, since: int) -> da.Array:
+    """(2 + 2S, y, x) float32 of a windowed chain's output: the reported probability (steps of
+    1/254) and interval, each slot's kept event probability (steps of 1/254) and date."""
+    from geochange.events import report
+
+    def block(out: np.ndarray) -> np.ndarray:
+        quiet = out[0]
+        steps = np.float32(encoding.PROB_STEPS)
+        slot_prob = np.round(np.clip(out[1 : 1 + n_slots], 0, 1) * steps) / steps
+        slot_date = out[1 + n_slots :].astype(np.uint8)
+        # An event is one whose probability, as stored, reaches the threshold.
+        slot_date = np.where(slot_prob >= threshold, slot_date, 0).astype(np.uint8)
+        quiet = np.round(np.clip(quiet, 0, 1) * steps) / steps  # NaN stays NaN
+        prob, interval, sp, sd = report(quiet, slot_prob, slot_date, mode, since)  # type: ignore[arg-type]
+        return np.concatenate([prob[None], interval[None], sp, sd.astype(np.float32)]).astype(
+            np.float32
+        )
+
+    chunks = ((2 + 2 * n_slots,),) + result.chunks[1:]
+    return da.map_blocks(block, result, dtype=np.float32, chunks=chunks)
+
+
+def _summary_block(slot_prob: np.ndarray, slot_date: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    from geochange.events import summary
+
+    return summary(slot_prob, slot_date.astype(np.uint8), np.isnan(prob))
+
+
+def _event_polygons(slots, prob, stack: Stack, options: dict) -> gpd.GeoDataFrame:
+    """One polygon per connected region of one slot's event: every event of every pixel, with
+    ``change_date``, ``date_before`` and ``date_after``; ordered by change date."""
+    import pandas as pd
+
+    from geochange import vectorize
+
+    slot_prob, slot_date = slots
+    frames = []
+    for k in range(slot_prob.shape[0]):
+        p = da.where(da.isnan(prob), np.nan, slot_prob[k]).astype(np.float32)
+        d = da.where(da.isnan(prob), DATE_NODATA, slot_date[k]).astype(np.uint8)
+        frame = vectorize.polygons_from_rasters(p, d, stack.grid, stack.dates, **options)
+        if len(frame):
+            frames.append(frame)
+    if not frames:
+        return vectorize.polygons_from_rasters(
+            da.zeros_like(prob), da.zeros(prob.shape, np.uint8, chunks=prob.chunks),
+            stack.grid, stack.dates, **options,
+        )  # fmt: skip
+    out = pd.concat(frames, ignore_index=True)
+    out = out.sort_values(["change_date", "id"], kind="stable").reset_index(drop=True)
+    out["id"] = np.arange(1, len(out) + 1, dtype=np.int64)
+    return gpd.GeoDataFrame(out, geometry="geometry", crs=stack.grid.crs)
+
+
 def _date_raster(prob: da.Array, interval: da.Array, threshold: float) -> da.Array:
     """uint8 change date index: 0 no change, k+1 for interval k where prob >= threshold, 255 nodata."""
 
@@ -610,10 +848,14 @@ def _date_raster(prob: da.Array, interval: da.Array, threshold: float) -> da.Arr
     return da.map_blocks(block, prob, interval, dtype=np.uint8)
 
 
-def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso, co=None):
-    """Write both rasters from one pass over the graph; return them re-read lazily from disk.
+def _write_rasters(
+    prob, date_index, stack, paths, threshold, dates_iso, co=None, events=None, slots=None
+):
+    """Write the rasters from one pass over the graph; return them re-read lazily from disk.
 
-    ``co``: GDAL creation options of both COGs (``--co``), over ours.
+    ``co``: GDAL creation options of the COGs (``--co``), over ours. A windowed run also writes
+    its events raster and, into the work folder, each slot's event probability and date (read
+    back for the event polygons, then removed).
     """
     from geochange.io import rasters as out_io
 
@@ -649,24 +891,33 @@ def _write_rasters(prob, date_index, stack, paths, threshold, dates_iso, co=None
                 cog=True,  # overviews by nearest neighbour: date indices are never averaged
                 tags=date_tags,
                 band_descriptions=["change_date_index"],
-                colormap=_date_colormap(len(dates_iso)),
+                colormap=_date_colormap(dates_iso),
                 creation=dict(co or ()),
                 rat=_date_table(dates_iso),
             ),
-        ],
+        ]
+        + _event_outputs(events, slots, paths, tags, dates_iso, co),
         stack.grid,
         overwrite=True,
     )
+    chunks = stack.chunk_size
+    if slots is not None:
+        both = out_io.read_raster_lazy(_slots_path(paths), band=None, chunks=chunks)
+        n = slots[0].shape[0]
+        slots = (encoding.decode(both[:n]), both[n:])
+        events = out_io.read_raster_lazy(paths["events"], band=None, chunks=chunks)
     return (
-        encoding.read_prob(paths["prob"], chunks=stack.chunk_size),
-        out_io.read_raster_lazy(paths["date"], chunks=stack.chunk_size),
+        encoding.read_prob(paths["prob"], chunks=chunks),
+        out_io.read_raster_lazy(paths["date"], chunks=chunks),
+        events,
+        slots,
     )
 
 
 def _date_table(dates_iso: list[str]) -> list[dict]:
     """The date raster's attribute table: per value its change date, the date before it, a
     label and the colour of :func:`_date_colormap`."""
-    colours = _date_colormap(len(dates_iso))
+    colours = _date_colormap(dates_iso)
     rows = []
     for value in [0, *range(1, len(dates_iso)), DATE_NODATA]:
         if value == 0:
@@ -684,14 +935,57 @@ def _date_table(dates_iso: list[str]) -> list[dict]:
     return rows
 
 
-def _date_colormap(n_dates: int) -> dict[int, tuple[int, int, int, int]]:
-    """Colour table of the date raster: the quicklook's colour per date index, 0 (no change)
-    white; nodata is transparent through the nodata value (TIFF colour tables hold no alpha)."""
-    from geochange.palette import date_colours_rgb255
+#: Bands of the events raster (OUT_events.tif).
+EVENT_BANDS = ("event_count", "first_event_date_index", "last_event_date_index", "last_event_prob")
+
+
+def _event_outputs(events, slots, paths, tags, dates_iso, co=None) -> list[dict]:
+    """The events raster and the work file of the slots (none for a one-window run)."""
+    if events is None or slots is None:
+        return []
+    date_tags = {**tags, **{f"DATE_{j}": d for j, d in enumerate(dates_iso) if j > 0}}
+    date_tags["encoding"] = (
+        "band 1: number of change events; bands 2, 3: first and last event's date index j "
+        "(change first seen on date j, DATE_j; 0 = none); band 4: last event's probability x "
+        "254; 255 = nodata"
+    )
+    n = slots[0].shape[0]
+    return [
+        dict(
+            array=events,
+            path=paths["events"],
+            dtype="uint8",
+            nodata=DATE_NODATA,
+            cog=True,
+            tags=date_tags,
+            band_descriptions=list(EVENT_BANDS),
+            creation=dict(co or ()),
+        ),
+        dict(
+            array=da.concatenate([encoding.encode(slots[0]), slots[1]]),
+            path=_slots_path(paths),
+            dtype="uint8",
+            nodata=None,
+            band_descriptions=[f"slot_{k}_prob" for k in range(n)]
+            + [f"slot_{k}_date" for k in range(n)],
+        ),
+    ]
+
+
+def _slots_path(paths: dict[str, Path]) -> Path:
+    gpkg = Path(paths["gpkg"])
+    return gpkg.with_name(gpkg.stem + "_slots.tif")
+
+
+def _date_colormap(dates: Sequence[str]) -> dict[int, tuple[int, int, int, int]]:
+    """Colour table of the date raster: the quicklook's colour per date index (the continuous
+    ramp for a long series), 0 (no change) white; nodata is transparent through the nodata
+    value (TIFF colour tables hold no alpha)."""
+    from geochange.palette import date_ramp
 
     table = {0: (255, 255, 255, 255), DATE_NODATA: (0, 0, 0, 0)}
-    for j, rgb in enumerate(date_colours_rgb255(max(1, n_dates - 1)), start=1):
-        table[j] = (*rgb, 255)
+    for j, rgba in enumerate(date_ramp(dates), start=1):
+        table[j] = tuple(int(round(255 * c)) for c in rgba[:3]) + (255,)
     return table
 
 

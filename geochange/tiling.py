@@ -25,6 +25,7 @@ from geochange.errors import InputError
 __all__ = [
     "BlockFunction",
     "Chunks1D",
+    "LazyTile",
     "Window",
     "overlap_map",
     "plan_chunks",
@@ -313,6 +314,26 @@ def overlap_map(
     )
 
 
+class LazyTile:
+    """A tile (t, c, h, w) of ``reader`` read only when sliced along dates: ``tile[a:b]`` is
+    the numpy array of dates ``a:b`` (what :func:`window_map` gives with ``lazy=True``)."""
+
+    def __init__(self, reader: Any, bounds: tuple[int, int, int, int]) -> None:
+        self.reader = reader
+        self.bounds = bounds
+        ya, yb, xa, xb = bounds
+        self.shape = (int(reader.shape[0]), int(reader.shape[1]), yb - ya, xb - xa)
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, dates: Any) -> np.ndarray:
+        ya, yb, xa, xb = self.bounds
+        return np.asarray(self.reader[dates, :, ya:yb, xa:xb])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
 def window_map(
     reader: Any,
     chunks: tuple[Chunks1D, Chunks1D],
@@ -323,6 +344,7 @@ def window_map(
     dtype: np.typing.DTypeLike = np.float32,
     name: str = "window_map",
     store: Any = None,
+    lazy: bool = False,
 ) -> da.Array:
     """Like :func:`overlap_map`, but every task reads its own tile from ``reader``.
 
@@ -341,6 +363,9 @@ def window_map(
             ``get((iy, ix), shape, dtype) -> array | None`` and ``put((iy, ix), array)``, e.g.
             :class:`geochange.io.resume.ChunkStore`. A chunk it holds is loaded instead of
             computed; each computed chunk is put there as soon as it is done.
+        lazy: give ``fn`` a :class:`LazyTile` (shape of the tile; ``tile[a:b]`` reads dates
+            ``a:b`` of it then) instead of the whole tile read up front, so a block function
+            that works through the dates a few at a time holds only those in memory.
 
     Returns:
         Lazy (out_bands, y, x) array with the given spatial chunks.
@@ -366,7 +391,10 @@ def window_map(
                 return kept
         ya, yb = max(0, y0 - halo), min(height, y1 + halo)
         xa, xb = max(0, x0 - halo), min(width, x1 + halo)
-        tile = np.asarray(reader[:, :, ya:yb, xa:xb])
+        if lazy:
+            tile: Any = LazyTile(reader, (ya, yb, xa, xb))
+        else:
+            tile = np.asarray(reader[:, :, ya:yb, xa:xb])
         core = (y0 - ya, y1 - ya, x0 - xa, x1 - xa)
         out = _apply(fn, tile, out_bands, core, dtype, "window_map")
         if store is not None:
@@ -374,7 +402,16 @@ def window_map(
         tell_done(key)
         return out
 
-    key = f"{name}-" + tokenize(reader, ychunks, xchunks, halo, out_bands, dtype.str, _fn_token(fn))
+    key = f"{name}-" + tokenize(
+        reader,
+        ychunks,
+        xchunks,
+        halo,
+        out_bands,
+        dtype.str,
+        _fn_token(fn),
+        *([lazy] if lazy else []),
+    )
     return da.map_blocks(
         _run,
         chunks=((out_bands,), ychunks, xchunks),

@@ -196,6 +196,44 @@ from geochange.cli import options
     default=None,
     help="With --examples: keep the taught model in this checkpoint (for --model later).",
 )
+@click.option(
+    "--events",
+    type=click.Choice(["first", "latest", "all"]),
+    default="first",
+    show_default=True,
+    help="Which change event of a pixel the rasters and the 'changes' layer show: its first, "
+    "its latest (monitoring), or all (one polygon per event). A series longer than --window "
+    "dates also gets OUT_events.tif (count, first, last date, last probability) and an "
+    "'events' layer with every event.",
+)
+@click.option(
+    "--since",
+    default=None,
+    metavar="DATE",
+    help="Leave out change events first seen before this date (YYYY-MM-DD).",
+)
+@click.option(
+    "--window",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Dates per temporal window: a longer series runs in overlapping windows of this many "
+    "dates (memory per task and what the model sees stay those of a short series).",
+)
+@click.option(
+    "--window-overlap",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Dates shared by consecutive temporal windows.",
+)
+@click.option(
+    "--memory-limit",
+    default=None,
+    metavar="SIZE",
+    help="Memory budget of one worker process, e.g. 2GB or 8GiB (default 2GiB): the chunk and "
+    "batch of the model are lowered until the tasks in flight fit it.",
+)
 def command(
     inputs,
     output,
@@ -235,6 +273,11 @@ def command(
     adapt_minutes,
     examples,
     save_model,
+    events,
+    since,
+    window,
+    window_overlap,
+    memory_limit,
 ):
     """Detect changes in a stack of GeoTIFFs, one per date, or in STAC items.
 
@@ -264,6 +307,7 @@ def command(
       geochange detect @scenes.txt -o changes.gpkg
       geochange detect 's3://bucket/T32TQM/S2_*.tif' -o changes.gpkg
       geochange detect vrts/ -o changes.gpkg --allow-driver VRT
+      geochange detect years/ -o changes.gpkg --events latest --since 2024-01-01
       geochange detect stack/ -o changes.gpkg --examples my_examples.gpkg --save-model mine.ckpt
       geochange detect stack/ -o changes2.gpkg --examples changes.gpkg  # 'verdict' filled in
       geochange detect --stac items.json --assets blue,green,red,nir -o c.gpkg
@@ -297,6 +341,10 @@ def command(
             rgb_bands=options.parse_int_list(rgb_bands, "--rgb-bands"),
             allow_empty=allow_empty,
             co=co,
+            window=window,
+            window_overlap=window_overlap,
+            events=events,
+            since=since,
         ),
         RuntimeConfig(
             chunk_size=chunk_size,
@@ -307,6 +355,7 @@ def command(
             workers=workers,
             threads_per_worker=threads_per_worker,
             progress=progress,
+            memory_limit=memory_limit,
         ),
         stack_config=StackConfig(
             dates=dates,
@@ -326,8 +375,10 @@ def command(
         f"{len(result.changes)} change polygons over {result.stack.T} dates "
         f"({result.stack.dates[0]} .. {result.stack.dates[-1]})"
     )
+    if result.event_polygons is not None:
+        click.echo(f"{len(result.event_polygons)} change events (layer 'events')")
     for kind, path in result.paths.items():
-        click.echo(f"  {kind:5s} {path}")
+        click.echo(f"  {kind:6s} {path}")
     if result.run.get("taught"):
         click.echo(_taught_line(result.run))
 

@@ -24,9 +24,23 @@ __all__ = ["command"]
     show_default=True,
     help="Strength of illumination, haze, clouds, noise and misregistration.",
 )
+@click.option(
+    "--events",
+    default=1,
+    show_default=True,
+    help="Up to this many change events per pixel (1-8): with more, some changed ground "
+    "changes again later (truth/events.tif).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the scene in a non-empty OUT_DIR.")
 def command(
-    out_dir: Path, size: int, dates: int, bands: int, seed: int, nuisance: str, overwrite: bool
+    out_dir: Path,
+    size: int,
+    dates: int,
+    bands: int,
+    seed: int,
+    nuisance: str,
+    events: int,
+    overwrite: bool,
 ) -> None:
     """Write a synthetic multi-date scene with known, dated changes to OUT_DIR.
 
@@ -39,12 +53,20 @@ def command(
       geochange synth scene0 --size 256 --seed 0
       geochange synth hard --nuisance high --dates 12 --bands 10 --seed 7
       geochange synth scene0 --size 256 --seed 1 --overwrite
+      geochange synth years --size 256 --dates 96 --events 2 --seed 3
     """
     from geochange.synth import make_scene, write_scene
     from geochange.synth.io import check_out_dir
 
     check_out_dir(out_dir, overwrite=overwrite)  # fail before the work, not after
-    scene = make_scene(size=size, dates=dates, bands=bands, seed=seed, nuisance=nuisance)  # type: ignore[arg-type]
+    scene = make_scene(
+        size=size,
+        dates=dates,
+        bands=bands,
+        seed=seed,
+        nuisance=nuisance,
+        events=events,  # type: ignore[arg-type]
+    )
     paths = write_scene(scene, out_dir, overwrite=overwrite)
     n_micro = int(scene.changes["micro"].sum()) if len(scene.changes) else 0
     click.echo(
@@ -53,3 +75,6 @@ def command(
         f"{len(scene.changes)} changes ({n_micro} micro, {100 * scene.change.mean():.2f} % of "
         f"pixels) in {out_dir / 'truth'}"
     )
+    if scene.events is not None:
+        multi = int(((scene.events > 0).sum(axis=0) > 1).sum())
+        click.echo(f"{multi} pixels change more than once (truth/events.tif)")

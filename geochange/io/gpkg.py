@@ -21,7 +21,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from geochange.palette import date_colours_rgb255
+from geochange.palette import date_classes
 
 __all__ = [
     "DATE_COLUMNS",
@@ -89,20 +89,22 @@ def default_style_qml(dates: Sequence[str | _dt.date]) -> str:
 
     Args:
         dates: the stack's dates (ISO); class j = 1 … T-1 is the change first seen on date j,
-            coloured as in the quicklook.
+            coloured as in the quicklook; a long series gets a dozen classes of about equal
+            time span along the continuous ramp (:func:`geochange.palette.date_classes`).
     """
     days = [_yyyymmdd(d) for d in dates]
-    colours = date_colours_rgb255(max(1, len(days) - 1))
     ranges, symbols = [], []
-    for j in range(1, len(days)):
-        r, g, b = colours[j - 1]
-        lower = days[j - 1] if j > 1 else days[j] - 1
-        label = f"{str(dates[j])[:10]}"
+    # Class k covers the change dates first..last: (the date before first, last] as yyyymmdd.
+    position = {str(d)[:10]: j for j, d in enumerate(dates)}
+    for k, (first, last, (r, g, b)) in enumerate(date_classes(dates)):
+        j0, j1 = position[first.isoformat()], position[last.isoformat()]
+        lower = days[j0 - 1] if j0 > 1 else days[j0] - 1
+        label = first.isoformat() if j0 == j1 else f"{first.isoformat()} – {last.isoformat()}"
         ranges.append(
-            f'      <range symbol="{j - 1}" lower="{lower}" upper="{days[j]}" '
+            f'      <range symbol="{k}" lower="{lower}" upper="{days[j1]}" '
             f'label={quoteattr(label)} render="true"/>'
         )
-        symbols.append(_outline_symbol(str(j - 1), f"{r},{g},{b},255"))
+        symbols.append(_outline_symbol(str(k), f"{r},{g},{b},255"))
     source = _outline_symbol("0", "255,255,255,255")
     return "\n".join(
         [
@@ -157,21 +159,27 @@ def _outline_symbol(name: str, colour: str) -> str:
 
 
 def write_style(
-    path: str | os.PathLike, layer: str, dates: Sequence[str | _dt.date], geometry_column: str
+    path: str | os.PathLike,
+    layer: str | Sequence[str],
+    dates: Sequence[str | _dt.date],
+    geometry_column: str,
 ) -> None:
-    """Store :func:`default_style_qml` as the default style of ``layer`` in the GeoPackage's
-    ``layer_styles`` table (the columns QGIS reads; created here as an attributes table)."""
+    """Store :func:`default_style_qml` as the default style of ``layer`` (or of each of
+    several layers) in the GeoPackage's ``layer_styles`` table (the columns QGIS reads; created
+    here as an attributes table)."""
     import pyogrio
 
+    names = [layer] if isinstance(layer, str) else list(layer)
+    qml = default_style_qml(dates)
     row = pd.DataFrame(
         [
             {
                 "f_table_catalog": "",
                 "f_table_schema": "",
-                "f_table_name": layer,
+                "f_table_name": name,
                 "f_geometry_column": geometry_column,
                 "styleName": STYLE_NAME,
-                "styleQML": default_style_qml(dates),
+                "styleQML": qml,
                 "styleSLD": "",
                 "useAsDefault": True,
                 "description": "Change polygons outlined by the date the change is first seen",
@@ -179,6 +187,7 @@ def write_style(
                 "ui": "",
                 "update_time": pd.Timestamp.now(tz="UTC").floor("s"),
             }
+            for name in names
         ]
     )
     pyogrio.write_dataframe(

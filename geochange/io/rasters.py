@@ -378,12 +378,18 @@ def _runs_value(v: Any) -> Any:
     return json.dumps(v, default=str)
 
 
+def _geometry_type(frame: gpd.GeoDataFrame) -> str:
+    kinds = set(frame.geom_type.dropna()) if len(frame) else set()
+    return "Polygon" if kinds <= {"Polygon"} else "MultiPolygon"
+
+
 def write_gpkg(
     changes: gpd.GeoDataFrame,
     path: str | os.PathLike,
     *,
     runs: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    layers: Mapping[str, gpd.GeoDataFrame] | None = None,
 ) -> Path:
     """Write the change polygons and the run's provenance to a GeoPackage.
 
@@ -398,6 +404,8 @@ def write_gpkg(
         path: .gpkg path.
         runs: provenance record, one value per column.
         overwrite: replace an existing file.
+        layers: further polygon layers by name, written like ``changes`` (with its default
+            style), e.g. ``events``: one polygon per change event of a long series.
 
     Returns:
         The path written.
@@ -409,12 +417,12 @@ def write_gpkg(
             "name the GeoPackage like 'changes.gpkg'."
         )
     check_writable([path], overwrite)
-    kinds = set(changes.geom_type.dropna()) if len(changes) else set()
-    geometry_type = "Polygon" if kinds <= {"Polygon"} else "MultiPolygon"
     from geochange.io import gpkg
 
+    layers = {"changes": changes, **(layers or {})}
     with atomic_path(path) as tmp:
-        gpkg.write_changes(changes, tmp, "changes", geometry_type)
+        for name, frame in layers.items():
+            gpkg.write_changes(frame, tmp, name, _geometry_type(frame))
         if runs is not None:
             record = {k: _runs_value(v) for k, v in runs.items()}
             if "created" in runs:
@@ -424,6 +432,6 @@ def write_gpkg(
 
             pyogrio.write_dataframe(row, tmp, layer="runs", driver="GPKG", append=False)
             if runs.get("dates"):
-                gpkg.write_style(tmp, "changes", list(runs["dates"]), "geom")
+                gpkg.write_style(tmp, list(layers), list(runs["dates"]), "geom")
     logger.info("wrote %s (%d polygons)", path, len(changes))
     return path

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from geochange.io.stack import Stack
+from geochange.palette import date_ramp, ramp_colour, uses_ramp
 from geochange.plots.maps import (
     DATE_NODATA,
     add_scale_bar,
@@ -146,7 +147,8 @@ def _quicklook_figure(
     grey = last_rgba[..., :3].mean(axis=-1)
     ax_date.imshow(grey, extent=extent, cmap="gray", vmin=-0.5, vmax=1.5, interpolation="nearest")
     labels = date_legend_labels(dates)
-    colours = date_colours(len(labels))
+    ramp = uses_ramp(dates)
+    colours = date_ramp(dates) if ramp else date_colours(len(labels))
     cmap = ListedColormap(colours)
     norm = BoundaryNorm(np.arange(0.5, len(labels) + 1.5), cmap.N)
     shown = np.ma.masked_where(
@@ -159,17 +161,20 @@ def _quicklook_figure(
         add_scale_bar(ax, grid)
 
     ax_info.set_axis_off()
-    handles = [Patch(facecolor=c, edgecolor="black", linewidth=0.5) for c in colours]
-    ax_info.legend(
-        handles,
-        labels,
-        loc="upper left",
-        title=f"change first seen on\n(series starts {dates[0]})",
-        ncols=max(1, math.ceil(len(labels) / 16)),
-        fontsize=9,
-        title_fontsize=10,
-        frameon=False,
-    )
+    if ramp:
+        _ramp_bar(fig, ax_info, dates)
+    else:
+        handles = [Patch(facecolor=c, edgecolor="black", linewidth=0.5) for c in colours]
+        ax_info.legend(
+            handles,
+            labels,
+            loc="upper left",
+            title=f"change first seen on\n(series starts {dates[0]})",
+            ncols=max(1, math.ceil(len(labels) / 16)),
+            fontsize=9,
+            title_fontsize=10,
+            frameon=False,
+        )
     summary = [
         f"{grid.width} x {grid.height} px, pixel {grid.res[0]:g} x {grid.res[1]:g}",
         f"{stack.band_count} bands, {len(dates)} dates",
@@ -177,3 +182,30 @@ def _quicklook_figure(
     ]
     ax_info.text(0.0, 0.0, "\n".join(summary), transform=ax_info.transAxes, fontsize=9, va="bottom")
     return fig
+
+
+def _ramp_bar(fig: Figure, ax: Any, dates: Sequence[Any]) -> None:
+    """A horizontal colour bar of the continuous date ramp with a few date ticks (a series with
+    more change dates than a legend can list)."""
+    import datetime as dt
+
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LinearSegmentedColormap, Normalize
+
+    lo, hi = dates[1].toordinal(), dates[-1].toordinal()
+    cmap = LinearSegmentedColormap.from_list(
+        "geochange-dates", [ramp_colour(i / 63) for i in range(64)]
+    )
+    bar_ax = ax.inset_axes((0.05, 0.62, 0.9, 0.08))
+    bar = fig.colorbar(
+        ScalarMappable(norm=Normalize(lo, max(hi, lo + 1)), cmap=cmap),
+        cax=bar_ax,
+        orientation="horizontal",
+    )
+    n_ticks = 5
+    ticks = [lo + (hi - lo) * i / (n_ticks - 1) for i in range(n_ticks)]
+    bar.set_ticks(ticks)
+    bar.set_ticklabels([dt.date.fromordinal(int(round(t))).isoformat() for t in ticks], fontsize=8)
+    bar_ax.set_title(
+        f"change first seen on ({len(dates) - 1} dates, series starts {dates[0]})", fontsize=10
+    )

@@ -86,6 +86,8 @@ def write_scene(
         out_dir/truth/label.tif         uint8, band 1 change (0/1/255), band 2 date index (0, j, 255)
         out_dir/truth/changes.gpkg      layer "changes": one polygon per change with its date
         out_dir/truth/clouds.tif        uint8, one band per date, 1 = cloud or shadow
+        out_dir/truth/events.tif        uint8, band k = date index of each pixel's k-th change
+                                        event (0 none); only for a scene made with events > 1
 
     Files are DEFLATE-compressed (predictor 2), tiled, written under temporary names and renamed.
 
@@ -139,6 +141,19 @@ def write_scene(
         tuple(f"cloud or shadow {d.isoformat()}" for d in scene.dates),
     )  # fmt: skip
 
+    out_paths: dict[str, list[Path] | Path] = {}
+    events_path = truth_dir / "events.tif"
+    if scene.events is not None:
+        k = scene.events.shape[0]
+        _write_tif(
+            events_path, scene.events.astype(np.uint8), _tiff_profile(scene.grid, k, "uint8", None),
+            {"DATES": ",".join(d.isoformat() for d in scene.dates)},
+            tuple(f"date index of change event {i + 1} (0 none)" for i in range(k)),
+        )  # fmt: skip
+        out_paths["events"] = events_path
+    elif events_path.exists():
+        events_path.unlink()
+
     gpkg = truth_dir / "changes.gpkg"
     import pyogrio  # only the GeoPackage writer needs it
 
@@ -150,7 +165,9 @@ def write_scene(
     finally:
         pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": old})
     log.info("wrote %d dates and truth to %s", t, out)
-    return {"images": images, "label": label_path, "changes": gpkg, "clouds": clouds_path}
+    return {
+        "images": images, "label": label_path, "changes": gpkg, "clouds": clouds_path, **out_paths
+    }  # fmt: skip
 
 
 def _find(sample: Path, stem: str) -> Path:

@@ -48,6 +48,9 @@ class Scene:
         changes: one row per change: geometry (scene CRS), change_date (ISO), date_index,
             kind, micro (area <= 9 px), area_px.
         band_wavelengths: centre wavelength (nm) of each band.
+        events: (K, h, w) uint8 date index of each pixel's change events in time order (0 =
+            none) for a scene made with ``events=K`` > 1; None otherwise (one event per pixel:
+            ``date_index``).
     """
 
     images: np.ndarray
@@ -58,6 +61,7 @@ class Scene:
     grid: GridSpec
     changes: gpd.GeoDataFrame
     band_wavelengths: tuple[float, ...]
+    events: np.ndarray | None = None
 
 
 def _check_int(name: str, value: object, lo: int, hi: int, fix: str) -> int:
@@ -173,6 +177,7 @@ def make_scene(
     crs: str | CRS = "EPSG:32633",
     pixel_size: float = 10.0,
     start: str | dt.date = "2023-01-15",
+    events: int = 1,
     _apply_clouds: bool = True,
 ) -> Scene:
     """Make a seeded synthetic scene: land, phenology, dated changes and nuisances.
@@ -190,6 +195,9 @@ def make_scene(
         nuisance: strength of illumination, haze, clouds, noise and misregistration.
         height, width: scene shape in pixels, overriding ``size``.
         crs: projected CRS of the grid; pixel_size: metres; start: first date (ISO).
+        events: up to this many change events per pixel (1 .. 8): with more than one, some
+            changed objects change again later (:mod:`geochange.synth.events`); the truth is
+            ``Scene.events``. 1 (the default) gives the scene of earlier versions unchanged.
 
     Returns:
         A :class:`Scene` with images (t, c, h, w) uint16 reflectance x 10000.
@@ -199,6 +207,7 @@ def make_scene(
     n_t = _check_int("dates", dates, 2, MAX_DATES, "use e.g. dates=8")
     n_c = _check_int("bands", bands, 1, MAX_BANDS, "use e.g. bands=4")
     seed = _check_int("seed", seed, 0, 2**63 - 1, "use a non-negative integer")
+    n_events = _check_int("events", events, 1, 8, "use e.g. events=2")
     level = LEVELS[_check_nuisance(nuisance)]
     grid = make_grid(h, w, crs, pixel_size)
     r_land, r_dates, r_clouds, r_changes, r_atm, r_noise = (
@@ -216,11 +225,23 @@ def make_scene(
     planted = plant_changes(r_changes, land, bg, veg, green, wl, clouds.mask)
     atm = draw_atmosphere(r_atm, (h, w), n_t, n_c, level)
     cloud_spec = signature("cloud", wl)
+    later = None
+    if n_events > 1:
+        from geochange.synth.events import plan_later_events
+
+        # Its own stream (not one of the six above): the one-event scene stays as it was.
+        r_events = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+        later = plan_later_events(r_events, planted, n_t, n_events, wl, clouds.mask)
 
     images = np.empty((n_t, n_c, h, w), dtype=np.uint16)
     for t in range(n_t):
         show = ((planted.post > 0) & (planted.post <= t)) | ((planted.pre > 0) & (t < planted.pre))
         ground = _render_ground(land, bg, veg, green[t], show, planted.alt_spec, planted.alt_g)
+        if later is not None:
+            natural = _render_ground(
+                land, bg, veg, green[t], np.zeros_like(show), planted.alt_spec, planted.alt_g
+            )
+            ground = later.ground(t, ground, natural)
         img = apply_date(
             ground,
             t,
@@ -239,4 +260,5 @@ def make_scene(
         [(c.kind, c.date_index, c.rows, c.cols, c.mask) for c in planted.changes], date_list, grid
     )
     log.debug("scene seed=%d: %d changes, %.2f %% changed", seed, len(frame), 100 * change.mean())
-    return Scene(images, date_list, change, date_index, clouds.mask.copy(), grid, frame, wl)
+    truth = None if later is None else later.truth(date_index)
+    return Scene(images, date_list, change, date_index, clouds.mask.copy(), grid, frame, wl, truth)

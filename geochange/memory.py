@@ -1,0 +1,122 @@
+"""Memory per task, and the chunk and batch that keep a worker within its budget.
+
+A worker process holds its libraries and the model once (:data:`PROCESS_BYTES`) and, per task
+in flight, one tile and the model's activations. With temporal windows
+(:mod:`geochange.events`) a task holds one window's dates at a time, so its memory depends on
+the window length ``W``, the band count ``c`` and the pixels, not on the series length:
+
+- the tile's arrays, per tile pixel: the window's dates as read, normalised and screened
+  (``W x c`` values, a few copies) and the windows' reports (two values per window);
+- the network's activations, per pixel of the sub-tiles it runs at once (``batch`` sub-tiles of
+  ``tile_size`` px plus the detector's halo): per date, the band-agnostic stem's per-band
+  features and the features and states kept for the backward pass.
+
+The per-pixel figures are measured (peak resident memory of one task on synthetic stacks, 1
+torch thread; benchmarks/LONG_SERIES.md), not derived, and rounded up.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+from geochange.tiling import windows as _subtiles
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "PROCESS_BYTES",
+    "parse_bytes",
+    "plan",
+    "task_bytes",
+]
+
+#: Default budget of one worker process.
+DEFAULT_LIMIT = 2 * 1024**3
+#: A worker's resident memory before its first task: Python, numpy, GDAL, torch, the model.
+PROCESS_BYTES = 480 * 1024**2
+#: Network activations per sub-tile pixel and date: fixed part and per band (bytes).
+MODEL_PER_DATE = 260
+MODEL_PER_DATE_BAND = 45
+#: Tile arrays per tile pixel and date-band (read, normalised, screened copies; bytes).
+TILE_PER_DATE_BAND = 24
+#: Per tile pixel and window (reports and merged events; bytes).
+TILE_PER_WINDOW = 16
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "t": 1e12, "tb": 1e12}  # fmt: skip
+
+
+def parse_bytes(value: str | float | int) -> int:
+    """``"2GB"``, ``"1.5 GiB"``, ``"800MB"`` or a number of bytes -> bytes.
+
+    Raises:
+        ValueError: not a size (the message says what is expected).
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"found {value!r}, expected a size such as 2GB, 1.5GiB or 800MB")
+        number, unit = float(m.group(1)), m.group(2).lower()
+    size = number * _UNITS[unit]
+    if not math.isfinite(size) or size <= 0:
+        raise ValueError(f"found {value!r}, expected a size > 0 such as 2GB")
+    return int(size)
+
+
+def task_bytes(
+    chunk: int,
+    halo: int,
+    detector_halo: int,
+    dates: int,
+    bands: int,
+    windows: int = 1,
+    tile_size: int = 256,
+    batch: int = 4,
+) -> int:
+    """Peak bytes one task adds to its worker: a ``chunk`` px chunk with ``halo`` px around it,
+    ``dates`` dates at a time (the window length, or the series when it is not windowed),
+    ``bands`` bands, ``windows`` windows, the network run on sub-tiles of ``tile_size`` px plus
+    ``detector_halo``, ``batch`` at a time."""
+    edge = chunk + 2 * halo
+    tile_px = edge * edge
+    # The network runs the tile's sub-tiles batched by shape: the largest batch it holds.
+    shapes = Counter(
+        (r.stop - r.start, c.stop - c.start)
+        for (r, c), _, _ in _subtiles(edge, edge, tile_size, detector_halo)
+    )
+    held = max(min(batch, n) * h * w for (h, w), n in shapes.items())
+    model = held * dates * (MODEL_PER_DATE + MODEL_PER_DATE_BAND * bands)
+    tile = tile_px * (dates * bands * TILE_PER_DATE_BAND + windows * TILE_PER_WINDOW)
+    return int(model + tile)
+
+
+def plan(
+    limit: int,
+    chunk: int,
+    halo: int,
+    detector_halo: int,
+    dates: int,
+    bands: int,
+    windows: int = 1,
+    tasks: int = 1,
+    tile_size: int = 256,
+    batch: int = 4,
+) -> tuple[int, int]:
+    """The largest chunk (at most ``chunk``, halved, then in steps of 16 px) and then the
+    largest batch (at most ``batch``) whose ``tasks`` tasks in flight fit ``limit`` bytes
+    beside the worker's own memory.
+
+    Returns:
+        ``(chunk, batch)``; ``(0, 0)`` when not even a 16 px chunk fits.
+    """
+    budget = (limit - PROCESS_BYTES) / max(1, tasks)
+    c = int(chunk)
+    while c >= 16:
+        for b in range(max(1, batch), 0, -1):
+            if task_bytes(c, halo, detector_halo, dates, bands, windows, tile_size, b) <= budget:
+                return c, b
+        c = c // 2 if c > 64 else c - 16
+    return 0, 0

@@ -1,0 +1,61 @@
+"""Memory planning: sizes, memory per task bounded in the series length, chunk and batch plans,
+and the run refused clearly when the budget cannot hold a task."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import run_cli, write_stack
+
+from geochange import memory
+from geochange.config import ConfigError, RuntimeConfig
+from geochange.events import plan_windows
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("2GB", 2_000_000_000), ("1.5GiB", int(1.5 * 2**30)), ("800 MB", 800_000_000), (4096, 4096)],
+)
+def test_sizes_are_read_with_their_units(text, expected):
+    assert memory.parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "2 parsecs", "-1GB", 0])
+def test_bad_sizes_are_refused_by_the_config(bad):
+    with pytest.raises(ConfigError, match="memory_limit: found"):
+        RuntimeConfig(memory_limit=bad)
+
+
+def test_a_task_holds_one_window_whatever_the_series_length():
+    halo, det = 75, 45
+    short = memory.task_bytes(512, halo, det, dates=10, bands=4, windows=1)
+    for t in (48, 96, 150):
+        n = len(plan_windows(t, 10, 3))
+        long = memory.task_bytes(512, halo, det, dates=10, bands=4, windows=n)
+        assert long <= 1.2 * short  # only the windows' reports grow, a few values per window
+    whole = memory.task_bytes(512, 4 + 150, det + 150, dates=150, bands=4)
+    assert whole > 10 * short  # the whole series at once, as before windows
+
+
+def test_plan_lowers_batch_then_chunk_and_says_when_nothing_fits():
+    args = (75, 45, 10, 4, 1)
+    assert memory.plan(64 * 2**30, 1024, *args, tasks=2) == (1024, 4)
+    # A 1024 px chunk runs four interior sub-tiles of one shape in one batch: fewer first.
+    need_full = memory.PROCESS_BYTES + 2 * memory.task_bytes(1024, *args, batch=4)
+    assert memory.plan(need_full, 1024, *args, tasks=2) == (1024, 4)
+    assert memory.plan(need_full - 1, 1024, *args, tasks=2) == (1024, 3)
+    chunk, batch = memory.plan(memory.PROCESS_BYTES + 2 * 300e6, 1024, *args, tasks=2)
+    assert chunk < 1024 and batch >= 1
+    assert 2 * memory.task_bytes(chunk, *args, batch=batch) <= 2 * 300e6
+    assert memory.plan(memory.PROCESS_BYTES + 1000, 512, *args, tasks=2) == (0, 0)
+
+
+def test_a_budget_below_one_task_is_one_clear_error(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(500, 3000, size=(4, 3, 40, 40)).astype(np.uint16)
+    write_stack(tmp_path / "stack", data, ["2022-01-01", "2022-03-01", "2022-05-01", "2022-07-01"])
+    out = tmp_path / "c.gpkg"
+    code, _, err = run_cli("detect", tmp_path / "stack", "-o", out, "--memory-limit", "300MB")
+    assert code == 2
+    assert "--memory-limit: found 300MB" in err and "raise it" in err
+    assert not out.exists()
