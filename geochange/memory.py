@@ -75,17 +75,21 @@ def task_bytes(
     windows: int = 1,
     tile_size: int = 256,
     batch: int = 4,
+    scene: tuple[int, int] | None = None,
 ) -> int:
     """Peak bytes one task adds to its worker: a ``chunk`` px chunk with ``halo`` px around it,
     ``dates`` dates at a time (the window length, or the series when it is not windowed),
     ``bands`` bands, ``windows`` windows, the network run on sub-tiles of ``tile_size`` px plus
-    ``detector_halo``, ``batch`` at a time."""
-    edge = chunk + 2 * halo
-    tile_px = edge * edge
+    ``detector_halo``, ``batch`` at a time; ``scene`` (height, width) clips the tile (no halo
+    beyond the scene's edge)."""
+    ey = ex = chunk + 2 * halo
+    if scene is not None:
+        ey, ex = min(ey, int(scene[0])), min(ex, int(scene[1]))
+    tile_px = ey * ex
     # The network runs the tile's sub-tiles batched by shape: the largest batch it holds.
     shapes = Counter(
         (r.stop - r.start, c.stop - c.start)
-        for (r, c), _, _ in _subtiles(edge, edge, tile_size, detector_halo)
+        for (r, c), _, _ in _subtiles(ey, ex, tile_size, detector_halo)
     )
     held = max(min(batch, n) * h * w for (h, w), n in shapes.items())
     model = held * dates * (MODEL_PER_DATE + MODEL_PER_DATE_BAND * bands)
@@ -104,19 +108,23 @@ def plan(
     tasks: int = 1,
     tile_size: int = 256,
     batch: int = 4,
+    scene: tuple[int, int] | None = None,
 ) -> tuple[int, int]:
     """The largest chunk (at most ``chunk``, halved, then in steps of 16 px) and then the
-    largest batch (at most ``batch``) whose ``tasks`` tasks in flight fit ``limit`` bytes
-    beside the worker's own memory.
+    largest batch (at most ``batch``) whose tasks in flight (``tasks``, at most the scene's
+    chunks) fit ``limit`` bytes beside the worker's own memory; ``scene`` (height, width)
+    clips the tiles.
 
     Returns:
         ``(chunk, batch)``; ``(0, 0)`` when not even a 16 px chunk fits.
     """
-    budget = (limit - PROCESS_BYTES) / max(1, tasks)
     c = int(chunk)
     while c >= 16:
+        n_chunks = 1 if scene is None else math.ceil(scene[0] / c) * math.ceil(scene[1] / c)
+        budget = (limit - PROCESS_BYTES) / max(1, min(tasks, n_chunks) if scene else tasks)
         for b in range(max(1, batch), 0, -1):
-            if task_bytes(c, halo, detector_halo, dates, bands, windows, tile_size, b) <= budget:
+            need = task_bytes(c, halo, detector_halo, dates, bands, windows, tile_size, b, scene)
+            if need <= budget:
                 return c, b
         c = c // 2 if c > 64 else c - 16
     return 0, 0

@@ -720,10 +720,12 @@ def _plan_memory(
     size = max(stack.grid.height, stack.grid.width)
     asked = min(runtime.chunk_size, size)
     args = (halo, int(chains[0].detector_halo), dates, stack.band_count, n_windows)
-    chunk, new_batch = memory.plan(limit, asked, *args, tasks, tile_size, batch)
+    scene = (stack.grid.height, stack.grid.width)
+    chunk, new_batch = memory.plan(limit, asked, *args, tasks, tile_size, batch, scene)
     if chunk == 0 or (chunk < halo and chunk < size):
         smallest = max(16, min(halo, size))
-        need = memory.PROCESS_BYTES + tasks * memory.task_bytes(smallest, *args, tile_size, 1)
+        one = memory.task_bytes(smallest, *args, tile_size, 1, scene)
+        need = memory.PROCESS_BYTES + tasks * one
         raise ConfigError(
             "memory_limit",
             f"found {limit_text or '2GiB'} ({limit / 2**30:.2f} GiB), but {tasks} task(s) of "

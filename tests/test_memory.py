@@ -59,3 +59,13 @@ def test_a_budget_below_one_task_is_one_clear_error(tmp_path):
     assert code == 2
     assert "--memory-limit: found 300MB" in err and "raise it" in err
     assert not out.exists()
+
+
+def test_a_small_scene_is_planned_as_it_is_read():
+    # 128 px, 48 dates at once: the halo of 113 px lies beyond the scene and one chunk is one
+    # task, so the whole series at once fits 2 GiB.
+    assert (
+        memory.plan(memory.DEFAULT_LIMIT, 128, 113, 80, 48, 4, 1, tasks=2, scene=(128, 128))[0]
+        == 128
+    )
+    assert memory.plan(memory.DEFAULT_LIMIT, 128, 113, 80, 48, 4, 1, tasks=2) == (0, 0)
