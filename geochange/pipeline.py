@@ -33,6 +33,7 @@ from geochange.config import (
     StackConfig,
     split_options,
 )
+from geochange.dates import iso
 from geochange.errors import EmptyResultError, GeochangeError, InputError, OutputExistsError
 from geochange.io import encoding
 from geochange.io.read import read_sample
@@ -462,7 +463,7 @@ def _run(
 
         run = _provenance(stack, config, chunk_size, chain)
         run["scheduler"] = rt.layout.kind
-        dates_iso = [d.isoformat() for d in stack.dates]
+        dates_iso = [iso(d) for d in stack.dates]
 
         with rt.compute():
             with rt.progress(result.name, n_chunks, enabled=runtime.progress):
@@ -1006,7 +1007,7 @@ def _provenance(stack: Stack, config: DetectConfig, chunk_size: int, chain: Chai
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "geochange_version": __version__,
         "inputs": [_absolute(str(p)) for p in stack.paths],
-        "dates": [d.isoformat() for d in stack.dates],
+        "dates": [iso(d) for d in stack.dates],
         "crs": stack.grid.crs.to_string() if stack.grid.crs else "",
         "method": method,
         "model": _absolute(str(model))

@@ -37,7 +37,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from shapely.geometry import shape
 
-from geochange.dates import to_date
+from geochange.dates import iso, to_when
 from geochange.errors import InputError
 from geochange.grid import GridSpec
 
@@ -283,7 +283,7 @@ def polygons_from_rasters(
         and a new surface can look alike), so a later acquisition should confirm it; -1 =
         undated.
     """
-    dates = [to_date(d, "dates") for d in dates]
+    dates = [to_when(d, "dates") for d in dates]
     _check(prob, date_index, grid, dates, threshold, min_area, simplify, chunk_size)
     n_dates = len(dates)
     ys, xs = _offsets(grid.height, chunk_size), _offsets(grid.width, chunk_size)
@@ -370,8 +370,8 @@ def polygons_from_rasters(
 
     dated = g_hist[:, 1:].sum(axis=1) > 0
     j = np.where(dated, np.argmax(g_hist[:, 1:], axis=1) + 1, 0)
-    after = [dates[k].isoformat() if k else None for k in j]
-    before = [dates[k - 1].isoformat() if k else None for k in j]
+    after = [iso(dates[k]) if k else None for k in j]
+    before = [iso(dates[k - 1]) if k else None for k in j]
     frame = gpd.GeoDataFrame(
         {
             "id": np.zeros(int(keep.sum()), np.int64),

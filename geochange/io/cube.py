@@ -3,7 +3,8 @@
 What ``stackstac.stack``, ``odc.stac.load`` and ``rioxarray.open_rasterio`` (concatenated along
 ``time``) give goes in as it is, lazy (dask-backed) or in memory:
 
-- dates from the ``time`` coordinate (one acquisition per day: group same-day scenes first, e.g.
+- dates from the ``time`` coordinate, as days unless two acquisitions fall on one day (then
+  with their times; group scenes of one pass first, e.g.
   ``odc.stac.load(..., groupby="solar_day")``);
 - the grid from rioxarray's ``.rio`` (CRS, transform from the regular ``x``/``y`` coordinates),
   else a ``crs`` attribute or an ``epsg`` coordinate (stackstac);
@@ -32,7 +33,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from geochange.bands import parse_wavelengths, wavelength_from_name, wavelength_from_um
-from geochange.dates import parse_dates
+from geochange.dates import has_times, iso, parse_dates, settle
 from geochange.errors import AlignmentError, DateError, InputError
 from geochange.grid import GridSpec
 from geochange.io.stack import Stack
@@ -175,7 +176,7 @@ def _transform(cube: xr.DataArray, y_dim: str, x_dim: str) -> Affine:
     return cube.rio.transform(recalc=True)
 
 
-def _dates(cube: xr.DataArray) -> tuple[list[dt.date], np.ndarray]:
+def _dates(cube: xr.DataArray) -> tuple[list[dt.datetime], np.ndarray]:
     if "time" not in cube.coords:
         raise DateError(
             "xarray input: no 'time' coordinate; expected one acquisition time per date. Fix: "
@@ -187,8 +188,8 @@ def _dates(cube: xr.DataArray) -> tuple[list[dt.date], np.ndarray]:
             f"xarray input: 'time' coordinate holds {times.dtype} values; expected datetimes. "
             "Fix: array.assign_coords(time=pandas.to_datetime(array.time))"
         )
-    days = [dt.date.fromisoformat(str(t.astype("datetime64[D]"))) for t in times]
-    return days, times
+    whens = [t.astype("datetime64[s]").astype(object) for t in times]  # naive datetimes
+    return whens, times
 
 
 def _cube_wavelengths(cube: xr.DataArray) -> tuple[float | None, ...]:
@@ -258,8 +259,10 @@ def stack_from_xarray(
     if chunk_size < 1:
         raise InputError(f"chunk_size={chunk_size}: expected a positive number of pixels")
     cube = cube.transpose("time", "band", y_dim, x_dim)
+    keep_times = False
     if dates is not None:
         given = parse_dates([dates] if isinstance(dates, (str, dt.date)) else list(dates))
+        keep_times = has_times(given)
         if len(given) != cube.sizes["time"]:
             raise DateError(
                 f"--dates: got {len(given)} dates for {cube.sizes['time']} time steps; expected "
@@ -271,19 +274,21 @@ def stack_from_xarray(
     if labels is not None and len(labels) == len(order):
         labels = [labels[i] for i in order]
     cube = cube.isel(time=order)
-    days, times = _dates(cube)
-    if len(days) < 2:
+    whens, times = _dates(cube)
+    if len(whens) < 2:
         raise InputError(
-            f"xarray input: found {len(days)} time step(s); expected at least 2 dates. Fix: "
+            f"xarray input: found {len(whens)} time step(s); expected at least 2 dates. Fix: "
             "load a longer time range"
         )
-    for (a, ta), (b, tb) in zip(zip(days, times), zip(days[1:], times[1:])):
+    for a, b in zip(whens, whens[1:]):
         if a == b:
             raise DateError(
-                f"xarray input: two acquisitions on {a.isoformat()} ({ta} and {tb}); expected "
-                "one per day. Fix: merge same-day scenes first, e.g. odc.stac.load(..., "
-                "groupby='solar_day') or array.groupby('time.date').first()"
+                f"xarray input: two acquisitions at {iso(a)}; expected one per time. Fix: merge "
+                "them first, e.g. odc.stac.load(..., groupby='solar_day') or "
+                "array.groupby('time').first()"
             )
+    # Days, unless times tell two acquisitions of one day apart (or were given).
+    days = settle(whens, keep_times=keep_times)
     crs = _crs(cube)
     transform = _transform(cube, y_dim, x_dim)
     nodata = cube.rio.nodata
@@ -293,7 +298,7 @@ def stack_from_xarray(
     count = cube.sizes["band"]
     grid = GridSpec(crs, transform, cube.sizes[y_dim], cube.sizes[x_dim], nodata)
     found = _cube_wavelengths(cube)
-    names = labels or [f"xarray:{d.isoformat()}" for d in days]
+    names = labels or [f"xarray:{iso(d)}" for d in days]
     if len(names) != len(days):
         raise InputError(f"labels: found {len(names)}, expected {len(days)} (one per time step)")
     return Stack(

@@ -1,8 +1,9 @@
 """GeoPackage conventions GIS users expect: typed date fields and a default QGIS style.
 
-- ``change_date``, ``date_before`` and ``date_after`` are GeoPackage ``DATE`` fields and the
-  ``runs`` layer's ``created`` a ``DATETIME`` (UTC), so QGIS's Temporal Controller, filters and
-  pyogrio/GeoPandas read them as dates, not text.
+- ``change_date``, ``date_before`` and ``date_after`` are GeoPackage ``DATE`` fields (``DATETIME``,
+  UTC, when the stack's dates carry times: two acquisitions of one day) and the ``runs`` layer's
+  ``created`` a ``DATETIME`` (UTC), so QGIS's Temporal Controller, filters and pyogrio/GeoPandas
+  read them as dates, not text.
 - The ``changes`` layer's default style is stored in the ``layer_styles`` table (the table QGIS
   itself writes with "Save as Default" in a GeoPackage): polygon outlines only, graduated by change
   date in the quicklook's palette (:mod:`geochange.palette`), so the layer opens looking like the
@@ -21,7 +22,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from geochange.palette import date_classes
+from geochange.palette import date_classes, date_colours_rgb255, uses_ramp
 
 __all__ = [
     "DATE_COLUMNS",
@@ -38,13 +39,25 @@ DATE_COLUMNS = ("change_date", "date_before", "date_after")
 #: ``styleName`` of the default style row.
 STYLE_NAME = "geochange change date"
 
-# The graduated value: the change date as the number yyyymmdd (QGIS graduates numbers only).
+# The graduated value: the change date as the number yyyymmdd, or yyyymmddhhmmss when the
+# dates carry times (QGIS graduates numbers only).
 _DATE_NUMBER = "to_int(format_date(\"change_date\", 'yyyyMMdd'))"
+_DATETIME_NUMBER = "to_int(format_date(\"change_date\", 'yyyyMMddhhmmss'))"
 
 
-def _as_days(values: pd.Series) -> np.ndarray:
-    """ISO strings, dates or datetimes -> datetime64[D] (NaT where empty)."""
-    return pd.to_datetime(values, errors="raise").to_numpy().astype("datetime64[D]")
+def _has_times(values: Sequence) -> bool:
+    """ISO strings or datetimes with a time of day (``2023-01-15T10:00:00``)."""
+    return any(isinstance(v, _dt.datetime) or (isinstance(v, str) and len(v) > 10) for v in values)
+
+
+def _as_dates(values: pd.Series, times: bool) -> np.ndarray:
+    """ISO strings, dates or datetimes -> datetime64[D] (a DATE field), or datetime64[ms] (a
+    DATETIME field) with ``times``; NaT where empty."""
+    return (
+        pd.to_datetime(values, errors="raise")
+        .to_numpy()
+        .astype("datetime64[ms]" if times else "datetime64[D]")
+    )
 
 
 def write_changes(
@@ -59,7 +72,11 @@ def write_changes(
     import shapely
 
     columns = [c for c in changes.columns if c != changes.geometry.name]
-    data = [_as_days(changes[c]) if c in DATE_COLUMNS else changes[c].to_numpy() for c in columns]
+    times = any(_has_times(list(changes[c])) for c in DATE_COLUMNS if c in changes.columns)
+    data = [
+        _as_dates(changes[c], times) if c in DATE_COLUMNS else changes[c].to_numpy()
+        for c in columns
+    ]
     geometry = shapely.to_wkb(np.asarray(changes.geometry.values))
     pyogrio.raw.write(
         str(path),
@@ -80,8 +97,32 @@ def as_utc(value: str | _dt.datetime) -> pd.Timestamp:
     return stamp.tz_convert("UTC") if stamp.tzinfo else stamp.tz_localize("UTC")
 
 
-def _yyyymmdd(day: str | _dt.date) -> int:
-    return int(str(day)[:10].replace("-", ""))
+def _date_number(day: str | _dt.date, times: bool) -> int:
+    """2023-01-15 -> 20230115; with ``times`` 2023-01-15T10:00:00 -> 20230115100000."""
+    text = day.isoformat() if isinstance(day, _dt.date) else str(day)
+    digits = "".join(ch for ch in text[:19] if ch.isdigit())
+    return int(digits.ljust(14, "0") if times else digits[:8])
+
+
+def _label(text: str, times: bool) -> str:
+    """A class label: the day, or the day and time to the minute."""
+    return text[:19].replace("T", " ")[:16] if times else text[:10]
+
+
+def _classes(
+    dates: Sequence[str | _dt.date], texts: list[str]
+) -> list[tuple[int, int, tuple[int, int, int]]]:
+    """The style's classes as date index ranges ``(j0, j1, rgb255)``: one per change date, or
+    the palette's classes by day on a long series (:func:`geochange.palette.date_classes`)."""
+    if not uses_ramp(dates):
+        colours = date_colours_rgb255(max(1, len(dates) - 1))
+        return [(j, j, colours[j - 1]) for j in range(1, len(dates))]
+    out = []
+    for first, last, rgb in date_classes(dates):
+        on = [j for j in range(1, len(dates)) if first.isoformat() <= texts[j][:10]]
+        upto = [j for j in on if texts[j][:10] <= last.isoformat()]
+        out.append((upto[0], upto[-1], rgb))
+    return out
 
 
 def default_style_qml(dates: Sequence[str | _dt.date]) -> str:
@@ -92,16 +133,18 @@ def default_style_qml(dates: Sequence[str | _dt.date]) -> str:
             coloured as in the quicklook; a long series gets a dozen classes of about equal
             time span along the continuous ramp (:func:`geochange.palette.date_classes`).
     """
-    days = [_yyyymmdd(d) for d in dates]
+    times = _has_times(list(dates))
+    numbers = [_date_number(d, times) for d in dates]
+    texts = [d.isoformat() if isinstance(d, _dt.date) else str(d) for d in dates]
     ranges, symbols = [], []
-    # Class k covers the change dates first..last: (the date before first, last] as yyyymmdd.
-    position = {str(d)[:10]: j for j, d in enumerate(dates)}
-    for k, (first, last, (r, g, b)) in enumerate(date_classes(dates)):
-        j0, j1 = position[first.isoformat()], position[last.isoformat()]
-        lower = days[j0 - 1] if j0 > 1 else days[j0] - 1
-        label = first.isoformat() if j0 == j1 else f"{first.isoformat()} – {last.isoformat()}"
+    # Class k covers the change dates j0..j1: (the date before j0, j1] as numbers.
+    for k, (j0, j1, (r, g, b)) in enumerate(_classes(dates, texts)):
+        lower = numbers[j0 - 1] if j0 > 1 else numbers[j0] - 1
+        first, last = _label(texts[j0], times), _label(texts[j1], times)
+        label = first if j0 == j1 else f"{first} – {last}"
+        upper = numbers[j1]
         ranges.append(
-            f'      <range symbol="{k}" lower="{lower}" upper="{days[j1]}" '
+            f'      <range symbol="{k}" lower="{lower}" upper="{upper}" '
             f'label={quoteattr(label)} render="true"/>'
         )
         symbols.append(_outline_symbol(str(k), f"{r},{g},{b},255"))
@@ -110,7 +153,8 @@ def default_style_qml(dates: Sequence[str | _dt.date]) -> str:
         [
             "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>",
             '<qgis version="3.28.0" styleCategories="Symbology">',
-            f'  <renderer-v2 type="graduatedSymbol" attr={quoteattr(_DATE_NUMBER)} '
+            f'  <renderer-v2 type="graduatedSymbol" '
+            f"attr={quoteattr(_DATETIME_NUMBER if times else _DATE_NUMBER)} "
             'graduatedMethod="GraduatedColor" symbollevels="0" forceraster="0" '
             'enableorderby="0" referencescale="-1">',
             "    <ranges>",

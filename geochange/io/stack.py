@@ -30,7 +30,16 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from geochange.bands import band_wavelengths, parse_wavelengths
-from geochange.dates import DateLike, name_date, parse_dates, value_date
+from geochange.dates import (
+    DateLike,
+    When,
+    has_times,
+    iso,
+    name_when,
+    parse_dates,
+    settle,
+    value_when,
+)
 from geochange.errors import AlignmentError, DateError, InputError
 from geochange.grid import GridSpec
 from geochange.io.read import GDAL_ENV, DateSource, StackReader, axis_chunks, stack_reader
@@ -53,7 +62,8 @@ class Stack:
 
     Attributes:
         paths: one file per date, sorted by date; local paths or GDAL URLs (``/vsis3/...``).
-        dates: acquisition dates, strictly increasing.
+        dates: acquisition dates, strictly increasing: all days, or all datetimes (naive UTC)
+            when times tell acquisitions apart (:func:`geochange.dates.settle`).
         grid: grid of the first date (the target grid when ``align``); ``grid.nodata`` is the
             first file's nodata (each file's own nodata is used when reading it).
         band_count: bands per date (c).
@@ -76,7 +86,7 @@ class Stack:
     """
 
     paths: tuple[str, ...]
-    dates: tuple[dt.date, ...]
+    dates: tuple[When, ...]
     grid: GridSpec
     band_count: int
     dtype: str
@@ -178,8 +188,8 @@ class _FileInfo:
     nodata: float | None
     band_names: tuple[str | None, ...]
     wavelengths: tuple[float | None, ...]
-    tag_date: dt.date | None
-    tiff_date: dt.date | None
+    tag_date: When | None
+    tiff_date: When | None
 
     @property
     def grid(self) -> GridSpec:
@@ -206,10 +216,13 @@ def open_stack(
             store: ``/vsizip/a.zip/*.tif``, ``s3://bucket/S2_*.tif``), a GDAL URL, a list file
             ``@paths.txt`` (one input per line), or a list mixing them
             (:mod:`geochange.io.inputs`).
-        dates: one date per file (ISO ``YYYY-MM-DD`` strings, a comma-separated string or
-            ``datetime.date``), in the order the files are listed (folders and globs sorted by
-            name). Default: each file's ``ACQUISITION_DATE`` tag, else its TIFF DateTime tag, else
-            a date in its name (``20230115``, ``2023-01-15``, ``2023_01_15``).
+        dates: one date per file (ISO ``YYYY-MM-DD`` strings, with a UTC time
+            ``2023-01-15T10:00`` if wanted, a comma-separated string or ``datetime.date`` /
+            ``datetime.datetime``), in the order the files are listed (folders and globs sorted
+            by name). Default: each file's ``ACQUISITION_DATE`` tag, else its TIFF DateTime tag,
+            else a date in its name (``20230115``, ``2023-01-15``, ``2023_01_15``; a following
+            ``T101500`` is its time). Times a user gives are kept; times from tags and names
+            only when two files fall on one day (:func:`geochange.dates.settle`).
         chunk_size: spatial chunk size of ``Stack.data`` in pixels.
         align: read every date onto the grid of the first date (bilinear warp) instead of
             requiring all dates to share the grid.
@@ -264,6 +277,8 @@ def open_stack(
         check_drivers(_expand_inputs(masks, drivers), drivers, GDAL_ENV)
     infos = [_inspect(p) for p in paths]
     file_dates = given if given is not None else [_file_date(info) for info in infos]
+    _check_same_day(infos, file_dates)
+    file_dates = settle(file_dates, keep_times=given is not None)
 
     order = sorted(range(len(infos)), key=lambda i: file_dates[i])
     infos = [infos[i] for i in order]
@@ -276,8 +291,9 @@ def open_stack(
     for (a, da_), (b, db) in zip(zip(infos, file_dates), zip(infos[1:], file_dates[1:])):
         if da_ == db:
             raise DateError(
-                f"{a.path} and {b.path} have the same date {da_.isoformat()}; expected one file "
-                "per date. Fix: remove one of them, or give the right dates with --dates"
+                f"{a.path} and {b.path} have the same date {iso(da_)}; expected one file per "
+                "date (two of one day need their times). Fix: remove one of them, or give the "
+                "right dates with --dates (e.g. 2023-01-15T10:00,2023-01-15T14:30)"
             )
 
     ref = infos[0]
@@ -311,6 +327,24 @@ def open_stack(
         if wavelengths is None
         else parse_wavelengths(wavelengths, ref.count),
     )
+
+
+def _check_same_day(infos: Sequence[_FileInfo], dates: Sequence[When]) -> None:
+    """Two files of one day, one of them without a time: they cannot be ordered."""
+    by_day: dict[dt.date, list[int]] = {}
+    for i, d in enumerate(dates):
+        by_day.setdefault(d.date() if isinstance(d, dt.datetime) else d, []).append(i)
+    for day, members in by_day.items():
+        if len(members) > 1 and has_times([dates[i] for i in members]):
+            bare = [i for i in members if not isinstance(dates[i], dt.datetime)]
+            if bare:
+                other = next(i for i in members if i != bare[0])
+                raise DateError(
+                    f"{infos[bare[0]].path} and {infos[other].path} are both of "
+                    f"{day.isoformat()} and {infos[bare[0]].path} has no time; expected a time "
+                    "for each acquisition of one day. Fix: give the times with --dates (e.g. "
+                    "2023-01-15T10:00) or in the ACQUISITION_DATE tag"
+                )
 
 
 def _parse_mask_values(values: Sequence[float] | str | None) -> tuple[float, ...] | None:
@@ -354,25 +388,40 @@ def _match_masks(
                 f"date) or one band per date ({len(dates)}) in a single mask file. Fix: give "
                 "single-band masks, or one file holding a band for every date"
             )
-        date = info.tag_date or info.tiff_date or name_date(info.path)
-        if date not in dates:
-            listed = ", ".join(d.isoformat() for d in dates)
+        date = info.tag_date or info.tiff_date or name_when(info.path)
+        i = _mask_index(date, dates)
+        if i is None:
+            listed = ", ".join(iso(d) for d in dates)
             raise DateError(
-                f"{info.path}: mask date {date.isoformat() if date else 'not found'}; expected "
+                f"{info.path}: mask date {iso(date) if date else 'not found'}; expected "
                 f"one of the image dates ({listed}). Fix: put the image's date in the mask's "
-                "name (e.g. cloud_20230115.tif) or its ACQUISITION_DATE tag"
+                "name (e.g. cloud_20230115.tif) or its ACQUISITION_DATE tag (with its time "
+                "when two images share the day)"
             )
-        i = list(dates).index(date)
         if out[i] is not None:
             raise DateError(
-                f"{info.path} and {out[i][0]} are both masks of {date.isoformat()}; expected at "
+                f"{info.path} and {out[i][0]} are both masks of {iso(dates[i])}; expected at "
                 "most one mask per date. Fix: remove one of them"
             )
         out[i] = (info.path, 1)
-    missing = [d.isoformat() for d, m in zip(dates, out) if m is None]
+    missing = [iso(d) for d, m in zip(dates, out) if m is None]
     if missing:
         logger.info("no mask for %s: used unmasked", ", ".join(missing))
     return tuple(out)
+
+
+def _mask_index(date: When | None, dates: Sequence[When]) -> int | None:
+    """The image date a mask's date names: the same date and time, else the one image of that
+    day (a mask named by its day alone)."""
+    if date is None:
+        return None
+    day = date.date() if isinstance(date, dt.datetime) else date
+    days = [d.date() if isinstance(d, dt.datetime) else d for d in dates]
+    same = [i for i, d in enumerate(dates) if d == date]
+    if same:
+        return same[0]
+    matches = [i for i, d in enumerate(days) if d == day]
+    return matches[0] if len(matches) == 1 else None
 
 
 def _check_mask_grid(info: _FileInfo, ref: _FileInfo, align: bool) -> None:
@@ -425,7 +474,7 @@ def _inspect(path: str) -> _FileInfo:
                     imagery=[src.tags(i, ns="IMAGERY") for i in src.indexes],
                 ),
                 tag_date=_tag_date(tags),
-                tiff_date=value_date(tags.get("TIFFTAG_DATETIME")),
+                tiff_date=value_when(tags.get("TIFFTAG_DATETIME")),
             )
     except RasterioError as exc:
         cause = f" ({exc.__cause__})" if exc.__cause__ else ""
@@ -435,15 +484,15 @@ def _inspect(path: str) -> _FileInfo:
         ) from exc
 
 
-def _tag_date(tags: dict[str, str]) -> dt.date | None:
+def _tag_date(tags: dict[str, str]) -> When | None:
     for key, value in tags.items():
         if key.upper() == "ACQUISITION_DATE":
-            return value_date(value)
+            return value_when(value)
     return None
 
 
-def _file_date(info: _FileInfo) -> dt.date:
-    date = info.tag_date or info.tiff_date or name_date(info.path)
+def _file_date(info: _FileInfo) -> When:
+    date = info.tag_date or info.tiff_date or name_when(info.path)
     if date is None:
         raise DateError(
             f"{info.path}: no acquisition date found (no ACQUISITION_DATE or TIFFTAG_DATETIME "

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from geochange.bands import wavelength_array
-from geochange.dates import to_date
+from geochange.dates import iso, like
 from geochange.errors import InputError
 from geochange.model.losses import IGNORE
 from geochange.model.normalize import apply
@@ -208,12 +208,12 @@ def _date_lookup(change_dates: Sequence[Any], dates: Sequence[dt.date], path: st
     """Stack date index j (first date on or after the change date) for each change date."""
     out = []
     for value in change_dates:
-        d = to_date(value, f"labels {path}: change_date")
+        d = like(value, dates, f"labels {path}: change_date")
         j = next((i for i, sd in enumerate(dates) if sd >= d), None)
         if j is None or j == 0:
             raise InputError(
-                f"labels {path}: change_date {d.isoformat()} is not after the first stack date "
-                f"{dates[0].isoformat()} or is after the last {dates[-1].isoformat()}; "
+                f"labels {path}: change_date {iso(d)} is not after the first stack date "
+                f"{iso(dates[0])} or is after the last {iso(dates[-1])}; "
                 "expected a date within the series (the first date the change is seen)"
             )
         out.append(j)

@@ -16,7 +16,7 @@ import rasterio
 from affine import Affine
 from matplotlib.figure import Figure
 
-from geochange.dates import is_missing, to_date
+from geochange.dates import When, is_missing, like
 from geochange.errors import InputError
 from geochange.grid import GridSpec
 from geochange.io.stack import Stack
@@ -155,10 +155,12 @@ def series_values(
     dates = tuple(stack.dates)
     found_date, before = None, None
     if change_date is not None:
-        found_date = _to_date(change_date, "change_date")
+        found_date = _to_date(change_date, "change_date", dates)
     elif row_rec is not None:
-        found_date = _to_date(row_rec.get("change_date", row_rec.get("date_after")), "change_date")
-        before = _to_date(row_rec.get("date_before"), "date_before")
+        found_date = _to_date(
+            row_rec.get("change_date", row_rec.get("date_after")), "change_date", dates
+        )
+        before = _to_date(row_rec.get("date_before"), "date_before", dates)
     elif date_index is not None:
         j = _dominant_index(date_index, grid, r0, c0, mask, len(dates))
         found_date = dates[j] if j else None
@@ -418,6 +420,7 @@ def _dominant_index(
     return int(np.bincount(values).argmax())
 
 
-def _to_date(value: Any, name: str) -> dt.date | None:
-    """A ``datetime.date`` from a table cell or argument; None if empty."""
-    return None if is_missing(value) else to_date(value, name)
+def _to_date(value: Any, name: str, dates: tuple[When, ...]) -> When | None:
+    """A date of the stack's kind (:func:`geochange.dates.like`) from a table cell or argument;
+    None if empty."""
+    return None if is_missing(value) else like(value, dates, name)
