@@ -85,6 +85,8 @@ class StackConfig:
         wavelengths: band centres in nm, e.g. "490,560,665,842"; default from the files.
         allow_driver: GDAL drivers allowed besides GTiff, e.g. ("VRT",) for trusted VRTs.
         allow_no_crs: accept a stack without a CRS (pixel coordinates only).
+        layout: "file-per-date" (default) or "band-per-date" (one file, its bands date after
+            date); bands_per_date: bands of each date there (default: bands / dates).
     """
 
     dates: Sequence[Any] | None = None
@@ -94,6 +96,8 @@ class StackConfig:
     wavelengths: Sequence[float | None] | str | None = None
     allow_driver: Sequence[str] = ()
     allow_no_crs: bool = False
+    layout: Literal["file-per-date", "band-per-date"] = "file-per-date"
+    bands_per_date: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -635,8 +635,10 @@ def _cube_stack(cube: Any, stack_config: StackConfig, chunk_size: int) -> tuple[
             "xarray.DataArray(a, dims=('time', 'band', 'y', 'x'), coords=...)"
             ".rio.write_crs('EPSG:32633')"
         )
-    for name in ("align", "masks", "mask_values"):
-        if getattr(stack_config, name):
+    for name in ("align", "masks", "mask_values", "bands_per_date"):
+        if getattr(stack_config, name) or (
+            name == "bands_per_date" and stack_config.layout != "file-per-date"
+        ):
             raise ConfigError(
                 name,
                 "given with an xarray input; expected a cube already on one grid with clouds "

@@ -123,3 +123,65 @@ def test_an_unreachable_object_store_is_one_honest_line(closed_s3, tmp_path, ite
     assert re.search(match, err) and "AWS_NO_SIGN_REQUEST=YES" in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "c.gpkg").exists()
+
+
+def _one_file(path, data, descriptions=None):
+    """(t, c, h, w) as one GeoTIFF with t*c bands, date after date."""
+    from helpers import write_geotiff
+
+    t, c = data.shape[:2]
+    return write_geotiff(path, data.reshape(t * c, *data.shape[2:]), band_names=descriptions)
+
+
+def test_one_file_with_a_band_per_date_is_the_same_stack(stack, tmp_path):
+    folder, _ = stack
+    data = _scene()
+    whole = _one_file(tmp_path / "series.tif", data)
+    s = open_stack(whole, layout="band-per-date", dates=",".join(DATES))
+    files = open_stack(folder)
+    assert s.T == 3 and s.band_count == 3 and s.bands == ((1, 2, 3), (4, 5, 6), (7, 8, 9))
+    np.testing.assert_array_equal(s.data.compute(), files.data.compute())
+    from geochange.io.read import read_sample
+
+    np.testing.assert_array_equal(read_sample(s), read_sample(files))
+    # dates from the band descriptions; dates given out of order are sorted with their bands
+    names = [f"b{b}_{d.replace('-', '')}" for d in DATES for b in (1, 2, 3)]
+    named = _one_file(tmp_path / "named.tif", data, names)
+    assert open_stack(named, layout="band-per-date").dates == files.dates
+    back = open_stack(whole, layout="band-per-date", dates=list(reversed(DATES)))
+    np.testing.assert_array_equal(back.data.compute(), files.data.compute()[::-1])
+
+
+def test_band_per_date_through_the_cli_gives_the_files_polygons(stack, tmp_path):
+    import geopandas as gpd
+
+    folder, _ = stack
+    whole = _one_file(tmp_path / "series.tif", _scene())
+    common = ["--method", "cva", "--no-progress", "--no-quicklook", "--chunk-size", "32"]
+    code, _, err = run_cli("detect", folder, "-o", tmp_path / "a.gpkg", *common)
+    assert code == 0, err
+    code, _, err = run_cli(
+        "detect", whole, "--layout", "band-per-date", "--dates", ",".join(DATES),
+        "-o", tmp_path / "b.gpkg", *common,
+    )  # fmt: skip
+    assert code == 0, err
+    a, b = (gpd.read_file(tmp_path / f"{n}.gpkg", layer="changes") for n in "ab")
+    assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--dates", "2022-03-01,2022-05-17"], r"--dates: got 2 dates for .*series\.tif, which "
+         r"has 9 bands; expected dates x bands per date"),
+        ([], r"series\.tif: band 1 of 9 has no date in its description"),
+        (["--dates", "2022-03-01,2022-05-17,2022-08-02", "--bands-per-date", "2"],
+         r"--dates: got 3 dates .* has 9 bands and --bands-per-date 2"),
+    ],
+)  # fmt: skip
+def test_band_per_date_mistakes_are_one_line(tmp_path, args, match):
+    whole = _one_file(tmp_path / "series.tif", _scene())
+    code, _, err = run_cli(
+        "detect", whole, "--layout", "band-per-date", *args, "-o", tmp_path / "c.gpkg"
+    )
+    assert code == 2 and re.search(match, err) and len(err.strip().splitlines()) == 1, err

@@ -110,6 +110,21 @@ from geochange.cli import options
     help="1-based bands shown as red,green,blue in the quicklook, e.g. 3,2,1.",
 )
 @click.option(
+    "--layout",
+    type=click.Choice(["file-per-date", "band-per-date"]),
+    default="file-per-date",
+    show_default=True,
+    help="band-per-date: INPUTS is one file holding every date, its bands date after date "
+    "(date 1's bands, then date 2's, ...); dates from --dates or the band descriptions "
+    "(e.g. NDVI_20230115).",
+)
+@click.option(
+    "--bands-per-date",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --layout band-per-date: bands of each date (default: the file's bands / dates).",
+)
+@click.option(
     "--co",
     "co",
     multiple=True,
@@ -259,6 +274,8 @@ def command(
     resume,
     quicklook,
     rgb_bands,
+    layout,
+    bands_per_date,
     co,
     allow_driver,
     allow_no_crs,
@@ -305,6 +322,7 @@ def command(
       geochange detect stack/ -o changes.gpkg --skip clouds,emerge
       geochange detect stack/ -o changes.gpkg --co COMPRESS=ZSTD --co LEVEL=15
       geochange detect @scenes.txt -o changes.gpkg
+      geochange detect ndvi_series.tif --layout band-per-date -o changes.gpkg
       geochange detect 's3://bucket/T32TQM/S2_*.tif' -o changes.gpkg
       geochange detect vrts/ -o changes.gpkg --allow-driver VRT
       geochange detect years/ -o changes.gpkg --events latest --since 2024-01-01
@@ -365,6 +383,8 @@ def command(
             wavelengths=wavelengths,
             allow_driver=tuple(allow_driver),
             allow_no_crs=allow_no_crs,
+            layout=layout,
+            bands_per_date=bands_per_date,
         ),
         overwrite=overwrite,
         resume=resume,

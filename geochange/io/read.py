@@ -70,9 +70,10 @@ def _sources(stack: Stack) -> tuple[DateSource, ...]:
     grid = stack.grid
     target = (grid.crs, grid.transform, grid.height, grid.width)
     masks = stack.masks or (None,) * stack.T
+    bands = stack.bands or (None,) * stack.T
     return tuple(
-        _Source(path, *target, stack.align, mask, stack.mask_values)
-        for path, mask in zip(stack.paths, masks)
+        _Source(path, *target, stack.align, mask, stack.mask_values, b)
+        for path, mask, b in zip(stack.paths, masks, bands)
     )
 
 
@@ -105,6 +106,7 @@ class _Source:
     align: bool
     mask: tuple[str, int] | None = None
     mask_values: tuple[float, ...] | None = None
+    bands: tuple[int, ...] | None = None  # 1-based bands of the file holding this date; None = all
 
     def read(self, window: Window) -> np.ndarray:
         return _read_window(self, window)
@@ -192,11 +194,12 @@ def _read_window(source: _Source, window: Window) -> np.ndarray:
         (c, h, w) float32, NaN where any band is nodata or the pixel is masked.
     """
     with rasterio.Env(**GDAL_ENV), rasterio.open(source.path) as src:
+        bands = {"indexes": list(source.bands)} if source.bands else {}
         if source.align and not _on_grid(src, source):
             with _warped(src, source, ALIGN_RESAMPLING) as vrt:
-                out = _masked_read(vrt, window=window)
+                out = _masked_read(vrt, window=window, **bands)
         else:
-            out = _masked_read(src, window=window)
+            out = _masked_read(src, window=window, **bands)
         if source.mask is not None:
             out[:, _read_mask(source, window=window)] = np.nan
         return out
@@ -313,15 +316,19 @@ def read_sample(stack: Stack, max_pixels: int = 256 * 256) -> np.ndarray:
 def _read_decimated(source: _Source, out_h: int, out_w: int) -> np.ndarray:
     """(c, out_h, out_w) float32 of a whole date, NaN where nodata or masked."""
     with rasterio.Env(**GDAL_ENV), rasterio.open(source.path) as src:
+        bands = {"indexes": list(source.bands)} if source.bands else {}
         if source.align and not _on_grid(src, source):
             # Warp straight onto a coarse version of the target grid: no full-resolution warp.
             coarse = _coarse(source, out_h, out_w)
             with _warped(src, coarse, Resampling.nearest) as vrt:
-                out = _masked_read(vrt)
+                out = _masked_read(vrt, **bands)
             if source.mask is not None:
                 out[:, _read_mask(coarse)] = np.nan
             return out
-        out = _masked_read(src, out_shape=(src.count, out_h, out_w), resampling=Resampling.nearest)
+        count = len(source.bands) if source.bands else src.count
+        out = _masked_read(
+            src, out_shape=(count, out_h, out_w), resampling=Resampling.nearest, **bands
+        )
     if source.mask is not None:  # decimated the same way as the image
         out[:, _read_mask(source, out_shape=(out_h, out_w), resampling=Resampling.nearest)] = np.nan
     return out
@@ -333,5 +340,13 @@ def _coarse(source: _Source, out_h: int, out_w: int) -> _Source:
     t, sx, sy = source.transform, source.width / out_w, source.height / out_h
     coarse = Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f)
     return _Source(
-        source.path, source.crs, coarse, out_h, out_w, True, source.mask, source.mask_values
+        source.path,
+        source.crs,
+        coarse,
+        out_h,
+        out_w,
+        True,
+        source.mask,
+        source.mask_values,
+        source.bands,
     )

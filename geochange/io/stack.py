@@ -11,6 +11,7 @@ The dask graph holds one read task per (date, chunk); the reading itself is
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import dask.array as da
 import numpy as np
@@ -83,6 +85,8 @@ class Stack:
         sources: per date a picklable :class:`~geochange.io.read.DateSource` read instead of
             ``paths`` (an xarray cube, :mod:`geochange.io.cube`); ``paths`` then only name the
             dates. () = the files in ``paths``.
+        bands: per date the 1-based bands of its file that hold it (one file with a band per
+            date, ``layout="band-per-date"``); () = every band of each file.
     """
 
     paths: tuple[str, ...]
@@ -98,6 +102,7 @@ class Stack:
     wavelengths: tuple[float | None, ...] = ()
     shifts: tuple[tuple[float, float], ...] = ()
     sources: tuple[DateSource, ...] = ()
+    bands: tuple[tuple[int, ...], ...] = ()
 
     @property
     def T(self) -> int:  # noqa: N802 - T is the glossary's name for the number of dates
@@ -207,6 +212,8 @@ def open_stack(
     wavelengths: Sequence[float | None] | str | None = None,
     allow_driver: Sequence[str] | str | None = (),
     allow_no_crs: bool = True,
+    layout: Literal["file-per-date", "band-per-date"] = "file-per-date",
+    bands_per_date: int | None = None,
 ) -> Stack:
     """Open a time series of GeoTIFFs, one file per date, as a lazy :class:`Stack`.
 
@@ -239,6 +246,14 @@ def open_stack(
         allow_driver: GDAL drivers allowed besides GTiff (e.g. "VRT");
             see :mod:`geochange.io.drivers`.
         allow_no_crs: accept files without a CRS (pixel coordinates only).
+        layout: "file-per-date" (one file per date, all its bands), or "band-per-date": one
+            file holding every date, its bands date after date (date 1's bands, then date 2's,
+            ...), as an export of a time series gives it (one band per date for an index such as
+            NDVI). The dates come from ``dates`` (one per date) or from the band descriptions
+            (``2023-01-15``, ``NDVI_20230115``, ``B04_20230115T101409``: consecutive bands of
+            one date form that date).
+        bands_per_date: with "band-per-date": bands of each date (default: the file's bands
+            divided by the number of dates, or as the descriptions group them).
 
     Returns:
         The stack, dates sorted ascending.
@@ -263,7 +278,22 @@ def open_stack(
     given = None
     if dates is not None:
         given = parse_dates([dates] if isinstance(dates, (str, dt.date)) else list(dates))
-        if len(given) != len(paths):
+    groups: list[tuple[int, ...]] | None = None
+    if layout == "band-per-date":
+        check_drivers(paths, drivers, GDAL_ENV)
+        infos, file_dates, groups = _split_bands(paths, given, bands_per_date)
+    elif layout != "file-per-date":
+        raise InputError(
+            f"--layout: found {layout!r}, expected file-per-date (one file per date, the "
+            "default) or band-per-date (one file with the dates' bands one after another)"
+        )
+    else:
+        if bands_per_date is not None:
+            raise InputError(
+                "--bands-per-date: given without --layout band-per-date; expected it only for "
+                "one file holding every date. Fix: add --layout band-per-date or drop it"
+            )
+        if given is not None and len(given) != len(paths):
             listed = ", ".join(Path(p).name for p in paths[:6]) + (
                 ", ..." if len(paths) > 6 else ""
             )
@@ -272,17 +302,19 @@ def open_stack(
                 "date per file, in the order the files are listed (folders and globs sorted by "
                 "name). Fix: give exactly one date per file"
             )
-    check_drivers(paths, drivers, GDAL_ENV)
+        check_drivers(paths, drivers, GDAL_ENV)
+        infos = [_inspect(p) for p in paths]
+        file_dates = given if given is not None else [_file_date(info) for info in infos]
     if masks is not None:
         check_drivers(_expand_inputs(masks, drivers), drivers, GDAL_ENV)
-    infos = [_inspect(p) for p in paths]
-    file_dates = given if given is not None else [_file_date(info) for info in infos]
     _check_same_day(infos, file_dates)
     file_dates = settle(file_dates, keep_times=given is not None)
 
     order = sorted(range(len(infos)), key=lambda i: file_dates[i])
     infos = [infos[i] for i in order]
     file_dates = [file_dates[i] for i in order]
+    if groups is not None:
+        groups = [groups[i] for i in order]
     if len(infos) < 2:
         raise InputError(
             f"{infos[0].path}: only one date found; expected at least 2 dates (one GeoTIFF per "
@@ -326,7 +358,74 @@ def open_stack(
         wavelengths=ref.wavelengths
         if wavelengths is None
         else parse_wavelengths(wavelengths, ref.count),
+        bands=tuple(groups) if groups is not None else (),
     )
+
+
+def _split_bands(
+    paths: Sequence[str], given: list[When] | None, per_date: int | None
+) -> tuple[list[_FileInfo], list[When], list[tuple[int, ...]]]:
+    """One file with a band per date: per date its file info (its bands only), its date and its
+    1-based band numbers."""
+    if len(paths) != 1:
+        raise InputError(
+            f"--layout band-per-date: found {len(paths)} files ({paths[0]}, ...); expected one "
+            "file holding every date's bands. Fix: give that one file"
+        )
+    info = _inspect(paths[0])
+    n = info.count
+    if given is None:
+        found = [_band_date(d) for d in info.band_names]
+        if any(d is None for d in found):
+            raise DateError(
+                f"{info.path}: band {found.index(None) + 1} of {n} has no date in its "
+                f"description ({info.band_names[found.index(None)]!r}); expected a date per "
+                "band (e.g. NDVI_20230115) or --dates. Fix: pass --dates with one date per "
+                "date in the file (its bands grouped by --bands-per-date)"
+            )
+        dates: list[When] = []
+        sizes: list[int] = []
+        for d in found:
+            if dates and d == dates[-1]:
+                sizes[-1] += 1
+            else:
+                dates.append(d)
+                sizes.append(1)
+        c = sizes[0]
+        if set(sizes) != {c} or (per_date is not None and per_date != c):
+            raise InputError(
+                f"{info.path}: the band descriptions give {len(dates)} dates of "
+                f"{', '.join(map(str, sizes))} bands; expected the same number of bands per "
+                f"date{f' ({per_date}, --bands-per-date)' if per_date else ''}, one date's bands "
+                "after another. Fix: pass --dates and --bands-per-date"
+            )
+    else:
+        dates = list(given)
+        c = per_date if per_date is not None else n // max(1, len(dates))
+        if c < 1 or c * len(dates) != n:
+            raise DateError(
+                f"--dates: got {len(dates)} dates for {info.path}, which has {n} bands"
+                f"{f' and --bands-per-date {per_date}' if per_date else ''}; expected dates x "
+                "bands per date = the file's bands. Fix: give one date per date in the file, "
+                "or --bands-per-date"
+            )
+    groups = [tuple(range(i * c + 1, i * c + c + 1)) for i in range(len(dates))]
+    infos = [
+        dataclasses.replace(
+            info,
+            count=c,
+            band_names=tuple(info.band_names[b - 1] for b in g),
+            wavelengths=tuple(info.wavelengths[b - 1] for b in g),
+        )
+        for g in groups
+    ]
+    return infos, dates, groups
+
+
+def _band_date(description: str | None) -> When | None:
+    if not description:
+        return None
+    return value_when(description) or name_when(description)
 
 
 def _check_same_day(infos: Sequence[_FileInfo], dates: Sequence[When]) -> None:

@@ -177,7 +177,7 @@ def read_dates_decimated(
         One (len(bands), ceil(h/step), ceil(w/step)) float32 per date, NaN where nodata.
     """
     out_h, out_w = math.ceil(stack.grid.height / step), math.ceil(stack.grid.width / step)
-    if stack.align or stack.sources:  # warped dates or a cube
+    if stack.align or stack.sources or stack.bands:  # warped dates, a cube, bands per date
         # Warped dates: strided dask read, each chunk read, strided and dropped (bounded memory).
         sel = stack.data[list(indices)][:, [b - 1 for b in bands], ::step, ::step]
         return list(np.asarray(sel.compute(), dtype=np.float32))
