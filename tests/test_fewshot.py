@@ -72,6 +72,40 @@ def test_examples_teach_the_users_definition(two_kinds):
     assert f_taught >= f_zero + 0.2, (f_zero, f_taught)
 
 
+def test_taught_spectral_term_is_seam_free_and_fitted_as_the_network_runs(two_kinds, tmp_path):
+    import torch
+
+    from geochange.model.fewshot import _Teacher, teach_network
+
+    tmp, images, path, _, _ = two_kinds
+    stack = coregister(open_stack(images))
+    ex = read_examples(path, stack.grid)
+    res = teach_network(stack, ex, steps=0, folds=0, seed=0, device="cpu")
+    net = res.net
+    assert net.spectral is not None and net.config()["spectral_bands"] == 4
+    assert any(float(p.abs().sum()) > 0 for p in net.spectral[-1].parameters())
+    ckpt = tmp_path / "taught.ckpt"
+    from geochange.model import save_model
+
+    save_model(net, ckpt, {"threshold": res.threshold})
+    whole = np.asarray(detect(stack, None, model=ckpt, chunk_size=256, quicklook=False).prob)
+    tiled = np.asarray(detect(stack, None, model=ckpt, chunk_size=64, quicklook=False).prob)
+    assert np.array_equal(whole, tiled)
+    # The pixel-wise fit sees the term as the network computes it on a window.
+    teacher = _Teacher(net, stack, ex, "cpu", 0, 0, False)
+    r = teacher.regions[0]
+    from geochange.model.fewshot import _heads, _on_pixels
+
+    with torch.inference_mode():
+        term = (_heads(net, r.z, r.final, r.possible, r.bands)[0] - _heads(net, r.z, r.final,
+                r.possible)[0])[0].reshape(-1)  # fmt: skip
+        pixels = torch.cat([r.bands, r.final], 1)[0].flatten(1)
+        assert torch.allclose(_on_pixels(net.spectral, pixels), term, atol=1e-4)
+    assert float(term.abs().max()) > 1e-3
+    with pytest.raises(Exception, match="taught on a scene of 4 bands"):
+        net(torch.zeros(1, 2, 3, 8, 8), torch.ones(1, 2, 8, 8, dtype=torch.bool))
+
+
 def test_teaching_is_deterministic_for_a_seed(two_kinds, tmp_path):
     tmp, images, path, _, _ = two_kinds
     stack = coregister(open_stack(images))

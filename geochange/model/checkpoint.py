@@ -48,6 +48,7 @@ NET_KEYS = (
     "clouds",
     "local_contrast",
     "context_skip",
+    "spectral_bands",
 )
 
 

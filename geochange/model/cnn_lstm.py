@@ -98,6 +98,20 @@ def local_contrast(d: Tensor, radius: int) -> Tensor:
     return d - nn.functional.avg_pool2d(d, k, stride=1, padding=int(radius), count_include_pad=True)
 
 
+def spectral_input(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The first and last valid dates' bands and their difference, each (b, c, h, w), from
+    ``x`` (b, t, c, h, w) and ``valid`` (b, t, h, w); zero where no date is valid."""
+    first = torch.zeros_like(x[:, 0])
+    last = torch.zeros_like(x[:, 0])
+    seen = torch.zeros_like(valid[:, 0:1], dtype=torch.bool)
+    for i in range(x.shape[1]):
+        v = valid[:, i, None].to(torch.bool)
+        first = torch.where(v & ~seen, x[:, i], first)
+        last = torch.where(v, x[:, i], last)
+        seen = seen | v
+    return first, last, last - first
+
+
 def _conv(cin: int, cout: int, k: int, bias: bool = True, dilation: int = 1) -> nn.Conv2d:
     return nn.Conv2d(
         cin,
@@ -227,6 +241,12 @@ class CNNLSTM(nn.Module):
             over a (2r+1)² window (:func:`local_contrast`): how much a pixel changed *compared
             with its surroundings*. A field that greens up or is harvested as a whole gives
             about zero inside; a 2-px roof appearing in it stands out. 0 = off.
+        spectral_bands: when > 0, a per-pixel term of the change logit from the scene's own
+            band values: a 1×1 network over the first and last valid dates' normalised bands,
+            their difference and the final states (zero at start). Set when a model is taught
+            on one scene's examples (:mod:`geochange.model.fewshot`), so that it can learn what
+            that user calls change in that sensor's spectra; the model then takes exactly this
+            many bands. 0 = off.
 
     Shapes: ``x`` (b, t, c, h, w) float32, normalised (see ``normalize.apply``), no NaN;
     ``valid`` (b, t, h, w) bool. Works for any t >= 2.
@@ -246,6 +266,7 @@ class CNNLSTM(nn.Module):
         clouds: bool = False,
         local_contrast: int = 0,
         context_skip: bool = False,
+        spectral_bands: int = 0,
     ) -> None:
         super().__init__()
         if in_bands is not None and in_bands < 1:
@@ -259,6 +280,8 @@ class CNNLSTM(nn.Module):
             )
         if int(shift_radius) < 0:
             raise ModelError(f"shift_radius: got {shift_radius}, expected an integer >= 0")
+        if int(spectral_bands) < 0:
+            raise ModelError(f"spectral_bands: got {spectral_bands}, expected an integer >= 0")
         if int(local_contrast) < 0:
             raise ModelError(f"local_contrast: got {local_contrast}, expected an integer >= 0")
         self.local_contrast = int(local_contrast)
@@ -308,6 +331,16 @@ class CNNLSTM(nn.Module):
         if context_skip:
             self.skip = _conv(2 * hidden, 1, 1, bias=False)
             nn.init.zeros_(self.skip.weight)
+        self.spectral_bands = int(spectral_bands)
+        self.spectral: nn.Sequential | None = None
+        if self.spectral_bands:
+            self.spectral = nn.Sequential(
+                _conv(3 * self.spectral_bands + 2 * hidden, 2 * head_hidden, 1),
+                nn.ReLU(),
+                _conv(2 * head_hidden, 1, 1),
+            )
+            nn.init.zeros_(self.spectral[-1].weight)
+            nn.init.zeros_(self.spectral[-1].bias)
 
     def config(self) -> dict:
         """Constructor arguments, to rebuild the network from a checkpoint."""
@@ -324,7 +357,13 @@ class CNNLSTM(nn.Module):
             "clouds": self.cloud is not None,
             "local_contrast": self.local_contrast,
             "context_skip": self.skip is not None,
+            "spectral_bands": self.spectral_bands,
         }
+
+    @property
+    def band_count(self) -> int | None:
+        """The number of bands the model takes; None = any."""
+        return self.in_bands if self.in_bands is not None else (self.spectral_bands or None)
 
     @property
     def uses_wavelengths(self) -> bool:
@@ -360,6 +399,11 @@ class CNNLSTM(nn.Module):
             raise ModelError(
                 f"the model was trained on {self.in_bands} bands but the input has {c}; "
                 "use the default band-agnostic model or retrain on this band count"
+            )
+        if self.spectral_bands and c != self.spectral_bands:
+            raise ModelError(
+                f"the model was taught on a scene of {self.spectral_bands} bands but the input "
+                f"has {c}; teach it again on this sensor's bands or use the default model"
             )
         if tuple(valid.shape) != (b, t, h, w):
             raise ModelError(
@@ -459,9 +503,16 @@ class CNNLSTM(nn.Module):
         if self.skip is not None:
             context = context + self.skip(final)[:, 0]
         change = torch.logsumexp(interval, dim=1) + context
+        if self.spectral is not None:
+            change = change + self.spectral_term(x, valid, final)
         if return_clouds:
             return change, interval, cloud_logits
         return change, interval
+
+    def spectral_term(self, x: Tensor, valid: Tensor, final: Tensor) -> Tensor:
+        """(b, h, w) the spectral term of the change logit (see ``spectral_bands``)."""
+        assert self.spectral is not None
+        return self.spectral(torch.cat([*spectral_input(x, valid), final], dim=1))[:, 0]
 
     def _cloud_logits(self, feats: list[Tensor], valid: Tensor) -> Tensor:
         """(b, t, h, w) cloud/shadow logits of each date from its features and their difference

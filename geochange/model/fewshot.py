@@ -58,7 +58,7 @@ from geochange.io.examples import UNKNOWN, Examples
 from geochange.io.read import read_sample
 from geochange.io.stack import Stack
 from geochange.model import load_model, save_model
-from geochange.model.cnn_lstm import CNNLSTM, MASKED_LOGIT, shift_min_distance
+from geochange.model.cnn_lstm import CNNLSTM, MASKED_LOGIT, shift_min_distance, spectral_input
 from geochange.model.normalize import apply
 from geochange.model.pseudo import change_magnitude, ignore_threshold
 from geochange.robust import scene_stats
@@ -96,6 +96,12 @@ REHEARSAL_BATCH = 2
 SELF_SHARE = 0.3
 #: Weight of the L2 pull of the heads towards their starting weights.
 ANCHOR = 1e-3
+#: Full-batch steps, learning rate, L2 weight and most pixels of each kind (change, no change,
+#: quiet) of the spectral term's fit.
+SPECTRAL_STEPS = 300
+SPECTRAL_LR = 1e-2
+SPECTRAL_L2 = 1e-4
+SPECTRAL_PIXELS = 8_000
 #: Candidate thresholds.
 THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)
 
@@ -167,15 +173,27 @@ def _backbone(net: CNNLSTM, x: torch.Tensor, valid: torch.Tensor, wl: torch.Tens
     return torch.stack(z, dim=1), torch.cat([h_fwd[-1], hb], dim=1), possible
 
 
-def _heads(net: CNNLSTM, z: torch.Tensor, final: torch.Tensor, possible: torch.Tensor):
-    """The rest of ``CNNLSTM.forward``: (change_logit (b, h, w), interval_logits (b, t-1, h, w))."""
+def _heads(
+    net: CNNLSTM,
+    z: torch.Tensor,
+    final: torch.Tensor,
+    possible: torch.Tensor,
+    bands: torch.Tensor | None = None,
+):
+    """The rest of ``CNNLSTM.forward``: (change_logit (b, h, w), interval_logits (b, t-1, h, w)).
+
+    ``bands`` (b, 3c, h, w): :func:`~geochange.model.cnn_lstm.spectral_input` for a network with
+    a spectral term; None leaves that term out (the rehearsed scenes of other band counts)."""
     b, n, ch, h, w = z.shape
     interval = net.interval_head(z.reshape(b * n, ch, h, w))[:, 0].reshape(b, n, h, w)
     interval = torch.where(possible, interval, interval.new_tensor(MASKED_LOGIT))
     context = net.decoder(final)[:, 0]
     if net.skip is not None:
         context = context + net.skip(final)[:, 0]
-    return torch.logsumexp(interval, dim=1) + context, interval
+    change = torch.logsumexp(interval, dim=1) + context
+    if net.spectral is not None and bands is not None:
+        change = change + net.spectral(torch.cat([bands, final], dim=1))[:, 0]
+    return change, interval
 
 
 def _head_parameters(net: CNNLSTM) -> list[torch.nn.Parameter]:
@@ -200,6 +218,7 @@ class _Region:
     z: torch.Tensor
     final: torch.Tensor
     possible: torch.Tensor
+    bands: torch.Tensor
 
 
 def _regions(label: np.ndarray, pad: int, cell: int = 32) -> list[tuple[int, int, int, int]]:
@@ -228,11 +247,37 @@ def _regions(label: np.ndarray, pad: int, cell: int = 32) -> list[tuple[int, int
 
 
 def _run_backbone(net, x, valid, wl, device):
+    """``(z, final, possible, bands)`` of one window (batch of 1); see :func:`_backbone`."""
     with torch.inference_mode():
         xt = torch.from_numpy(x[None]).to(device)
         vt = torch.from_numpy(valid[None]).to(device)
         z, final, possible = _backbone(net, xt, vt, wl)
-    return z.clone(), final.clone(), possible.clone()
+        bands = torch.cat(spectral_input(xt, vt), dim=1)
+    return z.clone(), final.clone(), possible.clone(), bands.clone()
+
+
+def _on_pixels(seq: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``seq`` (1 × 1 convolutions and activations) on a set of pixels ``x`` (d, n): (n,),
+    each pixel's output as the network gives it on a window."""
+    for m in seq:
+        if isinstance(m, torch.nn.Conv2d):
+            x = m.weight.flatten(1) @ x + m.bias[:, None]
+        else:
+            x = m(x)
+    return x[0]
+
+
+def with_spectral(net: CNNLSTM, bands: int, seed: int = 0) -> CNNLSTM:
+    """A copy of ``net`` with a spectral term for ``bands`` bands (zero at start, so it gives
+    the same output; its hidden layer drawn with ``seed``); ``net`` itself when it has one."""
+    if net.spectral is not None:
+        return net
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        out = CNNLSTM(**{**net.config(), "spectral_bands": int(bands)})
+    missing, unexpected = out.load_state_dict(net.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("spectral.") for k in missing)
+    return out.to(next(net.parameters()).device).eval()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,7 +452,7 @@ class _Teacher:
         for y0, x0, y1, x1 in _regions(label, pad):
             raw = stack.window(y0, x0, y1 - y0, x1 - x0)
             x, valid = apply(raw, self.stats)
-            z, final, possible = _run_backbone(base, x, valid, self.wl, device)
+            z, final, possible, bands = _run_backbone(base, x, valid, self.wl, device)
             lab = label[y0:y1, x0:x1].copy()
             lab[valid.sum(axis=0) < 2] = UNKNOWN
             selfneg = np.zeros(lab.shape, bool)
@@ -415,9 +460,12 @@ class _Teacher:
                 mag = change_magnitude(x, valid)
                 quiet = ~ndimage.binary_dilation(mag > thr, iterations=2)
                 with torch.inference_mode():
-                    p0 = torch.sigmoid(_heads(base, z, final, possible)[0])[0].cpu().numpy()
+                    logit0 = _heads(base, z, final, possible, bands)[0]
+                    p0 = torch.sigmoid(logit0)[0].cpu().numpy()
                 selfneg = quiet & (p0 < 0.5) & (lab == UNKNOWN) & (valid.sum(axis=0) >= 2)
-            self.regions.append(_Region(y0, x0, x, valid, lab, selfneg, z, final, possible))
+            self.regions.append(
+                _Region(y0, x0, x, valid, lab, selfneg, z, final, possible, bands)
+            )
         self.rehearsal = []
         if rehearsal:
             tt = min(max(2, self.t), 10)
@@ -429,7 +477,7 @@ class _Teacher:
                         list(sc.wavelengths) if sc.wavelengths is not None else None, x.shape[1]
                     )[None]
                 ).to(device)
-                z, final, possible = _run_backbone(base, x, valid, swl, device)
+                z, final, possible, _ = _run_backbone(base, x, valid, swl, device)
                 ch = torch.from_numpy(sc.change[None].astype(np.int64)).to(device)
                 di = torch.from_numpy(sc.date_index[None].astype(np.int64)).to(device)
                 self.rehearsal.append((z, final, possible, ch, di))
@@ -517,7 +565,8 @@ class _Teacher:
                 pos = torch.cat([r.possible[..., ys, xs] for r, (_, ys, xs) in zip(reg, group)])
                 y = torch.stack([labs[i][ys, xs] for i, ys, xs in group])
                 wgt = torch.stack([weights[i][ys, xs] for i, ys, xs in group])
-                logit, _ = _heads(net, z, fin, pos)
+                bnd = torch.cat([r.bands[..., ys, xs] for r, (_, ys, xs) in zip(reg, group)])
+                logit, _ = _heads(net, z, fin, pos, bnd)
                 bce = F.binary_cross_entropy_with_logits(logit, y, reduction="none")
                 loss = loss + (bce * wgt).sum() / wgt.sum().clamp_min(1.0) * len(group) / BATCH
             if self.rehearsal:
@@ -546,7 +595,67 @@ class _Teacher:
         net = net.eval()
         for p in net.parameters():
             p.requires_grad_(False)
+        if net.spectral is not None and SPECTRAL_STEPS:
+            self.fit_spectral(net, keep, seed)
         return net, done
+
+    def fit_spectral(self, net: CNNLSTM, keep: list[np.ndarray] | None, seed: int) -> None:
+        """Fit the spectral term in place, pixel by pixel, on top of the fitted heads.
+
+        The term is a per-pixel (1×1) network, so it is fitted on the labelled pixels
+        themselves (not crops): the heads' change logit is a fixed offset, the term's inputs
+        the pixel's bands (first, last, difference) and final states. Change and no-change
+        examples weigh the same in all; the scene's quiet pixels :data:`SELF_WEIGHT` of that.
+        :data:`SPECTRAL_STEPS` full-batch Adam steps with an L2 pull to zero.
+        """
+        rng = np.random.default_rng([int(seed), 451])
+        torch.manual_seed(int(seed))
+        assert net.spectral is not None
+        feats, offs, ys, keys = [], [], [], []
+        for i, r in enumerate(self.regions):
+            lab = r.label if keep is None else np.where(keep[i], r.label, UNKNOWN)
+            selfneg = r.selfneg if keep is None else r.selfneg & keep[i]
+            with torch.inference_mode():
+                off = _heads(net, r.z, r.final, r.possible)[0][0]
+            f = torch.cat([r.bands, r.final], dim=1)[0].flatten(1)  # (d, h·w)
+            for key, m in ((1, lab == 1), (0, lab == 0), (2, selfneg)):
+                idx = torch.from_numpy(np.flatnonzero(m.ravel())).to(self.device)
+                if idx.numel():
+                    feats.append(f[:, idx])
+                    offs.append(off.reshape(-1)[idx])
+                    ys.append(torch.full((idx.numel(),), float(key == 1), device=self.device))
+                    keys.append(torch.full((idx.numel(),), key, device=self.device))
+        if not feats:
+            return
+        x = torch.cat(feats, dim=1).clone()
+        off, y, key = torch.cat(offs).clone(), torch.cat(ys), torch.cat(keys)
+        pick = []
+        for kind in (1, 0, 2):
+            idx = np.flatnonzero((key == kind).cpu().numpy())
+            if idx.size > SPECTRAL_PIXELS:
+                idx = np.sort(rng.choice(idx, SPECTRAL_PIXELS, replace=False))
+            pick.append(idx)
+        sel = torch.from_numpy(np.concatenate(pick)).to(self.device)
+        x, off, y, key = x[:, sel], off[sel], y[sel], key[sel]
+        w = torch.zeros_like(y)
+        for kind, share in ((1, 1.0), (0, 1.0), (2, SELF_WEIGHT)):
+            m = key == kind
+            if m.any():
+                w[m] = share / m.sum()
+        w = w / w.sum()
+        params = list(net.spectral.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=SPECTRAL_LR)
+        for _ in range(int(SPECTRAL_STEPS)):
+            logit = off + _on_pixels(net.spectral, x)
+            loss = (F.binary_cross_entropy_with_logits(logit, y, reduction="none") * w).sum()
+            loss = loss + SPECTRAL_L2 * sum((p**2).sum() for p in params)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        for p in params:
+            p.requires_grad_(False)
 
     # -- predictions as detect makes them ----------------------------------------------------
     def predict(self, net: CNNLSTM) -> list[np.ndarray]:
@@ -555,7 +664,7 @@ class _Teacher:
         out = []
         for r in self.regions:
             with torch.inference_mode():
-                logit, interval = _heads(net, r.z, r.final, r.possible)
+                logit, interval = _heads(net, r.z, r.final, r.possible, r.bands)
                 prob = torch.sigmoid(logit)[0].cpu().numpy().astype(np.float32)
                 k = interval.argmax(dim=1)[0].cpu().numpy().astype(np.float32)
             # Result stages read the normalised series, not the raw tile.
@@ -578,6 +687,7 @@ def teach_network(
     lr: float = 3e-3,
     rehearsal: int = len(REHEARSAL_SEEDS),
     self_supervised: bool = True,
+    spectral: bool = True,
     device: str = "auto",
     start_time: float | None = None,
 ) -> TaughtResult:
@@ -595,6 +705,8 @@ def teach_network(
         lr: Adam learning rate of the heads.
         rehearsal: synthetic scenes rehearsed (0 = none).
         self_supervised: also teach the scene's quiet unlabelled pixels as no change.
+        spectral: add the per-pixel spectral term (``CNNLSTM(spectral_bands=...)``) and teach it
+            with the heads; the taught model then takes this stack's band count only.
         device: "auto", "cpu" or "cuda".
         start_time: ``time.monotonic()`` at which the budget started (default: now).
 
@@ -618,11 +730,13 @@ def teach_network(
     deadline = t0 + 60.0 * minutes
     dev = resolve_device(device)
     base, base_meta = load_model(model, map_location=dev)
-    if base.in_bands is not None and base.in_bands != stack.band_count:
+    if base.band_count is not None and base.band_count != stack.band_count:
         raise ModelError(
-            f"model {base_meta.get('path')}: trained on {base.in_bands} bands but the stack has "
+            f"model {base_meta.get('path')}: trained on {base.band_count} bands but the stack has "
             f"{stack.band_count}; teach the default band-agnostic model or one with this band count"
         )
+    if spectral:
+        base = with_spectral(base, stack.band_count, seed)
     teacher = _Teacher(base, stack, examples, dev, seed, rehearsal, self_supervised)
 
     # Cross-validation.
@@ -732,6 +846,7 @@ def teach_network(
         "lr": float(lr),
         "rehearsal": int(rehearsal),
         "self_supervised": bool(self_supervised),
+        "spectral": bool(net.spectral is not None),
         "threshold_source": source,
         "cv": cv,
         "device": dev,

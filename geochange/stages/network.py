@@ -138,8 +138,8 @@ class ModelDetector:
         t, c = self.stats.shape[:2]
         if t < 2:
             raise ModelError(f"stack: {t} date(s), at least 2 are needed to detect change")
-        if self.net.in_bands is not None and self.net.in_bands != c:
-            raise ModelError(_band_message(self.net.in_bands, c))
+        if self.net.band_count is not None and self.net.band_count != c:
+            raise ModelError(_band_message(self.net.band_count, c))
         #: context each sub-tile carries when the detector runs alone (a chain passes its own)
         self.halo = int(self.net.halo(t))
         if wavelengths is not None and len(wavelengths) != c:
@@ -290,9 +290,9 @@ def model_detector(
         raise ValueError(f"sample: got shape {sample.shape}, expected (t, c, n)")
     dev = resolve_device(str(device))
     net, meta = _cached_net(None if model_path is None else str(model_path), dev)
-    if net.in_bands is not None and net.in_bands != sample.shape[1]:
+    if net.band_count is not None and net.band_count != sample.shape[1]:
         raise ModelError(
-            f"model {meta.get('path')}: " + _band_message(net.in_bands, sample.shape[1])
+            f"model {meta.get('path')}: " + _band_message(net.band_count, sample.shape[1])
         )
     stats = scene_stats(sample)
     logger.info(
