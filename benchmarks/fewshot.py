@@ -305,10 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 pairs, 1 seed, 20 steps, no timing")
     ap.add_argument("--pairs", nargs="*", default=None, help="real pairs (default: all)")
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=40, help="steps per fit (folds and final)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="head steps per fit (folds and final); default: the product's")  # fmt: skip
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--adapt-minutes", type=float, default=0.5, help="0 = no --adapt column")
     ap.add_argument("--no-timing", action="store_true", help="skip the 512² timing run")
+    ap.add_argument("--resume", action="store_true",
+                    help=f"keep the pairs an interrupted run finished ({ROWS})")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=C.ROOT / "benchmarks" / "FEWSHOT.md")
     ap.add_argument("--figure", type=Path, default=None,
@@ -330,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         args.pairs = args.pairs or list(QUICK_PAIRS)
         args.seeds, args.steps, args.no_timing = 1, 20, True
         args.adapt_minutes = min(args.adapt_minutes, 0.25)
+    if args.steps is None:
+        import inspect
+
+        from geochange.model.fewshot import teach_network as _tn
+
+        args.steps = int(inspect.signature(_tn).parameters["steps"].default)
     C.setup_determinism(args.threads)
     torch.use_deterministic_algorithms(False)
     note = C.gdal_cache_workaround()
@@ -347,6 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     base, _ = load_model()
     rows: list[dict] = []
     check = None
+    if args.resume and ROWS.is_file():  # pairs finished by an earlier run of the same command
+        saved = json.loads(ROWS.read_text())
+        whole = {p for p in {r["pair"] for r in saved["rows"]}
+                 if sum(r["pair"] == p for r in saved["rows"]) == 2 * args.seeds}  # fmt: skip
+        rows = [r for r in saved["rows"] if r["pair"] in whole]
+        check = saved.get("check")
+        samples = [s for s in samples if s.name not in whole]
+        print(f"[fewshot] resumed: {sorted(whole)} done", flush=True)
     with tempfile.TemporaryDirectory(prefix="geochange-fewshot-") as tmp_:
         tmp = Path(tmp_)
         for s in samples:
@@ -432,10 +449,9 @@ def write_report(args, argv, rows, timing, check, wall, note) -> None:
         f"- Git commit: {C.git_commit()}",
         f"- Machine: {C.machine()}; {args.threads} torch threads. Total wall time {wall:.1f} min; "
         f"load average at the end {os.getloadavg()[0]:.1f} (the 2 cores are shared).",
-        f"- Teaching budget per run: {args.steps} steps per fit, k = {args.folds} blocked folds + "
-        f"the final fit ({args.steps * (args.folds + 1)} head steps), "
-        f"{np.mean([r['seconds'] for r in rows]):.0f} s per run on average "
-        "(the product's default is 150 steps per fit). Seeds: "
+        f"- Teaching budget per run: {args.steps} head steps per fit, then the spectral term's "
+        f"pixel-wise fit; k = {args.folds} blocked folds + the final fit, "
+        f"{np.mean([r['seconds'] for r in rows]):.0f} s per run on average. Seeds: "
         f"{args.seeds}. `--adapt`: {args.adapt_minutes} min, seed 0.",
         "- (a) one square block of ~10 % of the scene reviewed completely (less the reference's unlabelled pixels), placed at random where "
         "it holds change; (b) 10 whole reference change objects (>= 4 px; at most half of the pair's objects) + 10 no-change 8 x 8 "

@@ -19,6 +19,15 @@ How it learns (:func:`teach_network`):
   a few synthetic training scenes (:func:`geochange.model.scenes.synthetic_scene`, seeds of the shipped
   model's training range) with their true labels and dates. An L2 pull towards the starting
   weights keeps the heads near what they were.
+- **What the user calls change in this scene's spectra**: a *spectral term* added to the change
+  logit (``CNNLSTM(spectral_bands=c)``, :func:`with_spectral`): a per-pixel network over the
+  first and last dates' normalised bands, their difference and the final states. The shipped
+  model knows change in general but not this labeller's (new roofs only? ploughed fields too?);
+  a random forest on the band values alone already learns much of that from the examples, and
+  this term lets the network do the same on top of what it sees. Being per pixel, it is fitted
+  on the labelled pixels themselves after the heads (:meth:`_Teacher.fit_spectral`: full-batch,
+  change and no change weighted alike, the quiet pixels at the self-supervised weight), in
+  seconds. The taught model then takes this sensor's band count only.
 - **The threshold** is chosen on *held-out* examples: the out-of-fold probabilities of the
   cross-validation below, after the same refinement ``detect`` applies, by F1 (or, without a
   completely reviewed area, a positive-unlabelled criterion: :func:`threshold_curve`), the one
