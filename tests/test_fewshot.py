@@ -58,7 +58,7 @@ def test_examples_teach_the_users_definition(two_kinds):
     stack = coregister(open_stack(images))
     ex = read_examples(path, stack.grid)
     assert ex.n_change >= 4 and ex.n_no_change >= 1
-    ckpt, meta = teach(stack, ex, tmp / "taught.ckpt", steps=60, folds=0, seed=0, device="cpu")
+    ckpt, meta = teach(stack, ex, tmp / "taught.ckpt", folds=0, seed=0, device="cpu")
     assert meta["taught"] and 0.05 <= meta["threshold"] <= 0.95
     assert meta["examples_sha256"] == ex.sha256 and meta["cv"]["k"] == 0
     assert "too few" in meta["cv"]["note"]

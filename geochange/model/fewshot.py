@@ -6,13 +6,15 @@ with the decision threshold chosen from the examples in its meta (``detect`` use
 
 How it learns (:func:`teach_network`):
 
-- **What it changes**: the two heads only (the interval head and the context decoder, about a
-  fifth of the weights); the encoder and the ConvLSTM stay as shipped. Their output around the
-  examples is computed once (:func:`_backbone`) and every step trains the heads on it: ten
-  polygons cannot erase what the backbone learned, and a step costs milliseconds, so a few
-  hundred steps and a cross-validation fit in the budget of one adaptation.
-- **What it learns from**, each step, on every region around the examples (whole, not chips,
-  so the 15-px context decoder sees what it sees at inference):
+- **What it changes**: a spectral term added to the network (below); the encoder and the
+  ConvLSTM stay as shipped, and so do the two heads (the interval head and the context decoder)
+  unless ``steps`` > 0 asks to fine-tune them first. The backbone's output around the examples
+  is computed once (:func:`_backbone`) and every fit runs on it: ten polygons cannot erase what
+  the backbone learned, and a fit and a cross-validation take seconds. On the real pairs,
+  fine-tuning the heads as well helped some scenes and hurt others more, so it is off by
+  default.
+- **What the heads learn from** when fine-tuned, each step, on every region around the examples
+  (whole, not chips, so the 15-px context decoder sees what it sees at inference):
   the user's labels (1 change, 0 no change, classes weighted equally); the scene's own
   self-supervised "no change" of :mod:`geochange.model.pseudo` (unlabelled pixels with a low CVA-like
   magnitude that the starting model does not call change, at a lower weight); and rehearsal of
@@ -690,7 +692,7 @@ def teach_network(
     *,
     model: str | os.PathLike | None = None,
     minutes: float | None = None,
-    steps: int = 150,
+    steps: int = 0,
     seed: int = 0,
     folds: int = 3,
     lr: float = 3e-3,
@@ -708,11 +710,13 @@ def teach_network(
         model: starting checkpoint; None = the shipped default model.
         minutes: wall-clock budget of the whole call (None = :func:`default_minutes`); it cuts
             fits short only on a machine too slow for ``steps``.
-        steps: steps per fit (each fold's and the final one).
+        steps: head steps per fit (each fold's and the final one) before the spectral term's
+            fit; 0 = the heads stay as shipped (the default: on the real pairs, fitting them
+            helped some scenes and hurt others more, see the module notes).
         seed: seeds the folds and torch.
         folds: k of the blocked cross-validation (0 or 1 = none).
         lr: Adam learning rate of the heads.
-        rehearsal: synthetic scenes rehearsed (0 = none).
+        rehearsal: synthetic scenes rehearsed while the heads are fitted (0 = none).
         self_supervised: also teach the scene's quiet unlabelled pixels as no change.
         spectral: add the per-pixel spectral term (``CNNLSTM(spectral_bands=...)``) and teach it
             with the heads; the taught model then takes this stack's band count only.
@@ -746,6 +750,7 @@ def teach_network(
         )
     if spectral:
         base = with_spectral(base, stack.band_count, seed)
+    rehearsal = int(rehearsal) if steps > 0 else 0  # only the heads' fit rehearses
     teacher = _Teacher(base, stack, examples, dev, seed, rehearsal, self_supervised)
 
     # Cross-validation.
