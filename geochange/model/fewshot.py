@@ -474,9 +474,7 @@ class _Teacher:
                     logit0 = _heads(base, z, final, possible, bands)[0]
                     p0 = torch.sigmoid(logit0)[0].cpu().numpy()
                 selfneg = quiet & (p0 < 0.5) & (lab == UNKNOWN) & (valid.sum(axis=0) >= 2)
-            self.regions.append(
-                _Region(y0, x0, x, valid, lab, selfneg, z, final, possible, bands)
-            )
+            self.regions.append(_Region(y0, x0, x, valid, lab, selfneg, z, final, possible, bands))
         self.rehearsal = []
         if rehearsal:
             tt = min(max(2, self.t), 10)
