@@ -12,9 +12,11 @@ Three layouts, picked by :func:`runtime`:
   running; only the client is closed.
 
 On a distributed cluster every worker gets, through a worker plugin (so workers that join later
-get it too): the GDAL settings of :data:`geochange.io.read.GDAL_ENV` as environment variables, and
-``torch.set_num_threads(cores of its host // dask threads on that host)`` so torch and dask do not
-oversubscribe the cores. Inputs and outputs are read and written by the workers themselves: they
+or that a nanny restarts get it too): the GDAL settings of :data:`geochange.io.read.GDAL_ENV` as
+environment variables, and the run's one torch thread count (on a remote cluster: cores of a host
+// dask threads on that host, the smallest over hosts) so torch and dask do not oversubscribe the
+cores. Every task of the deep model also sets that count itself: the model's float sums depend
+on how many threads split them, so a chunk gives the same bits on whichever worker runs it. Inputs and outputs are read and written by the workers themselves: they
 must see the input paths (or GDAL URLs) and the output folder under the same names as the client.
 """
 
@@ -74,8 +76,8 @@ class Layout:
             or "remote" (an existing cluster).
         workers: dask worker processes (1 for "threads").
         threads_per_worker: dask threads per worker (for "remote": the total over all workers).
-        torch_threads: torch intra-op threads per worker process (for "remote": per host, the
-            smallest over hosts).
+        torch_threads: torch intra-op threads of every task (for "remote": cores of a host //
+            dask threads on that host, the smallest over hosts).
         dashboard: the dask dashboard URL, None on the threaded scheduler.
     """
 
@@ -279,7 +281,7 @@ def runtime(
         try:
             with _distributed_logs(), distributed.Client(cluster, set_as_default=False) as client:
                 client.register_plugin(
-                    _WorkerSetup({}, torch_n if torch_threads else None), name=_PLUGIN
+                    _WorkerSetup(torch_n if torch_threads else None), name=_PLUGIN
                 )
                 layout = Layout("local-cluster", workers, tpw, torch_n, client.dashboard_link)
                 log.info(layout.describe())
@@ -301,33 +303,36 @@ def runtime(
             "check the address and firewall, or leave --scheduler out to run locally"
         ) from exc
     with client:
-        per_worker, n_workers, n_threads = _remote_torch_threads(client)
+        torch_n, n_workers, n_threads = _remote_torch_threads(client)
         if n_workers == 0:
             raise InputError(
                 f"--scheduler {scheduler!r}: the scheduler has no workers; start some with "
                 f"`dask worker {client.scheduler.address}`"
             )
-        client.register_plugin(
-            _WorkerSetup(per_worker if torch_threads else {}, None), name=_PLUGIN
-        )
-        torch_n = min(per_worker.values()) if per_worker else 1
+        client.register_plugin(_WorkerSetup(torch_n if torch_threads else None), name=_PLUGIN)
         layout = Layout("remote", n_workers, n_threads, torch_n, client.dashboard_link)
         log.info(layout.describe())
         yield Runtime(layout, client)
 
 
-def _remote_torch_threads(client: Any) -> tuple[dict[str, int], int, int]:
-    """Torch threads per worker address: cores of its host // dask threads on that host."""
+def _remote_torch_threads(client: Any) -> tuple[int, int, int]:
+    """(torch threads of every task, workers, dask threads in all) of a running cluster.
+
+    Torch threads: cores of a host // dask threads of all workers on that host, the smallest
+    over hosts. One count for the whole run, whatever worker runs a chunk: a worker that joins
+    later or that its nanny restarts (under a new address) computes the same bits.
+    """
     info = client.scheduler_info(n_workers=-1)["workers"]
     cores = client.run(cpu_cores)  # {address: cores}
     threads_on_host: dict[str, int] = defaultdict(int)
     for w in info.values():
         threads_on_host[w["host"]] += int(w["nthreads"])
-    per_worker = {
-        addr: max(1, int(cores.get(addr, 1)) // max(1, threads_on_host[w["host"]]))
+    per_host = [
+        max(1, int(cores.get(addr, 1)) // max(1, threads_on_host[w["host"]]))
         for addr, w in info.items()
-    }
-    return per_worker, len(info), sum(int(w["nthreads"]) for w in info.values())
+    ]
+    n_threads = sum(int(w["nthreads"]) for w in info.values())
+    return min(per_host, default=1), len(info), n_threads
 
 
 _PLUGIN = "geochange-worker-setup"
@@ -362,17 +367,18 @@ def restore_malloc_thresholds() -> bool:
 
 class _WorkerSetup(WorkerPlugin):
     """Worker plugin: GDAL settings as environment variables, glibc malloc thresholds (see
-    :func:`restore_malloc_thresholds`), torch threads per process.
+    :func:`restore_malloc_thresholds`), torch threads.
+
+    Set up on every worker of the cluster, those that join later or that a nanny restarts
+    included, with the same values: nothing depends on a worker's address.
 
     Args:
-        per_worker: torch threads by worker address (remote clusters).
-        default: torch threads for workers not in ``per_worker`` (None: cores // nthreads).
-            Nothing is set for torch when both are empty/None and torch is not wanted.
+        torch_threads: torch intra-op threads of every worker process (None: torch left alone,
+            the run has no deep model).
     """
 
-    def __init__(self, per_worker: dict[str, int], default: int | None) -> None:
-        self.per_worker = dict(per_worker)
-        self.default = default
+    def __init__(self, torch_threads: int | None) -> None:
+        self.torch_threads = torch_threads
 
     def setup(self, worker: Any) -> None:
         from geochange.io.read import GDAL_ENV
@@ -380,15 +386,12 @@ class _WorkerSetup(WorkerPlugin):
         for key, value in GDAL_ENV.items():
             os.environ.setdefault(key, str(value))
         restore_malloc_thresholds()
-        n = self.per_worker.get(worker.address, self.default)
-        if n is None and not self.per_worker:
+        if self.torch_threads is None:
             return
-        if n is None:
-            n = max(1, cpu_cores() // max(1, int(worker.state.nthreads)))
-        os.environ["OMP_NUM_THREADS"] = str(n)
+        os.environ["OMP_NUM_THREADS"] = str(self.torch_threads)
         import torch
 
-        torch.set_num_threads(int(n))
+        torch.set_num_threads(int(self.torch_threads))
 
 
 @contextlib.contextmanager

@@ -392,8 +392,9 @@ def _run(
         n_chunks=n_chunks,
         torch_threads=config.method == "cnn-lstm",
     ) as rt:
-        # On a cluster each worker's torch threads are set by the worker plugin.
-        chain.num_threads = None if rt.distributed else rt.layout.torch_threads
+        # Every task sets the run's torch threads itself: the deep model's float sums depend
+        # on the count, so a chunk gives the same bits on any worker (a restarted one too).
+        chain.num_threads = rt.layout.torch_threads
         log.info(
             "%d dates, %d bands, %dx%d px, %d chunks, halo %d px, stages %s%s; %s",
             stack.T,
