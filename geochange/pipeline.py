@@ -774,7 +774,9 @@ def _since_index(dates: Sequence[_dt.date], since: _dt.date | None) -> int:
     """First date index on or after ``since`` (0 = every event; T = none)."""
     if since is None:
         return 0
-    return next((j for j, d in enumerate(dates) if d >= since), len(dates))
+    # By day: a stack's dates may carry times (datetimes do not compare with dates).
+    days = [d.date() if isinstance(d, _dt.datetime) else d for d in dates]
+    return next((j for j, d in enumerate(days) if d >= since), len(dates))
 
 
 def _drop_before(prob: da.Array, interval: da.Array, threshold: float, since: int) -> da.Array:

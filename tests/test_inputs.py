@@ -185,3 +185,20 @@ def test_band_per_date_mistakes_are_one_line(tmp_path, args, match):
         "detect", whole, "--layout", "band-per-date", *args, "-o", tmp_path / "c.gpkg"
     )
     assert code == 2 and re.search(match, err) and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_vrt_on_a_virtual_path_is_refused_even_when_vrts_are_allowed(stack, tmp_path):
+    """Its XML cannot be checked for raw bands before GDAL reads it."""
+    folder, paths = stack
+    _vrt(tmp_path / "a.vrt", str(paths[0]))
+    _vrt(tmp_path / "b.vrt", str(paths[1]))
+    archive = tmp_path / "v.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(tmp_path / "a.vrt", "a_20220301.vrt")
+    with pytest.raises(InputError, match=r"a GDAL VRT on a virtual or remote path"):
+        open_stack([f"/vsizip/{archive}/a_20220301.vrt", paths[1]], allow_driver="VRT")
+    # the same VRT as a local file is read
+    local = open_stack(
+        [tmp_path / "a.vrt", tmp_path / "b.vrt"], allow_driver="VRT", dates=DATES[:2]
+    )
+    assert local.T == 2

@@ -151,3 +151,12 @@ def test_a_cube_with_one_day_twice_keeps_the_times(tmp_path):
     ds = result.to_xarray()
     found = {str(t)[:19] for t in np.unique(ds["change_date"].values) if not np.isnat(t)}
     assert found == set(ISO[1:])
+
+
+def test_since_on_dates_with_times_compares_days(tmp_path):
+    paths = write_stack(tmp_path / "s", _scene(), ["2022-01-01", "2022-01-02", "2022-01-03"])
+    stack = open_stack(paths, dates=ISO)
+    late = geochange.detect(stack, method="cva", chunk_size=32, since="2022-05-01")
+    assert set(late.changes["change_date"]) <= {ISO[2]}
+    every = geochange.detect(stack, method="cva", chunk_size=32, since="2022-03-01")
+    assert set(every.changes["change_date"]) == set(ISO[1:])

@@ -124,6 +124,13 @@ def check_drivers(
             if errors[-1] is None:
                 break
         if errors[-1] is None:
+            if remote and drivers[len(errors) - 1] == "VRT":
+                raise InputError(
+                    f"{path}: a GDAL VRT on a virtual or remote path; VRTs are read only from "
+                    "local files, whose XML is checked for raw bands first (a raw band reads "
+                    "any file's bytes as pixels). Fix: copy the VRT to a local file (its "
+                    "sources may stay remote)"
+                )
             continue
         network = next((e for e in errors if e and any(w in e for w in _NETWORK_WORDS)), None)
         if remote and network is not None:
