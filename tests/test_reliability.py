@@ -1301,6 +1301,9 @@ def _write_report(path: Path) -> None:  # pragma: no cover - run by hand
         "VRTs at all only with `--allow-driver VRT`.",
         "- Files are checked when the stack is opened; a file swapped for a VRT during the run "
         "is read by whatever GDAL makes of it.",
+        "- `--resume` knows an input file by its path, size and modification time, not by its "
+        "bytes: a file rewritten to the same size with its time set back (`touch -r`) is not "
+        "seen as changed; a GDAL URL is known by its name only.",
         "",
     ]
     path.write_text("\n".join(lines))
