@@ -76,6 +76,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(C.ROOT / "benchmarks" / "SERIES_REAL.md"))
     p.add_argument("--rows", default=None, help="JSON-lines of every run (default: beside --out)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from --rows")
+    p.add_argument(
+        "--before",
+        default=None,
+        help="rows of the same runs on the code before a change: adds a before/after table",
+    )
     p.add_argument("--samples", nargs="*", default=None, help="only these real sample names")
     p.add_argument("--seeds", type=int, default=2, help="seeds per sample, length and position")
     p.add_argument("--dates", type=int, nargs="*", default=[3, 6, 12], help="series lengths")
@@ -85,6 +90,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         nargs="*",
         default=None,
         help="only these chains: pair, default, a stage name (that stage off), bare, 'bare quiet'",
+    )
+    p.add_argument(
+        "--positions", nargs="*", default=list(POSITIONS), help="change positions of the series"
     )
     p.add_argument("--ablate-seeds", type=int, default=1, help="seeds of the stage-off runs")
     p.add_argument("--crop", type=int, default=320, help="centre crop (px) of every pair (0: none)")
@@ -109,7 +117,8 @@ def _run(case: C.Case, off: str | None, chunk_size: int) -> tuple[dict[str, Any]
 def screened_share(case: C.Case) -> float:
     """Share of the reference change pixels that the cloud screen flags on the change date
     (the stack co-registered first, as detect does); NaN when the screen does not apply."""
-    from geochange.io.stack import open_stack, read_sample
+    from geochange.io.read import read_sample
+    from geochange.io.stack import open_stack
     from geochange.stages import Context, prepare_stack
     from geochange.stages.clouds import fit
 
@@ -169,13 +178,19 @@ def run_all(a: argparse.Namespace, rows_path: Path) -> None:
     rows_path.write_text("")
     with tempfile.TemporaryDirectory(prefix="series_real_") as td:
         tmp = Path(td)
-        for si, sample in enumerate(samples):
+        # A sample's seeds follow its place among all shared samples, so a run split by sample
+        # (--samples) draws the same series as a whole run.
+        everyone = [d.name for d in C.sample_dirs()]
+        for sample in samples:
+            si = everyone.index(sample.name)
             jobs: list[tuple[str, C.Case | None, int, str, int]] = [
                 ("pair", None, 2, "-", 0),
                 ("bare", None, 2, "-", 0),
             ]
             for t in a.dates:
                 for pos in _positions(t):
+                    if pos not in a.positions:
+                        continue
                     for s in range(a.seeds):
                         jobs.append(("default", None, t, pos, _seed(si, t, pos, s)))
             for pos in _positions(a.ablate):
@@ -227,6 +242,56 @@ def run_all(a: argparse.Namespace, rows_path: Path) -> None:
 def _nanmean(v: list[float]) -> float:
     v = [x for x in v if x is not None and not np.isnan(x)]
     return float(np.mean(v)) if v else float("nan")
+
+
+def _before_after(
+    path: Path, default: list[dict[str, Any]], pair: dict[str, dict[str, Any]]
+) -> list[str]:
+    """A table of the runs found both in ``path`` (before) and in ``default`` (after), matched
+    by sample, length, position and seed; both against the same pair (2 dates)."""
+    key = ("sample", "dates", "position", "seed")
+    before = {
+        tuple(r[k] for k in key): r
+        for r in (json.loads(x) for x in path.read_text().splitlines() if x.strip())
+        if r["chain"] == "default"
+    }
+    matched = [
+        (before[tuple(r[k] for k in key)], r) for r in default if tuple(r[k] for k in key) in before
+    ]
+    header = ["T", "change", "runs"] + [
+        f"{what} {side}"
+        for what in (
+            "series - pair",
+            "worst run - pair",
+            "runs below pair by > 0.05",
+            "date exact %",
+        )
+        for side in ("before", "after")
+    ]
+    body = []
+    for t in sorted({r["dates"] for _, r in matched}):
+        for pos in POSITIONS:
+            both = [(b, r) for b, r in matched if r["dates"] == t and r["position"] == pos]
+            if not both:
+                continue
+            cells: list[str] = [str(t), pos, str(len(both))]
+            sides = [[b for b, _ in both], [r for _, r in both]]
+            d = [[x["f1"] - pair[x["sample"]]["f1"] for x in side] for side in sides]
+            cells += [f"{_nanmean(v):+.3f}" for v in d]
+            cells += [f"{min(v):+.3f}" for v in d]
+            cells += [str(sum(x < -0.05 for x in v)) for v in d]
+            for side in sides:
+                n = sum(x["date_n"] for x in side)
+                cells.append(C.fmt(sum(x["date_ok"] for x in side) / n if n else np.nan, pct=True))
+            body.append(cells)
+    return [
+        "### Before and after (`--before`)",
+        "",
+        f"The same series (sample, length, position, seed) run on the code before the change "
+        f"({path.name}) and now; 'pair' is the same 2-date run for both.",
+        "",
+        *C.md_table(header, body),
+    ]
 
 
 def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) -> str:
@@ -305,6 +370,8 @@ def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) ->
                 ]
             )
     lines += C.md_table(header, body)
+    if a.before:
+        lines += ["", *_before_after(Path(a.before), default, pair)]
     lines += [
         "",
         f"Pair mean F1 over the {len(samples)} samples: {f(pair_mean)}. 'Change px screened': "

@@ -5,6 +5,20 @@ sample of the stack; called on a tile (t, c, h, w) it returns the change probabi
 most likely interval, (2, h, w). It is picklable for dask.distributed: a detector built from a
 checkpoint path pickles only the path, the statistics and options, and every process loads the
 network once (module-level cache keyed by path and device).
+
+**The last-date check.** With three or more dates the network judges a change seen on the last
+date alone less surely than the same two looks given as a pair: trained on synthetic series in
+which one-date transients (clouds, haze) on the last date outnumber changes first seen there
+more and more as the series grows, it learnt that a lone last-date anomaly is rarely change.
+So the detector also runs the network on a pair: a reference of the dates before the last (per
+pixel the median of its last :data:`LAST_REFERENCE_DATES` valid looks before the last date, or
+its last valid look where it has fewer) and the last date. Where the evidence is on the last
+date alone (it departs from the reference :data:`STABLE_RATIO` times as far as the pixel ever
+moved from one date to the next before it), the pair's change probability, counted only on the
+share of the pixel's probability that the series does not give to an earlier date, raises the
+series' probability of a change on the last date; it never lowers anything: where the history
+is stable, more dates never make a last-date change less likely than a pair would. Where the pair decides, the change
+date is the last date (``later_dates`` 0 in the polygons: a later date should confirm it).
 """
 
 from __future__ import annotations
@@ -32,11 +46,34 @@ from geochange.robust import scene_stats
 from geochange.stages import Block, Context, Reach
 from geochange.tiling import Window, windows
 
-__all__ = ["Device", "ModelDetector", "fit", "model_detector", "resolve_device"]
+__all__ = [
+    "LAST_REFERENCE_DATES",
+    "STABLE_RATIO",
+    "Device",
+    "ModelDetector",
+    "combine_last_date",
+    "fit",
+    "last_date_only",
+    "last_date_reference",
+    "model_detector",
+    "resolve_device",
+]
 
 logger = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
+
+#: Dates before the last whose per-pixel median is the last-date check's reference: three, so
+#: a cloud on one of them is outvoted and a change two or more dates before the last is in the
+#: reference already (its series date stands).
+LAST_REFERENCE_DATES = 3
+#: The last-date check counts only where the last date departs from the reference at least this
+#: many times as far as the largest step between consecutive looks before it (band-mean absolute
+#: difference of the normalised bands): the evidence is on the last date alone. A pixel whose
+#: history moves as much (a crop field through its season, a haze-prone slope) is left to the
+#: series, which has seen it move. At 2 a crop harvested on the last date of held-out synthetic
+#: scenes passed; real repeats of one state move far less (benchmarks/SERIES_REAL.md).
+STABLE_RATIO = 4.0
 
 # (source key, device) -> (net, meta); one network per process and device.
 _NETS: dict[tuple[str, str], tuple[CNNLSTM, dict]] = {}
@@ -103,6 +140,8 @@ class ModelDetector:
         num_threads: torch intra-op threads used in ``__call__`` (None = leave as is).
         wavelengths: band centres in nm, one per band (None items or NaN = unknown), told to
             a model that uses them (see ``Stack.wavelengths``); None = all unknown.
+        last_date_check: with 3+ dates, also run the network on (reference of the dates
+            before the last, last date) and let it raise a last-date change (module notes).
     """
 
     def __init__(
@@ -117,7 +156,9 @@ class ModelDetector:
         meta: dict | None = None,
         num_threads: int | None = None,
         wavelengths: Sequence[float | None] | None = None,
+        last_date_check: bool = True,
     ) -> None:
+        self.last_date_check = bool(last_date_check)
         self.stats = np.asarray(stats, dtype=np.float32)
         if self.stats.ndim != 3 or self.stats.shape[2] != 2:
             raise ValueError(f"stats: got shape {self.stats.shape}, expected (t, c, 2)")
@@ -171,6 +212,7 @@ class ModelDetector:
             self.device,
             self.amp,
             self.calibration,
+            self.last_date_check,
         )
 
     # -- the stage ---------------------------------------------------------------------------
@@ -186,6 +228,7 @@ class ModelDetector:
             "device": self.device,
             "amp": self.amp,
             "calibration": list(self.calibration),
+            "last_date_check": self.last_date_check,
         }
 
     def run(self, block: Block) -> None:
@@ -246,7 +289,16 @@ class ModelDetector:
             change, intervals = self.net(x, v, wl)
             scale, bias = self.calibration
             prob = torch.sigmoid(change.float() * scale + bias)
-            k = intervals.float().argmax(dim=1).to(torch.float32)
+            if self.last_date_check and x.shape[1] >= 3:
+                ref, ref_valid = last_date_reference(x, v)
+                pair = torch.stack([ref, x[:, -1]], dim=1)
+                pair_valid = torch.stack([ref_valid, v[:, -1]], dim=1)
+                change2, _ = self.net(pair, pair_valid, wl)
+                prob2 = torch.sigmoid(change2.float() * scale + bias)
+                prob2 = torch.where(last_date_only(x, ref), prob2, torch.zeros_like(prob2))
+                prob, k = combine_last_date(prob, intervals, prob2)
+            else:
+                k = intervals.float().argmax(dim=1).to(torch.float32)
         prob_np = prob.cpu().numpy()
         bad = ~np.isfinite(prob_np) & (vs.sum(axis=1) >= 2)
         if bad.any():
@@ -257,6 +309,79 @@ class ModelDetector:
                 "input values are out of range"
             )
         return prob_np, k.cpu().numpy()
+
+
+def last_date_reference(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last-date check's reference look of the dates before the last.
+
+    Args:
+        x: (b, t, c, h, w) normalised bands, t >= 3, nodata filled forward (``normalize.apply``).
+        valid: (b, t, h, w) bool.
+
+    Returns:
+        ``ref`` (b, c, h, w): per pixel the median of its last :data:`LAST_REFERENCE_DATES`
+        valid looks before the last date; with fewer valid looks, its last valid look before
+        the last date (``x`` carries it forward over nodata). A wholly nodata date therefore
+        changes nothing, as in the network. ``ref_valid`` (b, h, w): some date before the last
+        is valid.
+    """
+    t = x.shape[1]
+    before = valid[:, : t - 1]
+    prev = x[:, t - 2]  # the last valid look before the last date (filled forward)
+    ref_valid = before.any(dim=1)
+    # Rank of each valid look counted back from the date before the last: 1 = latest.
+    rank = torch.flip(torch.cumsum(torch.flip(before.to(torch.int32), [1]), dim=1), [1])
+    chosen = before & (rank <= LAST_REFERENCE_DATES)
+    if not bool(chosen.sum(dim=1).max() >= LAST_REFERENCE_DATES):
+        return prev, ref_valid
+    window = x[:, : t - 1]
+    pick = chosen[:, :, None].expand_as(window)
+    med = torch.nanmedian(torch.where(pick, window, torch.full_like(window, float("nan"))), dim=1)
+    enough = (chosen.sum(dim=1) >= LAST_REFERENCE_DATES)[:, None]
+    return torch.where(enough, med.values, prev), ref_valid
+
+
+def last_date_only(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """(b, h, w) bool: the last date departs from ``ref`` at least :data:`STABLE_RATIO` times
+    as far as the largest step between consecutive looks before it.
+
+    ``x``: (b, t, c, h, w) normalised bands with nodata filled along time (a nodata date
+    repeats a valid look, so it adds no step); ``ref``: (b, c, h, w) from
+    :func:`last_date_reference`. Distances are band means of absolute differences.
+    """
+    t = x.shape[1]
+    depart = (x[:, -1] - ref).abs().mean(dim=1)
+    steps = (x[:, 1 : t - 1] - x[:, : t - 2]).abs().mean(dim=2)  # (b, t-2, h, w)
+    return depart >= STABLE_RATIO * steps.amax(dim=1)
+
+
+def combine_last_date(
+    prob: torch.Tensor, intervals: torch.Tensor, prob_pair: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The series' probability and change date after the last-date check.
+
+    With the series' change probability ``p``, its interval distribution ``q = softmax(l)``
+    and the pair's probability ``p2``, the probability of a change on an earlier date is
+    ``E = p (1 - q_last)``, of one on the last date ``L = p q_last``; the check raises ``L`` to
+    ``max(L, p2 (1 - E))`` and leaves ``E`` as it is.
+
+    Args:
+        prob: (b, h, w) the series' change probability; intervals: (b, t-1, h, w) its interval
+            logits; prob_pair: (b, h, w) the pair's change probability.
+
+    Returns:
+        ``prob`` (b, h, w), never below the series' own, and ``k`` (b, h, w) float, the most
+        likely interval (t - 2 = the last date).
+    """
+    q = torch.softmax(intervals.float(), dim=1)
+    earlier = prob * (1.0 - q[:, -1])
+    last = prob * q[:, -1]
+    raised = torch.maximum(last, prob_pair * (1.0 - earlier))
+    out = prob + (raised - last)  # exactly the series' value where the pair does not raise it
+    k = torch.cat([prob[:, None] * q[:, :-1], raised[:, None]], dim=1).argmax(dim=1)
+    keep = raised == last  # the series' own date where the check changed nothing
+    k = torch.where(keep, q.argmax(dim=1), k)
+    return out, k.to(torch.float32)
 
 
 def _band_message(trained: int, found: int) -> str:
