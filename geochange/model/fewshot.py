@@ -27,9 +27,9 @@ How it learns (:func:`teach_network`):
   model knows change in general but not this labeller's (new roofs only? ploughed fields too?);
   a random forest on the band values alone already learns much of that from the examples, and
   this term lets the network do the same on top of what it sees. Being per pixel, it is fitted
-  on the labelled pixels themselves after the heads (:meth:`_Teacher.fit_spectral`: full-batch,
-  change and no change weighted alike, the quiet pixels at the self-supervised weight), in
-  seconds. The taught model then takes this sensor's band count only.
+  on the labelled pixels themselves after the heads (:meth:`_Teacher.fit_spectral`: full-batch;
+  change and no change weighted by their real share where a completely reviewed area gives it,
+  alike otherwise; the quiet pixels at the self-supervised weight), in seconds. The taught model then takes this sensor's band count only.
 - **The threshold** is chosen on *held-out* examples: the out-of-fold probabilities of the
   cross-validation below, after the same refinement ``detect`` applies, by F1 (or, without a
   completely reviewed area, a positive-unlabelled criterion: :func:`threshold_curve`), the one
@@ -436,6 +436,8 @@ class _Teacher:
 
     def __init__(self, base, stack, examples, device, seed, rehearsal, self_supervised):
         self.base = base
+        #: A completely reviewed area gives the real share of change; polygons alone do not.
+        self.reviewed = examples.n_labelled > 0
         self.device = device
         self.t = stack.T
         sample = read_sample(stack)
@@ -614,7 +616,8 @@ class _Teacher:
         The term is a per-pixel (1×1) network, so it is fitted on the labelled pixels
         themselves (not crops): the heads' change logit is a fixed offset, the term's inputs
         the pixel's bands (first, last, difference) and final states. Change and no-change
-        examples weigh the same in all; the scene's quiet pixels :data:`SELF_WEIGHT` of that.
+        pixels weigh as many as they are where the examples include a completely reviewed area,
+        the same in all otherwise; the scene's quiet pixels :data:`SELF_WEIGHT` of that.
         :data:`SPECTRAL_STEPS` full-batch Adam steps with an L2 pull to zero.
         """
         rng = np.random.default_rng([int(seed), 451])
@@ -638,16 +641,24 @@ class _Teacher:
             return
         x = torch.cat(feats, dim=1).clone()
         off, y, key = torch.cat(offs).clone(), torch.cat(ys), torch.cat(keys)
+        # Each kind's share of the loss: as many as they are where the examples include a
+        # completely reviewed area (the scene's real share of change), else change and no change
+        # alike (polygons drawn are no sample of the scene); the quiet pixels SELF_WEIGHT.
+        kinds = key.cpu().numpy()
+        n_pos, n_neg = float((kinds == 1).sum()), float((kinds == 0).sum())
+        shares = {1: 1.0, 0: 1.0, 2: SELF_WEIGHT}
+        if self.reviewed and n_pos + n_neg:
+            shares = {1: n_pos / (n_pos + n_neg), 0: n_neg / (n_pos + n_neg), 2: SELF_WEIGHT}
         pick = []
         for kind in (1, 0, 2):
-            idx = np.flatnonzero((key == kind).cpu().numpy())
+            idx = np.flatnonzero(kinds == kind)
             if idx.size > SPECTRAL_PIXELS:
                 idx = np.sort(rng.choice(idx, SPECTRAL_PIXELS, replace=False))
             pick.append(idx)
         sel = torch.from_numpy(np.concatenate(pick)).to(self.device)
         x, off, y, key = x[:, sel], off[sel], y[sel], key[sel]
         w = torch.zeros_like(y)
-        for kind, share in ((1, 1.0), (0, 1.0), (2, SELF_WEIGHT)):
+        for kind, share in shares.items():
             m = key == kind
             if m.any():
                 w[m] = share / m.sum()
