@@ -80,7 +80,7 @@ class ChangeTask(pl.LightningModule):
     Args:
         in_bands, features, hidden, encoder_layers, recurrent_kernel, head_hidden,
             context_dilations, shift_radius, wavelengths, clouds, local_contrast,
-            context_skip: the network (see :class:`CNNLSTM`).
+            context_skip, spectral_bands: the network (see :class:`CNNLSTM`).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         scheduler: "onecycle" (warm-up + cosine decay over the trainer's ``max_steps`` or
@@ -109,6 +109,7 @@ class ChangeTask(pl.LightningModule):
         clouds: bool = False,
         local_contrast: int = 0,
         context_skip: bool = False,
+        spectral_bands: int = 0,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         scheduler: Literal["onecycle", "cosine", "none"] = "onecycle",
@@ -137,6 +138,7 @@ class ChangeTask(pl.LightningModule):
             clouds=clouds,
             local_contrast=local_contrast,
             context_skip=context_skip,
+            spectral_bands=spectral_bands,
         )
         self.val_f1 = BinaryF1Score(ignore_index=IGNORE)
         self.val_iou = BinaryJaccardIndex(ignore_index=IGNORE)
