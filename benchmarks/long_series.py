@@ -222,7 +222,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -
         body.append(
             [
                 r["group"], str(r["T"]),
-                "whole series" if r["whole"] else f"windows of {r['window']}",
+                _run_as(r),
                 str(r["runs"]), C.fmt(r["precision"]), C.fmt(r["recall"]), C.fmt(r["f1"]),
                 C.fmt(r["exact"]), C.fmt(r["events_ok"]), C.fmt(r["multi_found"]),
                 str(r["windows"]), str(r["halo"]),
@@ -237,7 +237,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -
     per = [
         [
             r["group"], r["name"], str(r["T"]),
-            "whole" if r["whole"] else f"windows of {r['window']}",
+            _run_as(r),
             C.fmt(_ratio(r["tp"], r["tp"] + r["fp"])),
             C.fmt(_ratio(2 * r["tp"], 2 * r["tp"] + r["fp"] + r["fn"])),
             f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", f"{r['rss_bytes'] / 1e9:.2f}",
@@ -248,6 +248,12 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -
         ["group", "scene", "T", "run as", "precision", "F1", "wall s", "CPU s", "peak RSS GB"], per
     )
     return "\n".join(lines) + "\n"
+
+
+def _run_as(r: dict[str, Any]) -> str:
+    if not r["whole"]:
+        return f"windows of {r['window']}"
+    return "whole series" if r["window"] == r["T"] else "one window (T <= window)"
 
 
 def _targets(table: list[dict[str, Any]], default: int) -> list[str]:
