@@ -209,7 +209,8 @@ from geochange.cli import options
     "--save-model",
     type=click.Path(dir_okay=False),
     default=None,
-    help="With --examples: keep the taught model in this checkpoint (for --model later).",
+    help="With --examples: keep the taught model in this checkpoint (for --model later, on "
+    "stacks with the same bands).",
 )
 @click.option(
     "--events",
