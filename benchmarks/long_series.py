@@ -137,11 +137,11 @@ def semi(tmp: Path, sample: Path, crop: int, n_dates: int, seed: int) -> Path:
 def cases(args: argparse.Namespace, tmp: Path):
     """(group, name, T, window, folder) of every run, built as they are reached."""
     for n_dates in args.dates:
-        for seed in args.seeds:
+        for seed in args.seeds if "synthetic" in args.groups else ():
             folder = synthetic(tmp, seed, args.size, n_dates)
             for window in _variants(args, n_dates):
                 yield "synthetic", f"seed {seed}", n_dates, window, folder
-        for sample in C.sample_dirs(args.pairs):
+        for sample in C.sample_dirs(args.pairs) if "semi-synthetic" in args.groups else ():
             folder = semi(tmp, sample, args.size, n_dates, seed=9100 + n_dates)
             for window in _variants(args, n_dates):
                 yield "semi-synthetic", sample.name, n_dates, window, folder
@@ -149,7 +149,10 @@ def cases(args: argparse.Namespace, tmp: Path):
 
 def _variants(args: argparse.Namespace, n_dates: int) -> list[int]:
     """Windows to run: the default; for T = 48 also the whole series at once (as before
-    windows) and windows of the shipped model's longest training series (10 dates)."""
+    windows) and windows of the shipped model's longest training series (10 dates); or the
+    ``--windows`` given (``0`` = the whole series)."""
+    if args.windows:
+        return sorted({min(w, n_dates) if w > 0 else n_dates for w in args.windows})
     out = [args.window]
     if n_dates == 48 and not args.quick_variants:
         out.append(10)
@@ -295,15 +298,21 @@ def main() -> None:
     ap.add_argument("--rows", type=Path, default=ROWS)
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--quick-variants", action="store_true", help="skip the windows-of-10 runs")
+    ap.add_argument("--groups", type=lambda s: s.split(","), default=["synthetic", "semi-synthetic"],
+                    help="synthetic,semi-synthetic (both by default)")  # fmt: skip
+    ap.add_argument("--windows", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                    help="run only these window lengths at every T (0 = the whole series)")  # fmt: skip
+    ap.add_argument("--out", type=Path, default=OUT, help="report (default LONG_SERIES.md here)")
     ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
         print(json.dumps(run_one(args.one, args.window)))
         return
     shown = [a for a in sys.argv[1:] if a != "--report-only"]
-    if "--rows" in shown:  # where the rows were kept is no part of the figures
-        i = shown.index("--rows")
-        del shown[i : i + 2]
+    for opt in ("--rows", "--out"):  # where rows and report were kept is no part of the figures
+        if opt in shown:
+            i = shown.index(opt)
+            del shown[i : i + 2]
     command = "OMP_NUM_THREADS=1 python benchmarks/long_series.py " + shlex.join(shown)
     if args.quick:
         args.seeds, args.pairs, args.dates = args.seeds[:1], args.pairs[:1], [12, 48]
@@ -326,8 +335,8 @@ def main() -> None:
                 with open(args.rows, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-    C.write_text(OUT, report(_read(args.rows), args, command))
-    print(f"wrote {OUT}")
+    C.write_text(args.out, report(_read(args.rows), args, command))
+    print(f"wrote {args.out}")
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
