@@ -269,6 +269,8 @@ def _targets(table: list[dict[str, Any]], default: int) -> list[str]:
             and r["window"] in (default, r["T"])
             and (r["window"] == default or r["T"] <= default)
         }
+        if not by_t:  # only other window lengths were run (--windows)
+            continue
         if 12 in by_t and 96 in by_t:
             d = by_t[96]["f1"] - by_t[12]["f1"]
             out.append(f"- {g}: F1 at T = 96 minus T = 12: {d:+.3f} (target >= -0.05): "
