@@ -39,12 +39,14 @@ def test_detector_applies_the_checkpoint_calibration(tiny_model):
     rng = np.random.default_rng(1)
     tile = rng.normal(1000, 50, size=(3, 2, 24, 24)).astype(np.float32)
     stats = np.stack([np.full((3, 2), 1000.0), np.full((3, 2), 50.0)], axis=-1)
-    raw = ModelDetector(net, stats, meta=meta)(tile)[0]
+    # The series' own probability (the last-date check then combines calibrated probabilities).
+    off = {"last_date_check": False}
+    raw = ModelDetector(net, stats, meta=meta, **off)(tile)[0]
     assert calibration_of(meta) == (1.0, 0.0)
-    flat = ModelDetector(net, stats, meta={"calibration": {"scale": 0.0, "bias": 0.0}})(tile)[0]
-    np.testing.assert_allclose(flat, 0.5)
+    flat = {"calibration": {"scale": 0.0, "bias": 0.0}}
+    np.testing.assert_allclose(ModelDetector(net, stats, meta=flat, **off)(tile)[0], 0.5)
     cal = {"calibration": {"scale": 0.5, "bias": -1.0}}
-    got = ModelDetector(net, stats, meta=cal)(tile)[0].astype(np.float64)
+    got = ModelDetector(net, stats, meta=cal, **off)(tile)[0].astype(np.float64)
     logit = np.log(raw) - np.log1p(-raw.astype(np.float64))
     np.testing.assert_allclose(got, 1 / (1 + np.exp(-(0.5 * logit - 1.0))), atol=1e-5)
 
