@@ -1,4 +1,4 @@
-"""Issue 3: does fine-tuning with `geochange train` on some real labelled pairs raise F1 on the
+"""Does fine-tuning with `geochange train` on some real labelled pairs raise F1 on the
 held-out others? Writes benchmarks/FINETUNE.md.
 
 From the repository root::
@@ -40,7 +40,7 @@ TRAIN = ("dsifn_0_2", "oscd_aguasclaras", "oscd_bercy")
 VAL = ("dsifn_4_4",)
 #: Synthetic training scenes (seeds 0.., the default model's training range) mixed in with the
 #: real pairs, one per pair: half of the batches rehearse what the default model learned. Without
-#: them (session 14, the session-9 weights), 8 minutes on OSCD pairs, whose labels mark new
+#: them (measured with an earlier default model), 8 minutes on OSCD pairs, whose labels mark new
 #: buildings only, taught the model to leave other change out: Landsat recall 0.87 -> 0.38 and
 #: the held-out mean 0.400 -> 0.360.
 REHEARSAL = 3
