@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"name": case.name, "info": case.info, "seconds": secs}
                 row.update(C.score(prob, interval, case))
                 rows.append(row)
-                how = " masked" if masked else "" if micro else " --no-micro"
+                how = " masked" if masked else "" if micro else " --skip micro"
                 print(f"[default_model] seed {seed}{how}: F1 "
                       f"{C.fmt(row['f1'])}, false alarms {C.fmt(row['false_alarm'], True)} %, "
                       f"date exact {C.fmt(row['date_exact'], True)} %, micro recall "
@@ -202,12 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{size}×{size} px, {DATES} dates, "
         f"{BANDS} bands. Scores pooled over the scenes (confusion counts summed). Each scene "
         "is run twice, as `geochange detect` runs it (co-registered): as it is, where detect "
-        "screens clouds and shadows from the dates themselves (`--cloud-screen auto`, "
+        "screens clouds and shadows from the dates themselves (the `clouds` stage, "
         "geochange/stages/clouds.py), and with the scene's cloud/shadow masks given as "
         "`detect --masks truth/clouds.tif` does (masked dates read as nodata; no screen on top), "
         "as a user does with Sentinel-2 SCL or Landsat QA masks. Both add the small persistent "
-        "changes of geochange/stages/micro.py, as detect does by default (`--micro`); the last table "
-        "shows the scenes as they are without them (`--no-micro`).",
+        "changes of geochange/stages/micro.py, as detect does by default (the `micro` stage); the last table "
+        "shows the scenes as they are without them (`--skip micro`).",
         "- Real pairs: ../shared/data/real_samples as they are (2 dates), the files tagged with "
         "their sensor's band centres (`WAVELENGTHS_NM`, as `--wavelengths` does: Sentinel-2 "
         "490/560/665/842 nm, Landsat TM 485/560/660/830/1650/2215, RGB 665/560/490) and once "
@@ -237,13 +237,17 @@ def main(argv: list[str] | None = None) -> int:
               C.fmt(r["micro_recall"]), f"{r['seconds']:.1f}"] for r in rows],
         )  # fmt: skip
     pool_on, pool_off = C.pooled(synth_rows), C.pooled(plain_rows)
-    lines += ["", "## Held-out synthetic scenes (nuisance high), with and without `--micro`", ""]
+    lines += [
+        "",
+        "## Held-out synthetic scenes (nuisance high), with and without the `micro` stage",
+        "",
+    ]
     lines += C.md_table(
         ["run", "F1", "precision", "recall", "false alarm %", "date exact %", "micro recall"],
         [[name, C.fmt(p["f1"]), C.fmt(p["precision"]), C.fmt(p["recall"]),
           C.fmt(p["false_alarm"], True), C.fmt(p["date_exact"], True), C.fmt(p["micro_recall"])]
-         for name, p in (("as is, `--micro` (default)", pool_on),
-                         ("as is, `--no-micro`", pool_off))],
+         for name, p in (("as is, with `micro` (default)", pool_on),
+                         ("as is, `--skip micro`", pool_off))],
     )  # fmt: skip
     if legacy_rows[0]:
         lines += [
