@@ -25,6 +25,8 @@ import numpy as np
 import rasterio
 from rasterio.shutil import copy as copy_raster
 
+from geochange.io.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -125,7 +127,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        write_text(args.out, text)
 
 
 if __name__ == "__main__":
