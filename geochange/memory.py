@@ -20,12 +20,14 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass
 
 from geochange.tiling import windows as _subtiles
 
 __all__ = [
     "DEFAULT_LIMIT",
     "PROCESS_BYTES",
+    "TaskShape",
     "parse_bytes",
     "plan",
     "task_bytes",
@@ -66,65 +68,65 @@ def parse_bytes(value: str | float | int) -> int:
     return int(size)
 
 
-def task_bytes(
-    chunk: int,
-    halo: int,
-    detector_halo: int,
-    dates: int,
-    bands: int,
-    windows: int = 1,
-    tile_size: int = 256,
-    batch: int = 4,
-    scene: tuple[int, int] | None = None,
-) -> int:
-    """Peak bytes one task adds to its worker: a ``chunk`` px chunk with ``halo`` px around it,
-    ``dates`` dates at a time (the window length, or the series when it is not windowed),
-    ``bands`` bands, ``windows`` windows, the network run on sub-tiles of ``tile_size`` px plus
-    ``detector_halo``, ``batch`` at a time; ``scene`` (height, width) clips the tile (no halo
-    beyond the scene's edge)."""
-    ey = ex = chunk + 2 * halo
-    if scene is not None:
-        ey, ex = min(ey, int(scene[0])), min(ex, int(scene[1]))
+@dataclass(frozen=True)
+class TaskShape:
+    """What one task's memory depends on, besides its chunk size and batch.
+
+    Attributes:
+        halo: pixels of context around the chunk (the chain's halo).
+        detector_halo: context around each sub-tile the network runs on.
+        dates: dates held at a time (the window length, or the series when not windowed).
+        bands: bands per date.
+        windows: temporal windows of the series (their reports are kept per tile pixel).
+        tile_size: edge of the network's sub-tiles in pixels.
+        scene: (height, width) clips the tile (no halo beyond the scene's edge); None: no clip.
+    """
+
+    halo: int
+    detector_halo: int
+    dates: int
+    bands: int
+    windows: int = 1
+    tile_size: int = 256
+    scene: tuple[int, int] | None = None
+
+
+def task_bytes(chunk: int, shape: TaskShape, batch: int = 4) -> int:
+    """Peak bytes one task adds to its worker: a ``chunk`` px chunk of ``shape``, the network
+    run on ``batch`` sub-tiles at a time."""
+    ey = ex = chunk + 2 * shape.halo
+    if shape.scene is not None:
+        ey, ex = min(ey, int(shape.scene[0])), min(ex, int(shape.scene[1]))
     tile_px = ey * ex
     # The network runs the tile's sub-tiles batched by shape: the largest batch it holds.
     shapes = Counter(
         (r.stop - r.start, c.stop - c.start)
-        for (r, c), _, _ in _subtiles(ey, ex, tile_size, detector_halo)
+        for (r, c), _, _ in _subtiles(ey, ex, shape.tile_size, shape.detector_halo)
     )
     held = max(min(batch, n) * h * w for (h, w), n in shapes.items())
+    dates, bands = shape.dates, shape.bands
     model = held * dates * (MODEL_PER_DATE + MODEL_PER_DATE_BAND * bands)
-    tile = tile_px * (dates * bands * TILE_PER_DATE_BAND + windows * TILE_PER_WINDOW)
+    tile = tile_px * (dates * bands * TILE_PER_DATE_BAND + shape.windows * TILE_PER_WINDOW)
     return int(model + tile)
 
 
 def plan(
-    limit: int,
-    chunk: int,
-    halo: int,
-    detector_halo: int,
-    dates: int,
-    bands: int,
-    windows: int = 1,
-    tasks: int = 1,
-    tile_size: int = 256,
-    batch: int = 4,
-    scene: tuple[int, int] | None = None,
+    limit: int, chunk: int, shape: TaskShape, tasks: int = 1, batch: int = 4
 ) -> tuple[int, int]:
     """The largest chunk (at most ``chunk``, halved, then in steps of 16 px) and then the
     largest batch (at most ``batch``) whose tasks in flight (``tasks``, at most the scene's
-    chunks) fit ``limit`` bytes beside the worker's own memory; ``scene`` (height, width)
-    clips the tiles.
+    chunks) fit ``limit`` bytes beside the worker's own memory.
 
     Returns:
         ``(chunk, batch)``; ``(0, 0)`` when not even a 16 px chunk fits.
     """
+    scene = shape.scene
     c = int(chunk)
     while c >= 16:
         n_chunks = 1 if scene is None else math.ceil(scene[0] / c) * math.ceil(scene[1] / c)
         budget = (limit - PROCESS_BYTES) / max(1, min(tasks, n_chunks) if scene else tasks)
         for b in range(max(1, batch), 0, -1):
-            need = task_bytes(c, halo, detector_halo, dates, bands, windows, tile_size, b, scene)
-            if need <= budget:
+            if task_bytes(c, shape, b) <= budget:
                 return c, b
         c = c // 2 if c > 64 else c - 16
     return 0, 0

@@ -28,26 +28,26 @@ def test_bad_sizes_are_refused_by_the_config(bad):
 
 def test_a_task_holds_one_window_whatever_the_series_length():
     halo, det = 75, 45
-    short = memory.task_bytes(512, halo, det, dates=10, bands=4, windows=1)
+    short = memory.task_bytes(512, memory.TaskShape(halo, det, dates=10, bands=4, windows=1))
     for t in (48, 96, 150):
         n = len(plan_windows(t, 10, 3))
-        long = memory.task_bytes(512, halo, det, dates=10, bands=4, windows=n)
+        long = memory.task_bytes(512, memory.TaskShape(halo, det, dates=10, bands=4, windows=n))
         assert long <= 1.2 * short  # only the windows' reports grow, a few values per window
-    whole = memory.task_bytes(512, 4 + 150, det + 150, dates=150, bands=4)
+    whole = memory.task_bytes(512, memory.TaskShape(4 + 150, det + 150, dates=150, bands=4))
     assert whole > 10 * short  # the whole series at once, as before windows
 
 
 def test_plan_lowers_batch_then_chunk_and_says_when_nothing_fits():
-    args = (75, 45, 10, 4, 1)
-    assert memory.plan(64 * 2**30, 1024, *args, tasks=2) == (1024, 4)
+    shape = memory.TaskShape(75, 45, 10, 4, 1)
+    assert memory.plan(64 * 2**30, 1024, shape, tasks=2) == (1024, 4)
     # A 1024 px chunk runs four interior sub-tiles of one shape in one batch: fewer first.
-    need_full = memory.PROCESS_BYTES + 2 * memory.task_bytes(1024, *args, batch=4)
-    assert memory.plan(need_full, 1024, *args, tasks=2) == (1024, 4)
-    assert memory.plan(need_full - 1, 1024, *args, tasks=2) == (1024, 3)
-    chunk, batch = memory.plan(memory.PROCESS_BYTES + 2 * 300e6, 1024, *args, tasks=2)
+    need_full = memory.PROCESS_BYTES + 2 * memory.task_bytes(1024, shape, batch=4)
+    assert memory.plan(need_full, 1024, shape, tasks=2) == (1024, 4)
+    assert memory.plan(need_full - 1, 1024, shape, tasks=2) == (1024, 3)
+    chunk, batch = memory.plan(memory.PROCESS_BYTES + 2 * 300e6, 1024, shape, tasks=2)
     assert chunk < 1024 and batch >= 1
-    assert 2 * memory.task_bytes(chunk, *args, batch=batch) <= 2 * 300e6
-    assert memory.plan(memory.PROCESS_BYTES + 1000, 512, *args, tasks=2) == (0, 0)
+    assert 2 * memory.task_bytes(chunk, shape, batch=batch) <= 2 * 300e6
+    assert memory.plan(memory.PROCESS_BYTES + 1000, 512, shape, tasks=2) == (0, 0)
 
 
 def test_a_budget_below_one_task_is_one_clear_error(tmp_path):
@@ -64,8 +64,7 @@ def test_a_budget_below_one_task_is_one_clear_error(tmp_path):
 def test_a_small_scene_is_planned_as_it_is_read():
     # 128 px, 48 dates at once: the halo of 113 px lies beyond the scene and one chunk is one
     # task, so the whole series at once fits 2 GiB.
-    assert (
-        memory.plan(memory.DEFAULT_LIMIT, 128, 113, 80, 48, 4, 1, tasks=2, scene=(128, 128))[0]
-        == 128
-    )
-    assert memory.plan(memory.DEFAULT_LIMIT, 128, 113, 80, 48, 4, 1, tasks=2) == (0, 0)
+    clipped = memory.TaskShape(113, 80, 48, 4, 1, scene=(128, 128))
+    assert memory.plan(memory.DEFAULT_LIMIT, 128, clipped, tasks=2)[0] == 128
+    unclipped = memory.TaskShape(113, 80, 48, 4, 1)
+    assert memory.plan(memory.DEFAULT_LIMIT, 128, unclipped, tasks=2) == (0, 0)
