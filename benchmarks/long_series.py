@@ -5,8 +5,9 @@ Writes benchmarks/LONG_SERIES.md. One command, from the repository root::
     OMP_NUM_THREADS=1 python benchmarks/long_series.py            # about 1 h on 2 busy cores
     OMP_NUM_THREADS=1 python benchmarks/long_series.py --quick    # one scene, T = 12 and 48
 
-For T = 12, 48, 96 and 150 it scores ``geochange detect`` (the default chain, in temporal
-windows of ``--window`` dates) on
+For T = 12, 48, 96 and 150 it scores ``geochange detect`` (the default chain; its default
+temporal window comes from the memory budget, ``--memory-limit``: the whole series where it
+fits) on
 
 - synthetic multi-year scenes (``make_scene(..., events=2)``: seasonal phenology and crop
   calendars, clouds, haze, misregistration, and later change events on part of the changed
@@ -16,9 +17,8 @@ windows of ``--window`` dates) on
   before and after a change date, a seasonal cycle per band, per-date gain, offset, haze,
   sub-pixel shifts and cloud veils; one event per changed pixel), centre-cropped,
 
-and, for T = 48, the same scenes as one whole series (``--window`` = T: the model over all the
-dates at once, as before windows) and in windows of 10 dates (the longest series the shipped
-model learned from).
+and, for T > 16, the same scenes in windows of 16 dates (``--window 16``: the shortest window
+the memory plan chooses, what a budget too small for longer windows gives).
 
 Columns: precision, recall and F1 of the change class (any event); event-date exactness (the
 first event's date equals the reference's first date, on true positives); events-per-pixel
@@ -57,8 +57,9 @@ DATES = (12, 48, 96, 150)
 # -- one run, in its own process ----------------------------------------------------------------
 
 
-def run_one(folder: Path, window: int) -> dict[str, Any]:
-    """Detect on the stack in ``folder`` and score it against ``folder/truth.npz``."""
+def run_one(folder: Path, window: int, memory_limit: str | None = None) -> dict[str, Any]:
+    """Detect on the stack in ``folder`` and score it against ``folder/truth.npz``; ``window``
+    -1 = the default (from the memory budget), 0 = the whole series, else that many dates."""
     C.setup_determinism(1)
     from geochange.io.stack import open_stack
     from geochange.pipeline import detect
@@ -68,7 +69,8 @@ def run_one(folder: Path, window: int) -> dict[str, Any]:
     labelled = truth["labelled"]
     wall0, cpu0 = time.perf_counter(), time.process_time()
     stack = open_stack(folder / "stack")
-    res = detect(stack, None, chunk_size=512, window=window)
+    asked = {-1: None, 0: stack.T}.get(window, window)
+    res = detect(stack, None, chunk_size=512, window=asked, memory_limit=memory_limit)
     prob = res.prob.compute()
     date = res.date_index.compute()
     found = res.events.compute()[0] if res.events is not None else (date > 0).astype(np.uint8)
@@ -95,6 +97,7 @@ def run_one(folder: Path, window: int) -> dict[str, Any]:
         "cpu_s": cpu,
         "rss_bytes": rss,
         "windows": len(res.run.get("windows") or [[0, stack.T]]),
+        "window_len": int(np.diff((res.run.get("windows") or [[0, stack.T]])[0])[0]),
         "halo": int(res.run["halo"]),
     }
 
@@ -148,17 +151,11 @@ def cases(args: argparse.Namespace, tmp: Path):
 
 
 def _variants(args: argparse.Namespace, n_dates: int) -> list[int]:
-    """Windows to run: the default; for T = 48 also the whole series at once (as before
-    windows) and windows of the shipped model's longest training series (10 dates); or the
-    ``--windows`` given (``0`` = the whole series)."""
+    """Windows to run: the default (-1) and, for T > 16, windows of 16; or the ``--windows``
+    given (``-1`` = the default, ``0`` = the whole series)."""
     if args.windows:
-        return sorted({min(w, n_dates) if w > 0 else n_dates for w in args.windows})
-    out = [args.window]
-    if n_dates == 48 and not args.quick_variants:
-        out.append(10)
-    if n_dates == 48:
-        out.append(n_dates)
-    return out
+        return sorted({w if w <= 0 else min(w, n_dates) for w in args.windows})
+    return [-1] + ([16] if n_dates > 16 else [])
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -174,7 +171,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for g, t, window in keys:
         rs = [r for r in rows if (r["group"], r["T"], r["window"]) == (g, t, window)]
-        whole = window >= t
+        whole = rs[0]["windows"] == 1
         s = {k: sum(r[k] for r in rs) for k in ("tp", "fp", "fn", "exact", "events_ok", "ref_px")}
         s.update({k: sum(r[k] for r in rs) for k in ("ref_multi", "multi_found")})
         p, rcl = _ratio(s["tp"], s["tp"] + s["fp"]), _ratio(s["tp"], s["tp"] + s["fn"])
@@ -195,6 +192,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "cpu_s": float(np.mean([r["cpu_s"] for r in rs])),
                 "rss_gb": float(max(r["rss_bytes"] for r in rs)) / 1e9,
                 "windows": rs[0]["windows"],
+                "window_len": rs[0].get("window_len", window),
                 "halo": rs[0]["halo"],
             }
         )
@@ -209,8 +207,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -
         f"Generated by `{command}` at commit {C.git_commit()} on {C.machine()}; CPU only (no GPU "
         "on the machine that ran it). Scenes "
         f"{args.size}x{args.size} px, 4 bands (synthetic) or the pair's bands (semi-synthetic), "
-        f"nuisance medium; temporal windows of {args.window} dates sharing 3 (the default) unless "
-        "the row says otherwise; a series of at most that many dates is one window. Each run is one "
+        'nuisance medium; "default" rows take the window from the memory budget '
+        f"({args.memory_limit or '2GiB, the default'} per worker, chunk 512 px; the row says what "
+        "it chose), other rows the window given, windows sharing 3 dates. Each run is one "
         "fresh process with 1 torch thread; wall time depends on the machine's other load, "
         "CPU time less so. See the script's docstring for the cases and columns.",
         "",
@@ -235,7 +234,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -
         )  # fmt: skip
     lines += C.md_table(header, body)
     lines += ["", "## Targets", ""]
-    lines += _targets(table, args.window)
+    lines += _targets(table)
     lines += ["", "## Runs", ""]
     per = [
         [
@@ -254,21 +253,17 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -
 
 
 def _run_as(r: dict[str, Any]) -> str:
-    if not r["whole"]:
-        return f"windows of {r['window']}"
-    return "whole series" if r["window"] == r["T"] else "one window (T <= window)"
+    chosen = "whole series" if r["whole"] else f"windows of {r.get('window_len', r['window'])}"
+    if r["window"] == -1:
+        return f"default: {chosen}"
+    return "whole series" if r["window"] in (0, r["T"]) else chosen
 
 
-def _targets(table: list[dict[str, Any]], default: int) -> list[str]:
+def _targets(table: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets on the default rows."""
     out = []
     for g in sorted({r["group"] for r in table}):
-        by_t = {
-            r["T"]: r
-            for r in table
-            if r["group"] == g
-            and r["window"] in (default, r["T"])
-            and (r["window"] == default or r["T"] <= default)
-        }
+        by_t = {r["T"]: r for r in table if r["group"] == g and r["window"] == -1}
         if not by_t:  # only other window lengths were run (--windows)
             continue
         if 12 in by_t and 96 in by_t:
@@ -293,22 +288,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--window", type=int, default=16)
+    ap.add_argument("--window", type=int, default=-1, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-limit", default=None, help="detect's --memory-limit (default 2GiB)")
     ap.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=SEEDS)
     ap.add_argument("--pairs", type=lambda s: s.split(","), default=list(PAIRS))
     ap.add_argument("--dates", type=lambda s: [int(v) for v in s.split(",")], default=DATES)
     ap.add_argument("--rows", type=Path, default=ROWS)
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--quick-variants", action="store_true", help="skip the windows-of-10 runs")
     ap.add_argument("--groups", type=lambda s: s.split(","), default=["synthetic", "semi-synthetic"],
                     help="synthetic,semi-synthetic (both by default)")  # fmt: skip
     ap.add_argument("--windows", type=lambda s: [int(v) for v in s.split(",")], default=None,
-                    help="run only these window lengths at every T (0 = the whole series)")  # fmt: skip
+                    help="run only these windows at every T (-1 = the default from the memory "
+                    "budget, 0 = the whole series)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=OUT, help="report (default LONG_SERIES.md here)")
     ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
-        print(json.dumps(run_one(args.one, args.window)))
+        print(json.dumps(run_one(args.one, args.window, args.memory_limit)))
         return
     shown = [a for a in sys.argv[1:] if a != "--report-only"]
     for opt in ("--rows", "--out"):  # where rows and report were kept is no part of the figures
@@ -324,16 +320,18 @@ def main() -> None:
             done = {(r["group"], r["name"], r["T"], r["window"]) for r in _read(args.rows)}
         with tempfile.TemporaryDirectory(prefix="long_series-") as tmp:
             for group, name, n_dates, window, folder in cases(args, Path(tmp)):
-                whole = window >= n_dates
                 if (group, name, n_dates, window) in done:
                     continue
                 env = dict(os.environ, OMP_NUM_THREADS="1")
                 cmd = [sys.executable, __file__, "--one", str(folder), "--window", str(window)]
+                if args.memory_limit:
+                    cmd += ["--memory-limit", args.memory_limit]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
                     sys.exit(f"{group} {name} T={n_dates}: failed\n{proc.stderr[-3000:]}")
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
-                row.update(group=group, name=name, T=n_dates, whole=whole, window=window)
+                row.update(group=group, name=name, T=n_dates, window=window)
+                row["whole"] = row["windows"] == 1
                 with open(args.rows, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)

@@ -130,8 +130,10 @@ class DetectConfig:
             strings or a mapping, e.g. ``("COMPRESS=ZSTD", "LEVEL=15")``; checked with GDAL
             before any work (:mod:`geochange.io.creation`).
         window: dates per temporal window: a longer series runs in overlapping windows of this
-            many dates and every change event is kept (:mod:`geochange.events`); the default
-            is the length that measured best (benchmarks/LONG_SERIES.md).
+            many dates and every change event is kept (:mod:`geochange.events`). None (the
+            default): from the memory budget (:func:`geochange.plan.choose_window`): the whole
+            series as one window when it fits ``RuntimeConfig.memory_limit`` at a reasonable
+            chunk size, else the fewest windows that fit (at least 16 dates each).
         window_overlap: dates shared by consecutive windows (1 .. window - 2).
         events: which event of a pixel the probability and date rasters and the ``changes``
             layer show: "first", "latest" (a monitoring product's latest change and its
@@ -153,7 +155,7 @@ class DetectConfig:
     rgb_bands: tuple[int, ...] | None = None
     allow_empty: bool = False
     co: Any = ()
-    window: int = 16
+    window: int | None = None
     window_overlap: int = 3
     events: EventMode = "first"
     since: Any = None
@@ -169,7 +171,7 @@ class DetectConfig:
         object.__setattr__(self, "co", tuple(co.items()))
         _whole("window", self.window, 3, "a whole number of dates >= 3")
         _whole("window_overlap", self.window_overlap, 1, "a whole number of dates >= 1")
-        if self.window_overlap > self.window - 2:
+        if self.window is not None and self.window_overlap > self.window - 2:
             raise ConfigError(
                 "window_overlap",
                 f"found {self.window_overlap}, expected 1 .. {self.window - 2} dates (window - 2) "
@@ -266,8 +268,9 @@ class RuntimeConfig:
         threads_per_worker: dask threads per worker process.
         progress: show a progress bar over chunks.
         memory_limit: memory budget of one worker process (bytes, or a size such as "2GB",
-            "1.5GiB"; None = 2 GiB): the deep model's chunk and batch are lowered until the
-            tasks in flight fit it (:mod:`geochange.memory`); never raised above
+            "1.5GiB"; None = 2 GiB): it chooses the temporal window of a long series
+            (``DetectConfig.window`` None), then the deep model's chunk and batch are lowered
+            until the tasks in flight fit it (:mod:`geochange.plan`); never raised above
             ``chunk_size`` and ``batch_size``.
     """
 

@@ -104,9 +104,10 @@ def merge(
         threshold: a report is a change from this probability.
         gap: reports closer than this many dates are one event.
         windows: the windows (see :func:`plan_windows`); given, a change on a date that two
-            windows both see (a date of their overlap, near the end of one and the start of
-            the other, where either has little context on one side) counts only when both
-            report it (within ``gap`` dates): a change lasts when later dates agree.
+            windows both judge (a date of their overlap, near the end of one and the start of
+            the other, where either has little context on one side; the later window must
+            also hold the ``gap`` dates before it) counts only when both report it (within
+            ``gap`` dates): a change lasts when later dates agree.
 
     Returns:
         ``quiet`` (h, w) float32: the highest probability below ``threshold`` (NaN where every
@@ -157,14 +158,22 @@ def _BELOW(threshold: float) -> np.float32:
 def _confirmed(
     hits: list[np.ndarray], js: list[np.ndarray], windows: list[tuple[int, int]], gap: int
 ) -> list[np.ndarray]:
-    """Reports kept: on a date another window also sees, that window must report it too."""
+    """Reports kept: on a date another window also judges, that window must report it too.
+
+    A window judges a change on date ``j`` when it holds ``j`` and the ``gap`` dates before it:
+    the state before any report that counts as the same event. A window that starts within
+    ``gap`` dates of ``j`` may hold only the after-state of a change reported a date late by
+    the window before it (whose last dates leave little to date it by); its silence is no
+    denial.
+    """
+    span = max(gap, 1)
     out = []
     for k, (hit, j) in enumerate(zip(hits, js)):
         keep = hit.copy()
         for m, (a, b) in enumerate(windows):
             if m == k:
                 continue
-            sees = hit & (j >= a + 1) & (j <= b - 1)
+            sees = hit & (j >= a + span) & (j <= b - 1)
             if not sees.any():
                 continue
             agree = hits[m] & (np.abs(js[m] - j) < max(gap, 1))

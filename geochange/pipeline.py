@@ -75,7 +75,7 @@ class DetectResult:
         coords: the input cube's y/x coordinates and times (xarray input), for
             :meth:`to_xarray`; None for files.
         resumed: chunks taken from a run that did not finish (``resume=True``), not computed.
-        events: a series run in temporal windows (longer than ``window`` dates): (4, y, x)
+        events: a long series (longer than 16 dates, or than ``window``): (4, y, x)
             uint8 number of change events, first and last event's date index, last event's
             probability x 254 (255 nodata); None otherwise.
         event_polygons: with ``events``: one polygon per event (``change_date``,
@@ -208,7 +208,7 @@ def detect(
         else open_stack(inputs, chunk_size=runtime.chunk_size, **dataclasses.asdict(stack_config))
     )
     prepare.check_stack(stack, config)
-    if paths and windowed.is_windowed(stack.T, config):
+    if paths and windowed.is_long(stack.T, config):
         paths = output_paths(output, quicklook=config.quicklook, events=True)
         check_target(paths, overwrite)
     stack, stack_stages = prepare_stack(stack, config.skip)
@@ -276,9 +276,11 @@ def _run(
     from geochange.plan import plan_memory
 
     paths = outputs.paths if outputs is not None else {}
-    is_windowed = windowed.is_windowed(stack.T, config)
+    is_windowed = windowed.is_long(stack.T, config)
     chain: Any = (
-        windowed.windowed_chain(stack, config, _context(stack, config, runtime), stack_stages)
+        windowed.windowed_chain(
+            stack, config, runtime, _context(stack, config, runtime), stack_stages
+        )
         if is_windowed
         else stack_chain(stack, config, runtime, stack_stages)
     )
@@ -311,7 +313,9 @@ def _run(
             n_chunks,
             halo,
             ", ".join(chain.names),
-            f", {len(chain.windows)} windows of {config.window} dates" if is_windowed else "",
+            f", {len(chain.windows)} window(s) of {chain.windows[0][1]} dates"
+            if is_windowed
+            else "",
             rt.layout.describe(),
         )
         if rt.distributed:

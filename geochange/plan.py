@@ -1,17 +1,104 @@
-"""The run's plan from its memory budget: chunk size and the deep model's batch
-(:func:`geochange.memory.plan`, from measured per-pixel task peaks)."""
+"""The run's plan from its memory budget: the temporal window of a long series, the chunk size
+and the deep model's batch (:mod:`geochange.memory`, from measured per-pixel task peaks).
+
+A long series runs best as one window (the model sees every date around a change:
+benchmarks/LONG_SERIES.md), but a task then holds every date of its tile and a halo that grows
+by a pixel per date. :func:`choose_window` keeps the whole series when the tasks of a worker
+fit ``--memory-limit`` at a reasonable chunk size, else splits it into the fewest windows that
+do; :func:`plan_memory` then lowers the batch, then the chunk, until the tasks fit.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from geochange.config import ConfigError, DetectConfig, RuntimeConfig
+from geochange.events import DEFAULT_WINDOW, plan_windows
 from geochange.io.stack import Stack
 
-__all__ = ["plan_memory"]
+__all__ = ["REASONABLE_CHUNK", "choose_window", "plan_memory"]
 
 log = logging.getLogger(__name__)
+
+#: A chunk edge (px) below which a longer window is not worth it: smaller chunks spend most of
+#: their reads and compute on the halo (the chunk asked for, when smaller, or the halo, when
+#: larger, take its place).
+REASONABLE_CHUNK = 256
+
+
+def _budget(runtime: RuntimeConfig) -> tuple[int, str]:
+    from geochange import memory
+
+    text = runtime.memory_limit
+    return (memory.DEFAULT_LIMIT if text is None else memory.parse_bytes(text)), text or "2GiB"
+
+
+def _tasks(runtime: RuntimeConfig) -> int:
+    """Tasks in flight per worker: its threads."""
+    from dask.system import CPU_COUNT
+
+    return runtime.threads_per_worker or max(1, CPU_COUNT // (runtime.workers or 1))
+
+
+def choose_window(
+    n_dates: int,
+    bands: int,
+    scene: tuple[int, int],
+    runtime: RuntimeConfig,
+    chain: Any,
+    overlap: int,
+) -> int:
+    """Dates per temporal window for the deep model on a series of ``n_dates`` dates.
+
+    The whole series when its tasks fit the memory budget with a chunk of at least
+    :data:`REASONABLE_CHUNK` px (or the chunk asked for, if smaller; never below the halo);
+    otherwise the fewest windows that do, of equal length (``ceil((T + (n - 1) * overlap) /
+    n)`` dates for ``n`` windows), but never shorter than 16 dates: when not even those fit,
+    windows of 16 and the smaller chunk :func:`plan_memory` finds (or its clear refusal).
+
+    Args:
+        n_dates: the series length T.
+        bands: bands per date.
+        scene: (height, width) in pixels.
+        runtime: budget (``memory_limit``), chunk size asked for, workers and threads.
+        chain: a fitted :class:`~geochange.stages.Chain` of the run's stages (fitted on any
+            window: only their reach is used, :meth:`~geochange.stages.Chain.halos`).
+        overlap: dates shared by consecutive windows.
+    """
+    from geochange import memory
+
+    limit, _ = _budget(runtime)
+    tasks = _tasks(runtime)
+    detector = chain.detector
+    batch = int(getattr(detector, "batch_size", 1))
+    tile_size = int(getattr(detector, "tile_size", 256))
+    asked = min(runtime.chunk_size, max(scene))
+    n = 1
+    while True:
+        window = n_dates if n == 1 else math.ceil((n_dates + (n - 1) * overlap) / n)
+        if window < DEFAULT_WINDOW:
+            return DEFAULT_WINDOW
+        halo, detector_halo = chain.halos(window)
+        shape = memory.TaskShape(
+            halo,
+            detector_halo,
+            window,
+            bands,
+            len(plan_windows(n_dates, window, overlap)),
+            tile_size,
+            (int(scene[0]), int(scene[1])),
+        )
+        chunk, _ = memory.plan(limit, asked, shape, tasks, batch)
+        if chunk > 0 and chunk >= min(asked, max(REASONABLE_CHUNK, halo)):
+            if n > 1:
+                log.info(
+                    "%d dates do not fit %.2f GiB per worker as one window at a %d px chunk: "
+                    "%d windows of %d dates", n_dates, limit / 2**30, asked, n, window,
+                )  # fmt: skip
+            return window
+        n += 1
 
 
 def plan_memory(
@@ -20,21 +107,18 @@ def plan_memory(
     """The chunk size, and the deep model's batch, that keep a worker within
     ``runtime.memory_limit`` (:func:`geochange.memory.plan`); the chunk size asked for when
     it fits, or for a classical baseline."""
-    from dask.system import CPU_COUNT
-
     from geochange import memory
 
     if config.method != "cnn-lstm":
         return runtime.chunk_size
-    limit_text = runtime.memory_limit
-    limit = memory.DEFAULT_LIMIT if limit_text is None else memory.parse_bytes(limit_text)
+    limit, limit_text = _budget(runtime)
     chains = chain.chains if windowed else (chain,)
     detector = chains[0].detector
     batch = int(getattr(detector, "batch_size", 1))
     tile_size = int(getattr(detector, "tile_size", 256))
-    tasks = runtime.threads_per_worker or max(1, CPU_COUNT // (runtime.workers or 1))
+    tasks = _tasks(runtime)
     halo = int(chain.halo)
-    dates = config.window if windowed else stack.T
+    dates = max(b - a for a, b in chain.windows) if windowed else stack.T
     n_windows = len(chain.windows) if windowed else 1
     size = max(stack.grid.height, stack.grid.width)
     asked = min(runtime.chunk_size, size)
@@ -54,7 +138,7 @@ def plan_memory(
         need = memory.PROCESS_BYTES + tasks * one
         raise ConfigError(
             "memory_limit",
-            f"found {limit_text or '2GiB'} ({limit / 2**30:.2f} GiB), but {tasks} task(s) of "
+            f"found {limit_text} ({limit / 2**30:.2f} GiB), but {tasks} task(s) of "
             f"this stack ({dates} dates at a time, {stack.band_count} bands, halo {halo} px) "
             f"need about {need / 2**30:.2f} GiB; raise it, run fewer threads per worker "
             "(--threads-per-worker) or shorter windows (--window)",

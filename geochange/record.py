@@ -124,7 +124,7 @@ def manifest(
         "device": chain.device,
         "batch_size": runtime.batch_size,
         "amp": bool(runtime.amp),
-        "window": int(config.window),
+        "window": None if config.window is None else int(config.window),
         "window_overlap": int(config.window_overlap),
         "events": config.events,
         "since": None if config.since is None else config.since.isoformat(),

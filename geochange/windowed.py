@@ -10,52 +10,79 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Sequence
-from typing import Any
 
 import dask.array as da
 import geopandas as gpd
 import numpy as np
 
-from geochange.config import DetectConfig
+from geochange.config import DetectConfig, RuntimeConfig
+from geochange.events import DEFAULT_WINDOW
 from geochange.io import encoding
 from geochange.io.read import read_sample
 from geochange.io.results import DATE_NODATA, EVENT_BANDS
 from geochange.io.stack import Stack
 from geochange.stages import Context
+from geochange.stages.windows import WindowedChain
 
 __all__ = [
     "drop_before",
     "event_polygons",
     "events_raster",
-    "is_windowed",
+    "is_long",
     "report_rasters",
     "since_index",
     "windowed_chain",
 ]
 
 
-def is_windowed(n_dates: int, config: DetectConfig) -> bool:
-    """Whether the series runs in more than one temporal window."""
-    from geochange.events import plan_windows
-
-    return len(plan_windows(n_dates, config.window, config.window_overlap)) > 1
+def is_long(n_dates: int, config: DetectConfig) -> bool:
+    """Whether the series runs as a long one: in temporal windows with its change events
+    (:mod:`geochange.stages.windows`): longer than 16 dates, or than the window given. A
+    shorter series runs exactly as a plain chain."""
+    short = DEFAULT_WINDOW if config.window is None else min(config.window, DEFAULT_WINDOW)
+    return n_dates > short
 
 
 def windowed_chain(
-    stack: Stack, config: DetectConfig, context: Context, stack_stages: Sequence[tuple[str, dict]]
-) -> Any:
-    """The chain of ``config`` fitted per temporal window (:mod:`geochange.stages.windows`)."""
+    stack: Stack,
+    config: DetectConfig,
+    runtime: RuntimeConfig,
+    context: Context,
+    stack_stages: Sequence[tuple[str, dict]],
+) -> WindowedChain:
+    """The chain of ``config`` fitted per temporal window (:mod:`geochange.stages.windows`).
+
+    The window is ``config.window`` when given. Otherwise the deep model runs the whole series
+    as one window when it fits the memory budget, else the fewest windows that fit
+    (:func:`geochange.plan.choose_window`); a classical baseline runs windows of 16 dates.
+    """
+    from geochange.plan import choose_window
     from geochange.stages.windows import build_windowed
 
-    return build_windowed(
-        read_sample(stack),
-        config.method,
-        config.skip,
-        context,
-        stack_stages,
-        config.window,
-        config.window_overlap,
+    sample = read_sample(stack)
+
+    def build(window: int) -> WindowedChain:
+        return build_windowed(
+            sample,
+            config.method,
+            config.skip,
+            context,
+            stack_stages,
+            window,
+            config.window_overlap,
+        )
+
+    if config.window is not None:
+        return build(config.window)
+    if config.method != "cnn-lstm":
+        return build(DEFAULT_WINDOW)
+    # The stages fitted on the whole series tell the halo of any window length.
+    whole = build(stack.T)
+    scene = (stack.grid.height, stack.grid.width)
+    window = choose_window(
+        stack.T, stack.band_count, scene, runtime, whole.chains[0], config.window_overlap
     )
+    return whole if window >= stack.T else build(window)
 
 
 def since_index(dates: Sequence[_dt.date], since: _dt.date | None) -> int:
@@ -100,7 +127,10 @@ def _report(result: da.Array, n_slots: int, threshold: float, mode: str, since: 
         slot_date = out[1 + n_slots :].astype(np.uint8)
         # An event is one whose probability, as stored, reaches the threshold.
         slot_date = np.where(slot_prob >= threshold, slot_date, 0).astype(np.uint8)
+        # Below the threshold as stored too: a report just short of it (or one two windows
+        # did not agree on) must not round up to a change without an event and date.
         quiet = np.round(np.clip(quiet, 0, 1) * steps) / steps  # NaN stays NaN
+        quiet = np.where(quiet >= threshold, encoding.step_below(threshold), quiet)
         prob, interval, sp, sd = report(quiet, slot_prob, slot_date, mode, since)  # type: ignore[arg-type]
         return np.concatenate([prob[None], interval[None], sp, sd.astype(np.float32)]).astype(
             np.float32

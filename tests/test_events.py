@@ -62,6 +62,28 @@ def test_one_change_seen_by_two_windows_is_one_event():
     assert (sd > 0).sum() == 1 and sd.max() == 10
 
 
+def test_a_report_two_windows_do_not_agree_on_stays_below_the_threshold_as_stored():
+    import dask.array as da
+
+    from geochange.windowed import report_rasters
+
+    wins = plan_windows(24, 10, 3)  # (0,10) (7,17) (14,24)
+    own = owners(24, wins)
+    # Window 0 reports a change on date 8; window 1 holds only date 7 before it, maybe just the
+    # after-state of a change on date 7 or 8: its silence is no denial.
+    probs, dates = _reports([(0.9, 8), (0.1, 12), (0.1, 15)])
+    _, sp, sd = merge(probs, dates, own, 0.5, windows=wins)
+    assert sd.max() == 8 and sp.max() == pytest.approx(0.9)
+    # On date 9, window 1 holds dates 7 and 8 before it, judges it and does not report it.
+    probs, dates = _reports([(0.9, 9), (0.1, 12), (0.1, 15)])
+    quiet, sp, sd = merge(probs, dates, own, 0.5, windows=wins)
+    assert (sd == 0).all() and quiet[0, 0] < 0.5
+    out = np.concatenate([quiet[None], sp, sd.astype(np.float32)])
+    prob, interval, _ = report_rasters(da.from_array(out), len(wins), 0.5, "first", 0)
+    # Stored in steps of 1/254, it must not round up to the threshold: no change, no date.
+    assert prob.compute()[0, 0] == pytest.approx(126 / 254) and interval.compute()[0, 0] == 0
+
+
 def test_two_changes_far_apart_are_two_events_and_report_picks_first_latest_since():
     wins = plan_windows(24, 10, 3)
     own = owners(24, wins)
@@ -152,8 +174,16 @@ def test_latest_and_since_report_the_monitoring_view(two_events, tmp_path):
     assert sorted(every.changes["change_date"]) == [DATES[6], DATES[15]]
 
 
-def test_a_series_within_one_window_has_no_events_outputs(two_events, tmp_path):
+def test_a_long_series_in_one_window_keeps_its_events_outputs_a_short_one_has_none(
+    two_events, tmp_path
+):
     res = detect(two_events, tmp_path / "c.gpkg", method="cva", skip=QUIET, window=20)
+    assert res.run["windows"] == [[0, T]]
+    assert "events" in res.paths and "events" in dict(pyogrio.list_layers(res.paths["gpkg"]))
+    assert (res.events.compute()[0][SQUARE] == 1).all()  # one window: one event per pixel
+    short = sorted(two_events.glob("*.tif"))[:16]
+    assert len(short) == 16
+    res = detect(short, tmp_path / "d.gpkg", method="cva", skip=QUIET)
     assert res.events is None and "events" not in res.paths
     assert "events" not in dict(pyogrio.list_layers(res.paths["gpkg"]))
 

@@ -3,6 +3,8 @@ and the run refused clearly when the budget cannot hold a task."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from helpers import run_cli, write_stack
@@ -10,6 +12,8 @@ from helpers import run_cli, write_stack
 from geochange import memory
 from geochange.config import ConfigError, RuntimeConfig
 from geochange.events import plan_windows
+from geochange.plan import choose_window
+from geochange.stages import build_chain
 
 
 @pytest.mark.parametrize(
@@ -68,3 +72,27 @@ def test_a_small_scene_is_planned_as_it_is_read():
     assert memory.plan(memory.DEFAULT_LIMIT, 128, clipped, tasks=2)[0] == 128
     unclipped = memory.TaskShape(113, 80, 48, 4, 1)
     assert memory.plan(memory.DEFAULT_LIMIT, 128, unclipped, tasks=2) == (0, 0)
+
+
+@pytest.fixture(scope="module")
+def chain():
+    """The default stages, fitted on a 20-date sample (their reach is what the plan uses)."""
+    sample = np.random.default_rng(0).uniform(500, 3000, (20, 4, 400)).astype(np.float32)
+    return build_chain(sample)
+
+
+def test_the_window_is_the_whole_series_where_it_fits_else_the_fewest_windows_that_fit(chain):
+    two = RuntimeConfig(threads_per_worker=2)
+    assert choose_window(150, 4, (128, 128), two, chain, 3) == 150  # a small scene: whole
+    tile = (10980, 10980)  # a Sentinel-2 tile: 2 GiB holds no longer window at a 256 px chunk
+    assert choose_window(96, 4, tile, two, chain, 3) == 16
+    big = RuntimeConfig(threads_per_worker=2, memory_limit="8GiB")
+    window = choose_window(96, 4, tile, big, chain, 3)
+    n = len(plan_windows(96, window, 3))
+    assert 16 < window < 96 and window == math.ceil((96 + (n - 1) * 3) / n)  # equal windows
+    # One window fewer (longer ones) needs a chunk below 256 px in 8 GiB.
+    longer = math.ceil((96 + (n - 2) * 3) / (n - 1))
+    halo, det = chain.halos(longer)
+    shape = memory.TaskShape(halo, det, longer, 4, n - 1, 256, tile)
+    assert memory.plan(8 * 2**30, 512, shape, tasks=2, batch=4)[0] < 256
+    assert chain.halos(20) == (chain.halo, chain.detector_halo)

@@ -218,8 +218,8 @@ from geochange.cli import options
     default="first",
     show_default=True,
     help="Which change event of a pixel the rasters and the 'changes' layer show: its first, "
-    "its latest (monitoring), or all (one polygon per event). A series longer than --window "
-    "dates also gets OUT_events.tif (count, first, last date, last probability) and an "
+    "its latest (monitoring), or all (one polygon per event). A series longer than 16 dates "
+    "(or than --window) also gets OUT_events.tif (count, first, last date, last probability) and an "
     "'events' layer with every event.",
 )
 @click.option(
@@ -231,10 +231,11 @@ from geochange.cli import options
 @click.option(
     "--window",
     type=int,
-    default=16,
-    show_default=True,
+    default=None,
     help="Dates per temporal window: a longer series runs in overlapping windows of this many "
-    "dates (memory per task and what the model sees stay those of a short series).",
+    "dates (memory per task follows the window, not the series). Default: the whole series "
+    "when it fits --memory-limit at a reasonable chunk size, else the fewest windows that fit "
+    "(at least 16 dates each).",
 )
 @click.option(
     "--window-overlap",
@@ -247,8 +248,9 @@ from geochange.cli import options
     "--memory-limit",
     default=None,
     metavar="SIZE",
-    help="Memory budget of one worker process, e.g. 2GB or 8GiB (default 2GiB): the chunk and "
-    "batch of the model are lowered until the tasks in flight fit it.",
+    help="Memory budget of one worker process, e.g. 2GB or 8GiB (default 2GiB): a long series "
+    "is split into temporal windows only where it needs them, and the chunk and batch of the "
+    "model are lowered until the tasks in flight fit it.",
 )
 def command(
     inputs,

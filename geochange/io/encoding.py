@@ -16,7 +16,17 @@ import os
 import dask.array as da
 import numpy as np
 
-__all__ = ["PROB_NODATA", "PROB_SCALE", "PROB_STEPS", "decode", "encode", "quantise", "read_prob"]
+__all__ = [
+    "PROB_NODATA",
+    "PROB_SCALE",
+    "PROB_STEPS",
+    "decode",
+    "encode",
+    "quantise",
+    "quantised",
+    "read_prob",
+    "step_below",
+]
 
 #: Steps of the stored probability (0 … PROB_STEPS).
 PROB_STEPS = 254
@@ -45,6 +55,23 @@ def _decode_block(k: np.ndarray) -> np.ndarray:
     out = k.astype(np.float32) / _STEPS
     out[k == PROB_NODATA] = np.nan
     return out
+
+
+def quantised(p: np.ndarray) -> np.ndarray:
+    """(…) float32 probability as stored: in steps of 1/254, NaN kept (numpy, one block)."""
+    return _quantise_block(p)
+
+
+def step_below(threshold: float) -> np.float32:
+    """The largest stored probability (a step of 1/254) below ``threshold``: what a
+    probability that must not reach the threshold is stored as at most."""
+    t = np.float32(threshold)
+    k = int(np.ceil(t * _STEPS)) - 1
+    while k > 0 and np.float32(k) / _STEPS >= t:
+        k -= 1
+    while np.float32(k + 1) / _STEPS < t:
+        k += 1
+    return np.float32(max(k, 0)) / _STEPS
 
 
 def quantise(prob: da.Array) -> da.Array:

@@ -238,20 +238,30 @@ class Chain:
         self.n_dates = int(n_dates)
         self.stack_stages = tuple((str(n), dict(p)) for n, p in stack_stages)
         self.detector = stages[k]
-        # Halo: walk back from the output. A stage needs the input exact over its output's
-        # margin plus its input reach, and the previous result over the margin plus its result
-        # reach; an input stage widens what every later stage reads by its own reach.
+        self._detector_at = k
+        halo, detector_halo = self.halos(self.n_dates)
+        #: context the detector's input carries (see :class:`Block`)
+        self.detector_halo = detector_halo
+        #: pixels of context each tile needs around its chunk
+        self.halo = halo
+
+    def halos(self, n_dates: int) -> tuple[int, int]:
+        """``(halo, detector_halo)`` of these stages over a series of ``n_dates`` dates (the
+        reach of some stages grows with the dates: a window's length, see
+        :func:`geochange.plan.choose_window`)."""
+        k = self._detector_at
+        # Walk back from the output. A stage needs the input exact over its output's margin
+        # plus its input reach, and the previous result over the margin plus its result reach;
+        # an input stage widens what every later stage reads by its own reach.
         margin, need = 0, 0
         for stage in reversed(self.stages[k:]):
-            reach = stage.reach(self.n_dates)
+            reach = stage.reach(n_dates)
             need = max(need, margin + reach.input)
             margin += reach.result
-        #: context the detector's input carries (see :class:`Block`)
-        self.detector_halo = need
+        detector_halo = need
         for stage in self.stages[:k]:
-            need += stage.reach(self.n_dates).input
-        #: pixels of context each tile needs around its chunk
-        self.halo = need
+            need += stage.reach(n_dates).input
+        return need, detector_halo
 
     @property
     def names(self) -> tuple[str, ...]:

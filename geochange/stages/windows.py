@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from geochange.events import DEFAULT_GAP, merge, owners, plan_windows
+from geochange.io.encoding import quantised
 from geochange.stages import Chain, Context, build_chain
 
 __all__ = ["WindowedChain", "build_windowed"]
@@ -116,7 +117,8 @@ class WindowedChain:
         probs, dates = [], []
         for (a, b), chain in zip(self.windows, self.chains):
             out = chain(np.asarray(tile[a:b], dtype=np.float32))
-            probs.append(out[0])
+            # Judged as stored (steps of 1/254), like a one-window run's probability.
+            probs.append(quantised(out[0]))
             dates.append(out[1] + np.float32(1 + a))
         quiet, slot_prob, slot_date = merge(
             probs, dates, self.owner, self.threshold, self.gap, list(self.windows)
