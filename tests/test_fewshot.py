@@ -5,13 +5,21 @@ from __future__ import annotations
 import geopandas as gpd
 import numpy as np
 import pytest
+import torch
 from rasterio.features import rasterize
 from scipy import ndimage
 
 from geochange.io.examples import read_examples
 from geochange.io.stack import open_stack
-from geochange.model import load_model
-from geochange.model.fewshot import best_threshold, blocked_folds, teach
+from geochange.model import heldout, load_model
+from geochange.model.fewshot import (
+    best_threshold,
+    blocked_folds,
+    mixed,
+    pick_mix,
+    teach,
+    with_spectral,
+)
 from geochange.pipeline import detect
 from geochange.stages.coregister import coregister
 from geochange.synth import make_scene, write_scene
@@ -141,6 +149,38 @@ def test_best_threshold():
     t = best_threshold(prob, truth)
     assert 0.3 < t <= 0.6
     assert best_threshold(prob, np.ones(6, bool)) == 0.5
+
+
+def test_spectral_weight_scales_the_term_and_zero_gives_the_starting_model():
+    base, _ = load_model()
+    net = with_spectral(base, 3, seed=0)
+    with torch.no_grad():
+        net.spectral[-1].weight.normal_(0.0, 0.5)
+        net.spectral[-1].bias.fill_(0.3)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(1, 2, 3, 24, 24)).astype(np.float32))
+    valid = torch.ones(1, 2, 24, 24, dtype=torch.bool)
+    with torch.inference_mode():
+        start = base(x, valid)[0]
+        full = net(x, valid)[0]
+        none = mixed(net, 0.0)(x, valid)[0]
+        half = mixed(net, 0.5)(x, valid)[0]
+    assert mixed(net, 1.0) is net
+    assert torch.allclose(none, start, atol=1e-5)
+    assert not torch.allclose(full, start, atol=1e-3)
+    assert torch.allclose(half - start, 0.5 * (full - start), atol=1e-4)
+    assert net.spectral[-1].bias.item() == pytest.approx(0.3)  # the fitted net is untouched
+
+
+def test_pick_mix_follows_the_held_out_examples(monkeypatch):
+    monkeypatch.setattr(heldout, "MIXES", (0.0, 0.5, 1.0))
+    flat = np.full((3, heldout.THRESHOLDS.size), 0.30)
+    curves = np.stack([flat, flat + 0.05, flat + 0.20])  # (weights, folds, thresholds)
+    assert pick_mix(curves) == 2
+    assert pick_mix(curves[::-1]) == 0  # the examples do not carry over: the starting model
+    peak = curves.copy()
+    peak[1, :, 40] = 0.9  # one threshold of the middle weight serves every fold best
+    assert pick_mix(peak) == 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,6 +35,12 @@ How it learns (:func:`teach_network`):
   completely reviewed area, a positive-unlabelled criterion: :func:`threshold_curve`), the one
   closest to 0.5 within one standard error over folds of the best (:func:`pick_threshold`).
   Without a cross-validation it is chosen on the training examples (said so in the meta).
+- **How much of the spectral term** (:func:`mixed`): without a completely reviewed area the
+  term's fit weighs change and no change alike, not as the scene has them, so its weight
+  (:data:`~geochange.model.heldout.MIXES`, 0 = the starting model) is chosen with the threshold
+  on the same held-out examples (:func:`~geochange.model.heldout.pick_mix`): where polygons do
+  not carry over to other polygons, the taught model leans back towards the shipped one.
+  The folds, thresholds and weights are chosen in :mod:`geochange.model.heldout`.
 - **An honest estimate**: spatially blocked k-fold (:func:`blocked_folds`): the examples are cut
   into units (whole polygons; a large reviewed area cut into square blocks), units are dealt to
   k folds so that each holds change, and each fold's units plus a buffer around them are left
@@ -68,8 +74,16 @@ from geochange.errors import InputError, ModelError, OutputExistsError
 from geochange.io.examples import UNKNOWN, Examples
 from geochange.io.read import read_sample
 from geochange.io.stack import Stack
-from geochange.model import load_model, save_model
+from geochange.model import heldout, load_model, save_model
 from geochange.model.cnn_lstm import CNNLSTM, MASKED_LOGIT, shift_min_distance, spectral_input
+from geochange.model.heldout import (
+    best_threshold,
+    blocked_folds,
+    f1_precision_recall,
+    pick_mix,
+    pick_threshold,
+    threshold_curve,
+)
 from geochange.model.normalize import apply
 from geochange.model.pseudo import change_magnitude, ignore_threshold
 from geochange.robust import scene_stats
@@ -90,8 +104,6 @@ logger = logging.getLogger(__name__)
 
 #: Seeds of the synthetic training scenes rehearsed (the shipped model trained on 0-999).
 REHEARSAL_SEEDS = (0, 1, 2)
-#: Edge (px) of the blocks a large reviewed area is cut into for cross-validation.
-CV_BLOCK = 32
 #: Pixels around a fold's held-out units left out of its fit.
 CV_BUFFER = 8
 #: Weight of the scene's self-supervised "no change" pixels against the user's labels.
@@ -113,8 +125,6 @@ SPECTRAL_STEPS = 300
 SPECTRAL_LR = 1e-2
 SPECTRAL_L2 = 1e-4
 SPECTRAL_PIXELS = 8_000
-#: Candidate thresholds.
-THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)
 
 
 def default_minutes(shape: Sequence[int]) -> float:
@@ -291,114 +301,16 @@ def with_spectral(net: CNNLSTM, bands: int, seed: int = 0) -> CNNLSTM:
     return out.to(next(net.parameters()).device).eval()
 
 
-# ----------------------------------------------------------------------------------------------
-# Cross-validation units and folds
-
-
-def blocked_folds(
-    label: np.ndarray, k: int = 3, seed: int = 0, block: int = CV_BLOCK
-) -> tuple[np.ndarray, int] | None:
-    """Spatially blocked folds of the labelled pixels.
-
-    Units are the 8-connected groups of labelled pixels (whole polygons); a unit larger than a
-    ``block`` × ``block`` square is cut along a ``block``-px grid. Units holding change are
-    dealt to the folds in turn (shuffled with ``seed``), then the others.
-
-    Returns:
-        ``(fold, k)`` with ``fold`` (h, w) int8: the fold (0..k-1) of each labelled pixel, -1
-        elsewhere; or None when fewer than ``k`` units hold change or no unit holds no change.
-    """
-    lab = label != UNKNOWN
-    ids, n = ndimage.label(lab, structure=np.ones((3, 3), bool))
-    sizes = np.bincount(ids.ravel(), minlength=n + 1)
-    h, w = label.shape
-    gy, gx = np.mgrid[0:h, 0:w]
-    cellid = (gy // block) * (-(-w // block)) + gx // block
-    big = sizes[ids] > block * block
-    unit = np.where(big, (n + 1) + cellid, ids)
-    unit[~lab] = 0
-    uniq, inv = np.unique(unit, return_inverse=True)
-    inv = inv.reshape(unit.shape)
-    has_change = np.bincount(inv.ravel(), weights=(label == 1).ravel(), minlength=len(uniq)) > 0
-    has_none = np.bincount(inv.ravel(), weights=(label == 0).ravel(), minlength=len(uniq)) > 0
-    real = uniq != 0
-    if (has_change & real).sum() < k or not (has_none & real).any():
-        return None
-    rng = np.random.default_rng([int(seed), 31])
-    order = np.concatenate(
-        [
-            rng.permutation(np.flatnonzero(has_change & real)),
-            rng.permutation(np.flatnonzero(~has_change & real)),
-        ]
-    )
-    assign = np.full(len(uniq), -1, np.int8)
-    assign[order] = np.arange(len(order)) % k
-    fold = assign[inv]
-    fold[~lab] = -1
-    return fold, k
-
-
-def _f1(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
-    p = tp / (tp + fp) if tp + fp else float("nan")
-    r = tp / (tp + fn) if tp + fn else float("nan")
-    f = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
-    return f, p, r
-
-
-def threshold_curve(
-    prob: np.ndarray, truth: np.ndarray, unlabelled: np.ndarray | None = None
-) -> np.ndarray:
-    """How well each threshold of :data:`THRESHOLDS` serves the examples (NaN: no change example).
-
-    With ``unlabelled`` None: the F1 of ``prob >= t`` against ``truth`` (examples that include
-    completely reviewed areas, where no change is known as well as change). Given the
-    probabilities of the pixels no example covers: ``recall² / P(prob >= t)`` (Lee and Liu
-    2003), recall on the change examples and the share flagged among the unlabelled pixels, a
-    positive-unlabelled criterion that rises with precision as F1 does, for examples that are a
-    few obvious changes and a few easy no-change areas (an F1 on those would reward a threshold
-    that flags everything that looks changed).
-    """
-    p = np.asarray(prob, np.float64).ravel()
-    y = np.asarray(truth, bool).ravel()
-    if not y.any():
-        return np.full(THRESHOLDS.size, np.nan)
-    pred = p[None, :] >= THRESHOLDS[:, None]
-    tp = (pred & y).sum(axis=1)
-    if unlabelled is not None and np.size(unlabelled):
-        u = np.asarray(unlabelled, np.float64).ravel()
-        flagged = (u[None, :] >= THRESHOLDS[:, None]).mean(axis=1)
-        return (tp / y.sum()) ** 2 / np.maximum(flagged, 1.0 / u.size)
-    if y.all():
-        return np.full(THRESHOLDS.size, np.nan)
-    fp = (pred & ~y).sum(axis=1)
-    fn = (~pred & y).sum(axis=1)
-    return 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-
-
-def pick_threshold(curves: np.ndarray) -> float:
-    """The threshold closest to 0.5 whose mean criterion over ``curves`` (n, thresholds: one
-    row per fold) is within one standard error of the best (the one-standard-error rule; with
-    one row, within 2 % of the best): the threshold leaves 0.5 only as far as the examples
-    clearly ask. 0.5 when no row has a value."""
-    c = np.atleast_2d(np.asarray(curves, np.float64))
-    c = c[~np.isnan(c).all(axis=1)]
-    if c.size == 0:
-        return 0.5
-    mean = np.nanmean(c, axis=0)
-    top = int(np.nanargmax(mean))
-    if len(c) >= 2:
-        slack = float(np.nanstd(c[:, top]) / np.sqrt(len(c)))
-    else:
-        slack = 0.02 * abs(float(mean[top]))
-    ok = np.flatnonzero(mean >= mean[top] - slack)
-    return float(THRESHOLDS[ok[np.argmin(np.abs(THRESHOLDS[ok] - 0.5))]])
-
-
-def best_threshold(
-    prob: np.ndarray, truth: np.ndarray, unlabelled: np.ndarray | None = None
-) -> float:
-    """:func:`pick_threshold` of one :func:`threshold_curve`."""
-    return pick_threshold(threshold_curve(prob, truth, unlabelled)[None])
+def mixed(net: CNNLSTM, weight: float) -> CNNLSTM:
+    """``net`` with its spectral term scaled by ``weight`` (0 = the starting model's output,
+    1 = as fitted); ``net`` itself at 1 or without a spectral term."""
+    if net.spectral is None or weight == 1.0:
+        return net
+    out = copy.deepcopy(net)
+    with torch.no_grad():
+        out.spectral[-1].weight.mul_(float(weight))
+        out.spectral[-1].bias.mul_(float(weight))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -648,7 +560,11 @@ class _Teacher:
         n_pos, n_neg = float((kinds == 1).sum()), float((kinds == 0).sum())
         shares = {1: 1.0, 0: 1.0, 2: SELF_WEIGHT}
         if self.reviewed and n_pos + n_neg:
-            shares = {1: n_pos / (n_pos + n_neg), 0: n_neg / (n_pos + n_neg), 2: SELF_WEIGHT}
+            shares = {
+                1: n_pos / (n_pos + n_neg),
+                0: n_neg / (n_pos + n_neg),
+                2: SELF_WEIGHT,
+            }
         pick = []
         for kind in (1, 0, 2):
             idx = np.flatnonzero(kinds == kind)
@@ -693,6 +609,104 @@ class _Teacher:
                 stage.run(block)
             out.append(block.prob)
         return out
+
+
+def _unlabelled(probs: list[np.ndarray], labels: list[np.ndarray]) -> np.ndarray:
+    """A sample (at most about 200 000) of the probabilities of the pixels no example covers."""
+    u = np.concatenate([pr[lab == UNKNOWN] for pr, lab in zip(probs, labels)])
+    return u[:: max(1, u.size // 200_000)]
+
+
+def _fold_maps(teacher: _Teacher, examples: Examples, folds: int, seed: int):
+    """Per region, the blocked fold of each labelled pixel (:func:`blocked_folds` over the whole
+    scene's examples, cut per region); None without cross-validation or with too few examples."""
+    if not folds or folds < 2:
+        return None
+    full = np.full(examples.label.shape, UNKNOWN, np.uint8)
+    for r in teacher.regions:
+        sl = (slice(r.y0, r.y0 + r.label.shape[0]), slice(r.x0, r.x0 + r.label.shape[1]))
+        full[sl] = np.where(r.label != UNKNOWN, r.label, full[sl])
+    got = blocked_folds(full, int(folds), seed)
+    if got is None:
+        return None
+    return [
+        got[0][r.y0 : r.y0 + r.label.shape[0], r.x0 : r.x0 + r.label.shape[1]]
+        for r in teacher.regions
+    ]
+
+
+def _cross_validate(teacher, fold_maps, folds, mixes, pu, steps, lr, seed, deadline):
+    """The blocked cross-validation: each fold's fit without its held-out examples (and a
+    buffer), their out-of-fold probabilities at each weight of the spectral term, then the
+    weight and threshold (:func:`pick_mix`, :func:`pick_threshold`) and the expected F1 /
+    precision / recall: for each fold, weight and threshold chosen on the other folds, scored on
+    it.
+
+    Returns:
+        ``(cv, threshold, weight, steps_done)``.
+    """
+    labels = [r.label for r in teacher.regions]
+    # oof[m][i]: out-of-fold probabilities of region i with the spectral term weighted mixes[m].
+    oof = [[np.full(lab.shape, np.nan, np.float32) for lab in labels] for _ in mixes]
+    unl: list[list[np.ndarray]] = [[] for _ in mixes]
+    steps_done = []
+    for f in range(folds):
+        keep = []
+        for fm in fold_maps:
+            test = fm == f
+            near = ndimage.binary_dilation(test, iterations=CV_BUFFER) if test.any() else test
+            keep.append(~near)
+        share = (deadline - time.monotonic()) / (folds + 1 - f)  # the final fit's share too
+        net_f, done = teacher.fit(keep, steps, lr, seed * 100 + f + 1, time.monotonic() + share)
+        logger.info("teach: fold %d of %d, %d steps", f + 1, folds, done)
+        steps_done.append(done)
+        for m, weight in enumerate(mixes):
+            probs_f = teacher.predict(mixed(net_f, weight))
+            unl[m].append(_unlabelled(probs_f, labels))
+            for i, prob in enumerate(probs_f):
+                test = fold_maps[i] == f
+                oof[m][i][test] = prob[test]
+    # One criterion curve per weight and fold, on the fold's held-out examples (and,
+    # positive-unlabelled, the pixels no example covers, from that fold's model).
+    truth = [
+        np.concatenate([lab[fm == f] == 1 for lab, fm in zip(labels, fold_maps)])
+        for f in range(folds)
+    ]
+    held = [
+        [np.concatenate([o[fm == f] for o, fm in zip(oof[m], fold_maps)]) for f in range(folds)]
+        for m in range(len(mixes))
+    ]
+    curves = np.array(
+        [
+            [threshold_curve(held[m][f], truth[f], unl[m][f] if pu else None) for f in range(folds)]
+            for m in range(len(mixes))
+        ]
+    )  # (weights, folds, thresholds)
+    per = []
+    for f in range(folds):
+        rest = np.delete(curves, f, axis=1)  # weight and threshold chosen without fold f
+        m_f = pick_mix(rest)
+        pred = held[m_f][f] >= pick_threshold(rest[m_f])
+        y = truth[f]
+        per.append(
+            f1_precision_recall(
+                float((pred & y).sum()), float((pred & ~y).sum()), float((~pred & y).sum())
+            )
+        )
+    arr = np.array(per, np.float64)
+    cv = {
+        "k": folds,
+        "f1": round(float(np.nanmean(arr[:, 0])), 3),
+        "f1_sd": round(float(np.nanstd(arr[:, 0])), 3),
+        "precision": round(float(np.nanmean(arr[:, 1])), 3),
+        "precision_sd": round(float(np.nanstd(arr[:, 1])), 3),
+        "recall": round(float(np.nanmean(arr[:, 2])), 3),
+        "recall_sd": round(float(np.nanstd(arr[:, 2])), 3),
+        "f1_folds": [round(float(v), 3) for v in arr[:, 0]],
+        "scored_on": "held-out examples (whole polygons or blocks, 8-px buffer)",
+    }
+    best = pick_mix(curves)
+    return cv, pick_threshold(curves[best]), float(mixes[best]), steps_done
 
 
 def teach_network(
@@ -763,87 +777,18 @@ def teach_network(
     teacher = _Teacher(base, stack, examples, dev, seed, rehearsal, self_supervised)
 
     # Cross-validation.
-    labels = [r.label for r in teacher.regions]
-    cv: dict[str, Any] = {"k": 0}
-    oof = [np.full(lab.shape, np.nan, np.float32) for lab in labels]
-    fold_maps = None
-    if folds and folds >= 2:
-        # Folds over the whole scene's examples, then cut per region.
-        full = np.full(examples.label.shape, UNKNOWN, np.uint8)
-        for r in teacher.regions:
-            sl = (slice(r.y0, r.y0 + r.label.shape[0]), slice(r.x0, r.x0 + r.label.shape[1]))
-            full[sl] = np.where(r.label != UNKNOWN, r.label, full[sl])
-        got = blocked_folds(full, int(folds), seed)
-        if got is not None:
-            fold_maps = [
-                got[0][r.y0 : r.y0 + r.label.shape[0], r.x0 : r.x0 + r.label.shape[1]]
-                for r in teacher.regions
-            ]
-    fits = 1 + (int(folds) if fold_maps is not None else 0)
-    steps_done = []
+    fold_maps = _fold_maps(teacher, examples, folds, seed)
     # Examples without a completely reviewed area: the threshold by the positive-unlabelled
-    # criterion of best_threshold, on the pixels no example covers.
+    # criterion of threshold_curve, on the pixels no example covers; and the spectral term's
+    # weight chosen as well, since its fit weighed change and no change alike, not as the scene
+    # has them (a completely reviewed area gives their real share: the term is kept whole).
     pu = examples.n_labelled == 0
-    unl: list[np.ndarray] = []
-
-    def unlabelled(probs: list[np.ndarray]) -> np.ndarray:
-        u = np.concatenate([pr[lab == UNKNOWN] for pr, lab in zip(probs, labels)])
-        return u[:: max(1, u.size // 200_000)]
-
+    mixes = tuple(heldout.MIXES) if (spectral and pu) else (1.0,)
+    mix, steps_done = 1.0, []
     if fold_maps is not None:
-        for f in range(int(folds)):
-            keep = []
-            for fm in fold_maps:
-                test = fm == f
-                near = ndimage.binary_dilation(test, iterations=CV_BUFFER) if test.any() else test
-                keep.append(~near)
-            share = (deadline - time.monotonic()) / (fits - f)
-            net_f, done = teacher.fit(keep, steps, lr, seed * 100 + f + 1, time.monotonic() + share)
-            logger.info("teach: fold %d of %d, %d steps", f + 1, folds, done)
-            steps_done.append(done)
-            probs_f = teacher.predict(net_f)
-            unl.append(unlabelled(probs_f))
-            for i, prob in enumerate(probs_f):
-                test = fold_maps[i] == f
-                oof[i][test] = prob[test]
-        # One criterion curve per fold, on its held-out examples (and, positive-unlabelled,
-        # the pixels no example covers, from that fold's model).
-        curves = np.array(
-            [
-                threshold_curve(
-                    np.concatenate([o[fm == f] for o, fm in zip(oof, fold_maps)]),
-                    np.concatenate([lab[fm == f] == 1 for lab, fm in zip(labels, fold_maps)]),
-                    unl[f] if pu else None,
-                )
-                for f in range(int(folds))
-            ]
+        cv, threshold, mix, steps_done = _cross_validate(
+            teacher, fold_maps, int(folds), mixes, pu, steps, lr, seed, deadline
         )
-        per = []
-        for f in range(int(folds)):
-            thr_f = pick_threshold(np.delete(curves, f, axis=0))  # chosen without fold f
-            te_p = np.concatenate([o[fm == f] for o, fm in zip(oof, fold_maps)])
-            te_y = np.concatenate([lab[fm == f] == 1 for lab, fm in zip(labels, fold_maps)])
-            pred = te_p >= thr_f
-            per.append(
-                _f1(
-                    float((pred & te_y).sum()),
-                    float((pred & ~te_y).sum()),
-                    float((~pred & te_y).sum()),
-                )
-            )
-        arr = np.array(per, np.float64)
-        cv = {
-            "k": int(folds),
-            "f1": round(float(np.nanmean(arr[:, 0])), 3),
-            "f1_sd": round(float(np.nanstd(arr[:, 0])), 3),
-            "precision": round(float(np.nanmean(arr[:, 1])), 3),
-            "precision_sd": round(float(np.nanstd(arr[:, 1])), 3),
-            "recall": round(float(np.nanmean(arr[:, 2])), 3),
-            "recall_sd": round(float(np.nanstd(arr[:, 2])), 3),
-            "f1_folds": [round(float(v), 3) for v in arr[:, 0]],
-            "scored_on": "held-out examples (whole polygons or blocks, 8-px buffer)",
-        }
-        threshold = pick_threshold(curves)
         source = "held-out examples (cross-validation)" + (", positive-unlabelled" if pu else "")
     else:
         cv = {
@@ -852,12 +797,14 @@ def teach_network(
             "change examples, or no no-change example",
         }
     net, done = teacher.fit(None, steps, lr, seed * 100, deadline)
+    net = mixed(net, mix)
     steps_done.append(done)
     if fold_maps is None:
+        labels = [r.label for r in teacher.regions]
         probs = teacher.predict(net)
         p = np.concatenate([pr[lab != UNKNOWN] for pr, lab in zip(probs, labels)])
         y = np.concatenate([lab[lab != UNKNOWN] == 1 for lab in labels])
-        threshold = best_threshold(p, y, unlabelled(probs) if pu else None)
+        threshold = best_threshold(p, y, _unlabelled(probs, labels) if pu else None)
         source = "training examples (no held-out estimate)" + (
             ", positive-unlabelled" if pu else ""
         )
@@ -871,6 +818,7 @@ def teach_network(
         "self_supervised": bool(self_supervised),
         "spectral": bool(net.spectral is not None),
         "threshold_source": source,
+        "spectral_weight": mix,
         "cv": cv,
         "device": dev,
         "regions": len(teacher.regions),
