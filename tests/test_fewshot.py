@@ -15,6 +15,7 @@ from geochange.model import heldout, load_model
 from geochange.model.fewshot import (
     best_threshold,
     blocked_folds,
+    low_estimate,
     mixed,
     pick_mix,
     teach,
@@ -149,6 +150,13 @@ def test_best_threshold():
     t = best_threshold(prob, truth)
     assert 0.3 < t <= 0.6
     assert best_threshold(prob, np.ones(6, bool)) == 0.5
+
+
+def test_low_estimate_warns_only_when_the_examples_do_not_carry_over():
+    assert low_estimate({"k": 3, "f1": 0.45, "f1_sd": 0.1}) is None
+    assert low_estimate({"k": 0, "note": "too few examples to estimate"}) is None
+    msg = low_estimate({"k": 3, "f1": 0.04, "f1_sd": 0.02})
+    assert msg is not None and "0.04 ± 0.02" in msg and "3-fold" in msg
 
 
 def test_spectral_weight_scales_the_term_and_zero_gives_the_starting_model():

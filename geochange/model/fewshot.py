@@ -94,6 +94,7 @@ __all__ = [
     "blocked_folds",
     "best_threshold",
     "default_minutes",
+    "low_estimate",
     "pick_threshold",
     "teach",
     "teach_network",
@@ -125,6 +126,23 @@ SPECTRAL_STEPS = 300
 SPECTRAL_LR = 1e-2
 SPECTRAL_L2 = 1e-4
 SPECTRAL_PIXELS = 8_000
+#: Cross-validated F1 below which the examples are said not to carry over to the rest of the
+#: scene (the taught model may then do worse than the shipped one outside them).
+LOW_CV_F1 = 0.1
+
+
+def low_estimate(cv: dict) -> str | None:
+    """A warning when the blocked cross-validation expects the taught model to fail away from
+    the examples (F1 below :data:`LOW_CV_F1`), else None."""
+    f1 = cv.get("f1") if cv.get("k") else None
+    if f1 is None or not f1 < LOW_CV_F1:
+        return None
+    return (
+        f"teach: the examples do not carry over to held-out parts of the scene (expected F1 "
+        f"{f1:.2f} ± {cv.get('f1_sd', 0.0):.2f} by {cv['k']}-fold blocked cross-validation): "
+        "outside them the taught model may do worse than the shipped one; give examples spread "
+        "over the scene, or compare with a run without --examples"
+    )
 
 
 def default_minutes(shape: Sequence[int]) -> float:
@@ -831,6 +849,9 @@ def teach_network(
             steps_done,
             steps,
         )
+    warning = low_estimate(cv)
+    if warning:
+        logger.warning(warning)
     logger.info("teach: threshold %.2f from %s; cv %s", threshold, source, cv)
     return TaughtResult(net.cpu().eval(), base_meta, float(threshold), info)
 
