@@ -193,6 +193,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "rss_gb": float(max(r["rss_bytes"] for r in rs)) / 1e9,
                 "windows": rs[0]["windows"],
                 "window_len": rs[0].get("window_len", window),
+                # What the default chose, per run when the runs differ (bands, memory).
+                "chosen": sorted({_chosen(r) for r in rs}),
                 "halo": rs[0]["halo"],
             }
         )
@@ -252,8 +254,12 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -
     return "\n".join(lines) + "\n"
 
 
+def _chosen(r: dict[str, Any]) -> str:
+    return "whole series" if r["whole"] else f"windows of {r.get('window_len', r['window'])}"
+
+
 def _run_as(r: dict[str, Any]) -> str:
-    chosen = "whole series" if r["whole"] else f"windows of {r.get('window_len', r['window'])}"
+    chosen = " / ".join(r.get("chosen") or [_chosen(r)])
     if r["window"] == -1:
         return f"default: {chosen}"
     return "whole series" if r["window"] in (0, r["T"]) else chosen
