@@ -98,6 +98,37 @@ def test_sample_batch_subsets_and_cloud_masking() -> None:
     assert (bare["clouds"] == 255).all()
 
 
+def test_end_on_change_ends_every_batch_on_a_change_date() -> None:
+    """With end_on_change at 1, each batch's last kept date is a date where one of its changes
+    is first seen, with earlier looks before it; the later change is not yet a change then."""
+    raw, change, date_index = _toy(0, t=8, size=48)
+    raw[:], change[:], date_index[:] = raw[0], 0, 0  # no change from _toy: two planted below
+    for j, (y, x) in ((2, (4, 4)), (6, (30, 30))):
+        raw[j:, :, y : y + 10, x : x + 10] += 600
+        change[y : y + 10, x : x + 10], date_index[y : y + 10, x : x + 10] = 1, j
+    scene = scene_from_arrays(raw, change, date_index, nodata=0)
+    rng = np.random.default_rng(0)
+    lengths, ends = set(), set()
+    for _ in range(30):
+        b = sample_batch(scene, rng, batch_size=3, chip=16, change_fraction=1.0,
+                         subset_dates=True, object_balanced=True, end_on_change=1.0)  # fmt: skip
+        t = b["x"].shape[1]
+        lengths.add(t)
+        for i in range(3):  # every change chip holds a change first seen on the last date
+            assert (b["date_index"][i][b["change"][i] == 1] == t - 1).any()
+        # The object seen last is brighter on the last date than on the one before it.
+        last = b["change"] == 1
+        step = (b["x"][:, -1] - b["x"][:, -2]).mean(dim=1)
+        assert float(step[last].mean()) > 1.0
+        ends.add(int(b["date_index"][last].max()) == t - 1)
+    assert ends == {True} and len(lengths) >= 4 and max(lengths) >= 6
+    # Without the option the same sampling often ends on a date with no new change.
+    rng = np.random.default_rng(0)
+    plain = [sample_batch(scene, rng, batch_size=3, chip=16, change_fraction=1.0,
+                          subset_dates=True, object_balanced=True) for _ in range(30)]  # fmt: skip
+    assert any(not (b["date_index"] == b["x"].shape[1] - 1).any() for b in plain)
+
+
 def test_micro_weight_marks_small_objects_only() -> None:
     change = np.zeros((64, 64), np.uint8)
     change[5:25, 5:25] = 1  # 400 px
@@ -422,10 +453,17 @@ def test_cli_train_writes_loadable_model_and_report(tmp_path) -> None:
             "trainer.max_steps=2",
             "--set",
             "trainer.val_check_interval=2",
+            "--set",
+            "trainer.max_minutes=5",
+            "--set",
+            "trainer.anneal_by_time=false",
         ],
     )
     assert res.exit_code == 0, res.output
     assert "wrote" in res.output and "val/f1" in res.output
+    # Step-bound: the learning rate anneals by steps alone; the time limit only stops the run.
+    hp = torch.load(tmp_path / "out" / "m_checkpoints" / "last.ckpt", weights_only=True)
+    assert hp["hyper_parameters"]["time_budget_s"] is None
     net, meta = load_model(out)
     assert meta["name"] == "tiny-test" and meta["trained_on"] == "test data"
     assert net.config()["features"] == 6 and net.in_bands is None
@@ -452,10 +490,15 @@ def test_cli_train_writes_loadable_model_and_report(tmp_path) -> None:
             str(last),
             "--set",
             "trainer.max_steps=3",
+            "--set",
+            "trainer.max_minutes=5",
         ],
     )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "out" / "m.ckpt.report.json").read_text())["steps"] == 3
+    # By default a time limit also drives the schedule (95 % of it, for the final validation).
+    hp = torch.load(tmp_path / "out" / "m_checkpoints" / "last.ckpt", weights_only=True)
+    assert hp["hyper_parameters"]["time_budget_s"] == pytest.approx(0.95 * 300)
 
 
 def test_cli_finetune_on_user_stack_from_init(tmp_path) -> None:

@@ -42,6 +42,22 @@ def _subset_labels(
     return new_change, new_j.astype(np.uint8)
 
 
+def _dates_ending_on_change(
+    scene: LabelledScene, rng: np.random.Generator, max_dates: int | None
+) -> np.ndarray | None:
+    """Sorted date indices that end on a date k where a change is first seen (k drawn among the
+    scene's change dates), with 1 to k earlier dates before it (repeated looks of the state
+    before the change); None when the scene has no dated change."""
+    j = scene.date_index[scene.change == 1]
+    dates = np.unique(j[(j >= 1) & (j < IGNORE)])
+    if not dates.size:
+        return None
+    k = int(rng.choice(dates))
+    most = min(k, (max_dates or scene.raw.shape[0]) - 1)
+    before = np.sort(rng.choice(k, size=int(rng.integers(1, most + 1)), replace=False))
+    return np.append(before, k)
+
+
 def sample_batch(
     scene: LabelledScene,
     rng: np.random.Generator,
@@ -57,6 +73,7 @@ def sample_batch(
     hard_fraction: float = 0.0,
     unknown_wavelengths: float = 0.0,
     micro_weight: float = 1.0,
+    end_on_change: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Sample one batch of chips from a scene.
 
@@ -80,6 +97,11 @@ def sample_batch(
             NaN), so a wavelength-aware model also learns to work without them.
         micro_weight: focal-loss weight of the pixels of change objects of at most
             ``MICRO_MAX_PX`` pixels (8-connected), so that 2-9 px changes count.
+        end_on_change: probability that the batch's dates end on a date k where a change is
+            first seen: dates <= k, with k last and 1 to k earlier looks before it; its change
+            chips are then centred on the changes first seen on k. Without it a lone anomaly on
+            the last date of a long series is far more often a one-date cloud or shadow than a
+            change, and the network learns to doubt last-date changes.
 
     The batch holds ``x`` (b, t, c, h, w), ``valid`` (b, t, h, w), ``change`` and ``date_index``
     (b, h, w), ``wavelengths`` (b, c) in nm (NaN = unknown), ``clouds`` (b, t, h, w) uint8 (1
@@ -88,7 +110,12 @@ def sample_batch(
     """
     t, c, h, w = scene.raw.shape
     keep_t = np.arange(t)
-    if subset_dates or (max_dates is not None and t > max_dates):
+    ending = None
+    if end_on_change > 0 and rng.random() < end_on_change:
+        ending = _dates_ending_on_change(scene, rng, max_dates)
+    if ending is not None:
+        keep_t = ending
+    elif subset_dates or (max_dates is not None and t > max_dates):
         hi = min(t, max_dates or t)
         n = int(rng.integers(2, hi + 1)) if subset_dates else hi
         keep_t = np.sort(rng.choice(t, size=n, replace=False))
@@ -117,12 +144,23 @@ def sample_batch(
         small = np.bincount(ids.ravel(), minlength=n_objects + 1) <= MICRO_MAX_PX
         small[0] = False  # background
         weight[small[ids]] = micro_weight
+    if ending is not None:  # change chips on the changes first seen on the last kept date
+        last = date_index.ravel()[pos] == len(keep_t) - 1
+        pos = pos[last]
+        if n_objects:
+            pos_ids = pos_ids[last]
+            objects = np.unique(pos_ids)
     xs, vs, cs, ds, cl, ws = [], [], [], [], [], []
     for _ in range(batch_size):
         pool = None  # pixels to centre the chip on (then jittered by up to a quarter chip)
         if pos.size and rng.random() < change_fraction:
             balanced = object_balanced and n_objects
-            pool = pos[pos_ids == 1 + int(rng.integers(n_objects))] if balanced else pos
+            if balanced and ending is not None:
+                pool = pos[pos_ids == objects[rng.integers(objects.size)]]
+            elif balanced:
+                pool = pos[pos_ids == 1 + int(rng.integers(n_objects))]
+            else:
+                pool = pos
         elif hard.size and rng.random() < hard_fraction / max(1e-9, 1.0 - change_fraction):
             pool = hard
         if pool is None:

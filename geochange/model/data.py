@@ -152,6 +152,9 @@ class ChangeDataModule(pl.LightningDataModule):
             changed: phenology, clouds); must be <= 1 - change_fraction.
         unknown_wavelengths: probability per batch that the band wavelengths are withheld.
         micro_weight: focal-loss weight of pixels of change objects <= 9 px.
+        end_on_change: share of training batches whose dates end on a date where a change is
+            first seen, with earlier looks before it (see :func:`sample_batch`); validation
+            batches never use it, so validation scores stay comparable.
         coregister: undo whole-date shifts of every scene (as ``detect`` does by default);
             a source may override it with its own ``coregister`` key.
         seed: base seed.
@@ -176,11 +179,14 @@ class ChangeDataModule(pl.LightningDataModule):
         hard_fraction: float = 0.0,
         unknown_wavelengths: float = 0.0,
         micro_weight: float = 1.0,
+        end_on_change: float = 0.0,
         coregister: bool = True,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= end_on_change <= 1.0:
+            raise InputError(f"data config end_on_change: got {end_on_change}, expected 0 to 1")
         if not (0.0 <= change_fraction <= 1.0 and 0.0 <= hard_fraction <= 1.0 - change_fraction):
             raise InputError(
                 f"data config: change_fraction={change_fraction}, hard_fraction={hard_fraction}; "
@@ -205,6 +211,7 @@ class ChangeDataModule(pl.LightningDataModule):
             "hard_fraction": hard_fraction,
             "unknown_wavelengths": unknown_wavelengths,
             "micro_weight": micro_weight,
+            "end_on_change": end_on_change,
         }
         self.seed = seed
         self.num_workers = num_workers
@@ -281,7 +288,7 @@ class ChangeDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self._val is None:
             keys = self.scene_keys(self.val_sources)
-            kwargs = dict(self.sample_kwargs, subset_bands=False)
+            kwargs = dict(self.sample_kwargs, subset_bands=False, end_on_change=0.0)
             ds = ChipBatches(
                 keys,
                 _SourceLoader(self.val_sources),

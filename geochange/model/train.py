@@ -153,9 +153,12 @@ def run_training(
     trained_on = str(config.get("trained_on", "see the training report"))
     minutes = max_minutes if max_minutes is not None else tr.pop("max_minutes", None)
     tr.pop("max_minutes", None)
-    if minutes:
+    if minutes and tr.pop("anneal_by_time", True):
         # Anneal by the time budget too, leaving ~5 % for the final validation and writing.
+        # With anneal_by_time false the schedule follows max_steps alone and the time limit is
+        # only a safety stop (a step-bound run gives the same weights however loaded the machine).
         task_cfg.setdefault("time_budget_s", 0.95 * 60.0 * float(minutes))
+    tr.pop("anneal_by_time", None)
     try:
         task = ChangeTask(**net_cfg, **task_cfg, name=name, trained_on=trained_on)
     except TypeError as exc:
