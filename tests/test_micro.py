@@ -15,7 +15,16 @@ from scipy import ndimage
 from geochange import tiling
 from geochange.pipeline import detect
 from geochange.stages import Context, build_chain
-from geochange.stages.micro import HIGH, LOW, MAX_PIXELS, REACH, rescue, step_score, usable
+from geochange.stages.micro import (
+    BUSY_SHARE,
+    HIGH,
+    LOW,
+    MAX_PIXELS,
+    REACH,
+    rescue,
+    step_score,
+    usable,
+)
 
 DATES = ["2023-03-01", "2023-05-10", "2023-07-02", "2023-09-15", "2023-10-20", "2023-12-01"]
 
@@ -176,3 +185,23 @@ def test_detect_records_micro_refine_and_emerge_in_the_runs_layer(tmp_path, tiny
         return json.loads(gpd.read_file(result.paths["gpkg"], layer="runs").stages[0])
 
     assert flag in stages(on) and flag not in stages(off) and flag not in stages(cva)
+
+
+def test_a_small_step_among_many_is_texture_not_an_object():
+    """Two alike 2x2 roofs: one in quiet ground is added; the other in a block where small
+    steps are everywhere at the same date (a city's texture between two acquisitions) is not."""
+    x, valid = _series(size=96, seed=5)
+    rng = np.random.default_rng(5)
+    busy = np.zeros(x.shape[2:], bool)
+    busy[40:90, 40:90] = True
+    texture = rng.normal(0, 1.2, (4, 96, 96)) * busy  # per-pixel steps, bands independent
+    x[3:] += texture.astype(np.float32)
+    x[3:, :2, 10:12, 10:12] += 2.5  # the lone roof
+    x[3:, :2, 64:66, 64:66] += 2.5 - texture[:2, 64:66, 64:66]  # the same roof in the busy block
+    score, _ = step_score(x, valid)
+    assert score[10:12, 10:12].min() > HIGH and score[64:66, 64:66].min() > HIGH
+    assert (score[busy] > LOW).mean() > BUSY_SHARE  # the block is busy
+    prob = np.full(x.shape[2:], 0.01, np.float32)
+    p, _ = rescue(x, valid, prob, prob)
+    assert (p[10:12, 10:12] >= 0.5).all()
+    assert (p[64:66, 64:66] < 0.5).all() and (p[busy] < 0.5).all()
