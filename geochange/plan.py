@@ -122,6 +122,13 @@ def plan_memory(
     n_windows = len(chain.windows) if windowed else 1
     size = max(stack.grid.height, stack.grid.width)
     asked = min(runtime.chunk_size, size)
+    if asked < halo and asked < size:
+        raise ConfigError(
+            "chunk_size",
+            f"found {asked} px, smaller than the {halo} px of context this run reads around "
+            f"each chunk (the model over {dates} dates and the stages after it); use "
+            f"--chunk-size {halo} or more",
+        )
     shape = memory.TaskShape(
         halo,
         int(chains[0].detector_halo),

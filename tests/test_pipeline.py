@@ -51,7 +51,7 @@ def tiny_model_3bands(tmp_path_factory):
 def test_model_run_is_seam_free_with_uneven_chunks(stack_dir, tiny_model):
     whole = detect(stack_dir, model=tiny_model, chunk_size=512, device="cpu", quicklook=False)
     prob_whole = whole.prob.compute()
-    for chunk in (24, 37):
+    for chunk in (32, 37):
         tiled = detect(stack_dir, model=tiny_model, chunk_size=chunk, device="cpu")
         assert np.nanmax(np.abs(tiled.prob.compute() - prob_whole)) <= 1e-4
         np.testing.assert_array_equal(tiled.date_index.compute(), whole.date_index.compute())

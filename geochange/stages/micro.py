@@ -82,7 +82,7 @@ MIN_PIXELS = 2
 #: square around it (on average over the object) score above ``LOW``: where small steps are
 #: everywhere (a city's texture between two acquisitions, shadows cast from another sun angle,
 #: a misregistered edge) one more tells nothing.
-BUSY_WINDOW, BUSY_SHARE = 33, 0.05
+BUSY_WINDOW, BUSY_SHARE = 31, 0.05
 #: Farthest (px) the test looks: the ring, an object's extent for its size and core, and the
 #: square around it that tells whether it is one of many.
 REACH = RING[1] // 2 + MAX_PIXELS + 1 + BUSY_WINDOW // 2
