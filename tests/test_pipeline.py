@@ -13,10 +13,11 @@ import rasterio
 import shapely
 import torch
 from affine import Affine
-from helpers import DEFAULT_TRANSFORM, write_geotiff, write_stack
+from helpers import DEFAULT_TRANSFORM, run_cli, write_geotiff, write_stack
 
 import geochange
 from geochange.cli import main
+from geochange.errors import InputError
 from geochange.model import CNNLSTM, save_model
 from geochange.pipeline import detect
 
@@ -55,6 +56,21 @@ def test_model_run_is_seam_free_with_uneven_chunks(stack_dir, tiny_model):
         tiled = detect(stack_dir, model=tiny_model, chunk_size=chunk, device="cpu")
         assert np.nanmax(np.abs(tiled.prob.compute() - prob_whole)) <= 1e-4
         np.testing.assert_array_equal(tiled.date_index.compute(), whole.date_index.compute())
+
+
+def test_a_chunk_smaller_than_the_halo_is_refused_as_such(stack_dir, tiny_model, tmp_path):
+    """A chunk the run's context does not fit in names --chunk-size and the halo it needs,
+    not the memory limit, and nothing is written."""
+    out = tmp_path / "out" / "c.gpkg"
+    code, _, err = run_cli(
+        "detect", stack_dir, "-o", out, "--model", tiny_model, "--device", "cpu",
+        "--chunk-size", "16", "--no-quicklook", "--no-progress",
+    )  # fmt: skip
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("Error: --chunk-size: found 16 px")
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+    with pytest.raises(InputError, match=r"chunk_size: found 16 px, smaller than the 32"):
+        detect(stack_dir, model=tiny_model, chunk_size=16, device="cpu", quicklook=False)
 
 
 def test_outputs_carry_crs_and_grid(stack_dir, tmp_path):
