@@ -46,7 +46,7 @@ def _crop(src_path: Path, dst_path: Path, window: Window) -> None:
 
 def _detect_and_score(stack: Path, label: Path, out: Path) -> tuple[dict, dict]:
     result = geochange.detect(stack, out, quicklook=False, progress=False)
-    assert len(result.changes) > 10
+    assert len(result.changes) >= 5  # the corner holds 5 reference objects, the whole sample 40
     runs = gpd.read_file(out, layer="runs").iloc[0]
     scores = evaluate(out, label, pred_dates=out.with_name(out.stem + "_date.tif"))
     return runs, scores
