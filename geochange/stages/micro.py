@@ -41,10 +41,9 @@ there the test found 20-40 objects per 10 000 px, of which 1-4 % were labelled c
 real pairs made into series the stage cost OSCD cities up to 0.13 F1 (Paris, the change on the
 last date); a micro-change in open land or beside a field that changed as a whole is a lone
 step. The share was chosen on those real series against the micro-change recall of held-out
-synthetic scenes (seeds 5100-5109: 0.619 without the rule and 0.602 with it, while the real
-series keep all of the gain; counting every pixel above ``LOW`` at 5 % kept the same real gain
-at a recall of 0.575, as it also took objects beside large changes for texture); the current
-figures are in benchmarks/SERIES_REAL.md and benchmarks/DEFAULT_MODEL.md.
+synthetic scenes (seeds 5100-5109: 0.619 without the rule, 0.602 with it; counting every pixel
+above ``LOW`` instead takes objects beside a large change for texture); the current figures
+are in benchmarks/SERIES_REAL.md and benchmarks/DEFAULT_MODEL.md.
 
 An added pixel gets the probability ``sigmoid(best - HIGH)`` (at least 0.5) and, where the model
 saw no change, the change date ``k``.
