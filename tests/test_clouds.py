@@ -220,6 +220,25 @@ def test_reference_is_the_median_of_the_other_dates(t):
     np.testing.assert_allclose(_medians_of_others(y), expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("t", [2, 3, 4, 7, 12])
+def test_refit_reference_is_the_nan_median_of_the_other_dates(t):
+    """The refit's per-date reference skips nodata: NaN only where no other date has a value."""
+    import warnings
+
+    from geochange.stages.clouds import _nan_medians_of_others
+
+    rng = np.random.default_rng(t)
+    y = rng.normal(size=(t, 3, 400)).astype(np.float32)
+    y[rng.random(y.shape) < 0.3] = np.nan
+    y[:, 0, :5] = np.nan  # no date at all
+    y[1:, 0, 5:10] = np.nan  # one date only: the others' median is NaN for it, its value else
+    y[:, 1] = np.round(y[:, 1])  # ties
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.stack([np.nanmedian(np.delete(y, i, axis=0), axis=0) for i in range(t)])
+    np.testing.assert_array_equal(_nan_medians_of_others(y), expected)
+
+
 def test_new_roofs_on_the_last_date_of_a_brighter_acquisition_are_kept(tmp_path):
     """Lasting changes seen on the last date only, that date 10 % brighter than the others: no
     later date can show that they stay, and bright roofs move towards the scene's bright end as

@@ -197,10 +197,9 @@ def refit(sample: np.ndarray, stats: np.ndarray, rounds: int = 2) -> np.ndarray:
     rng = np.random.default_rng(0)
     for round_ in range(1 + rounds):
         y, _ = _matched(sample, stats, fit)
+        refs = _nan_medians_of_others(y)
         for i in range(t):
-            with warnings.catch_warnings():  # all-NaN pixels
-                warnings.simplefilter("ignore", RuntimeWarning)
-                ref = np.nanmedian(np.delete(y, i, axis=0), axis=0)  # (c, n)
+            ref = refs[i]  # (c, n)
             if round_ == 0:  # consensus lines: robust however far off the first matching is
                 for b in range(c):
                     line = _line_fit(y0[i, b], ref[b], rng)
@@ -456,6 +455,28 @@ def _medians_of_others(y: np.ndarray) -> np.ndarray:
         a = np.where(y[i] > ranked[lo], ranked[lo], ranked[lo + 1])
         b = a if hi == lo else np.where(y[i] > ranked[hi], ranked[hi], ranked[hi + 1])
         out[i] = 0.5 * (a + b)
+    return out
+
+
+def _nan_medians_of_others(y: np.ndarray) -> np.ndarray:
+    """(t, ...) per date, the median over the other dates' finite values of ``y`` (t, ...), NaN
+    where no other date is finite; from one sort, so O(t log t) per pixel, not O(t²)."""
+    t = y.shape[0]
+    ranked = np.sort(y, axis=0)  # NaN last
+    finite = np.isfinite(y)
+    count = finite.sum(axis=0)
+    out = np.empty_like(y)
+    for i in range(t):
+        others = count - finite[i]
+        lo, hi = np.maximum((others - 1) // 2, 0), np.maximum(others // 2, 0)
+        values = []
+        for p in (lo, hi):
+            # Without date i, position p holds ranked[p] where date i ranks above p (or is
+            # NaN: then nothing is removed), else ranked[p + 1] (ties give equal values).
+            at = np.take_along_axis(ranked, p[None], axis=0)[0]
+            nxt = np.take_along_axis(ranked, np.minimum(p + 1, t - 1)[None], axis=0)[0]
+            values.append(np.where(~finite[i] | (y[i] > at), at, nxt))
+        out[i] = np.where(others > 0, 0.5 * (values[0] + values[1]), np.nan)
     return out
 
 
