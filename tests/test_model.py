@@ -202,6 +202,22 @@ def test_halo_grows_with_dates() -> None:
     assert net.halo(24) - net.halo(8) == 16  # one pixel per extra date (3x3 recurrent kernel)
 
 
+@pytest.mark.parametrize("t", [17, 40])
+def test_long_series_inference_in_segments_equals_the_whole_pass(t: int) -> None:
+    """Inference recomputes all but the last segment of dates in the backward pass; training
+    keeps every date. Both give the same numbers, invalid dates included."""
+    net, _ = load_model(DEFAULT_MODEL_PATH)
+    gen = torch.Generator().manual_seed(t)
+    x = torch.randn(2, t, 3, 20, 20, generator=gen)
+    valid = torch.rand(2, t, 20, 20, generator=gen) > 0.2
+    valid[:, 5] = False  # a whole date invalid
+    with torch.no_grad():
+        segmented = net(x, valid)
+    whole = net(x, valid)  # gradients on: one segment
+    for a, b in zip(segmented, whole):
+        assert torch.equal(a, b.detach())
+
+
 def test_invalid_date_masks_its_interval_and_keeps_state() -> None:
     net = _net()
     t = 4

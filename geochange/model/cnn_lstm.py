@@ -28,6 +28,8 @@ no-change logit is ``-d``), and ``softmax_k(l_k)`` is the change date distributi
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -48,6 +50,10 @@ MASKED_LOGIT = -1e4
 
 #: Channels of the 1×1 projection compared under shifts (``shift_radius`` > 0).
 MATCH_CHANNELS = 4
+
+#: Dates per segment of the inference pass (at least; √t for longer series): the dates whose
+#: inputs and forward states are held at once (see :meth:`CNNLSTM.forward`).
+SEGMENT_DATES = 16
 
 #: Cloud probability from which the cloud head (``clouds=True``) masks a pixel's date.
 CLOUD_GATE = 0.5
@@ -438,50 +444,72 @@ class CNNLSTM(nn.Module):
         """
         self._check(x, valid, wavelengths)
         b, t, c, h, w = x.shape
-        hid = self.hidden
         valid = valid.to(torch.bool)
-        # Encoder per date (keeps the band-agnostic stem's (c × F) activations to one date).
-        # Stored per date: features (F) and forward states (H); everything else is recomputed,
-        # which bounds memory for long series.
         wl = None
         if self.uses_wavelengths and wavelengths is not None:
             wl = wavelengths.to(device=x.device, dtype=x.dtype)
-        feats = [self.encoder(self.stem(x[:, i], wl)) for i in range(t)]
         cloud_logits = None
+        raw: list[Tensor] | None = None
         if self.cloud is not None and (t >= 3 or return_clouds):  # two dates are never gated
-            cloud_logits = self._cloud_logits(feats, valid)
+            raw = [self.encoder(self.stem(x[:, i], wl)) for i in range(t)]
+            cloud_logits = self._cloud_logits(raw, valid)
             if t >= 3:
                 with torch.no_grad():
                     valid = valid & (torch.sigmoid(cloud_logits) < CLOUD_GATE)
         vmask = [valid[:, i, None] for i in range(t)]
-        for i in range(1, t):
-            # An invalid date carries the last valid date's features: its difference is zero
-            # and the next valid date is compared with the last valid one.
-            feats[i] = torch.where(vmask[i], feats[i], feats[i - 1])
 
-        # Misregistration-tolerant distances to the previous date (2 channels, kept: cheap).
-        dists: list[Tensor] = []
-        if self.match is not None:
-            m, r = [self.match(f) for f in feats], self.shift_radius
-            dists = [x.new_zeros(b, 2, h, w)] + [
-                torch.cat(
-                    [shift_min_distance(m[i], m[i - 1], r), shift_min_distance(m[i - 1], m[i], r)],
-                    dim=1,
-                )
-                for i in range(1, t)
-            ]
+        def encode(i: int) -> Tensor:
+            return raw[i] if raw is not None else self.encoder(self.stem(x[:, i], wl))
 
-        def step_input(i: int) -> Tensor:
-            diff = feats[i] - feats[i - 1] if i > 0 else torch.zeros_like(feats[0])
-            local = [local_contrast(diff, self.local_contrast)] if self.local_contrast else []
-            return torch.cat([feats[i], diff, *local, *dists[i : i + 1]], dim=1)
+        def step_input(i: int, prev: tuple[Tensor, Tensor | None] | None):
+            """Date i's recurrent input and (features, match projection) to pass to date i+1."""
+            f = encode(i)
+            if prev is None:
+                diff = torch.zeros_like(f)
+            else:
+                # An invalid date carries the last valid date's features: its difference is
+                # zero and the next valid date is compared with the last valid one.
+                f = torch.where(vmask[i], f, prev[0])
+                diff = f - prev[0]
+            parts = [f, diff]
+            if self.local_contrast:
+                parts.append(local_contrast(diff, self.local_contrast))
+            m = None
+            if self.match is not None:
+                # Misregistration-tolerant distances to the previous date (both ways).
+                m, r = self.match(f), self.shift_radius
+                if prev is None:
+                    parts.append(x.new_zeros(b, 2, h, w))
+                else:
+                    pm = prev[1]
+                    assert pm is not None
+                    parts.append(
+                        torch.cat([shift_min_distance(m, pm, r), shift_min_distance(pm, m, r)], 1)
+                    )
+            return torch.cat(parts, dim=1), (f, m)
 
-        zeros = x.new_zeros(b, hid, h, w)
+        # Dates run in segments. The forward pass keeps, per segment, only the state and the
+        # carried features where it starts; the backward pass recomputes a segment's inputs
+        # and forward states from there (the same operations on the same values: the same
+        # result). Memory then grows with the number of segments and their length, about 2√t
+        # dates' worth, not with t. While training, or with fewer dates than a segment, it is
+        # one segment, which is kept: nothing is recomputed.
+        seg = t if torch.is_grad_enabled() else max(SEGMENT_DATES, math.isqrt(t - 1) + 1)
+        starts = list(range(0, t, seg))
+        zeros = x.new_zeros(b, self.hidden, h, w)
         hf, cf = zeros, zeros
-        h_fwd: list[Tensor] = []
-        for i in range(t):
-            hf, cf = self.fwd.step(step_input(i), hf, cf, vmask[i])
-            h_fwd.append(hf)
+        prev = None
+        marks: dict[int, tuple] = {}
+        kept: tuple[list[Tensor], list[Tensor]] = ([], [])
+        for s in starts:
+            marks[s] = (hf, cf, prev)
+            for i in range(s, min(s + seg, t)):
+                inp, prev = step_input(i, prev)
+                hf, cf = self.fwd.step(inp, hf, cf, vmask[i])
+                if s == starts[-1]:
+                    kept[0].append(inp)
+                    kept[1].append(hf)
+        h_last = hf
 
         # Interval k (date k+1 first shows the change) is possible where date k+1 is valid and
         # some earlier date is valid.
@@ -490,15 +518,30 @@ class CNNLSTM(nn.Module):
 
         hb, cb = zeros, zeros
         logits: list[Tensor] = [x.new_empty(0)] * (t - 1)
-        for i in range(t - 1, -1, -1):
-            inp = step_input(i)
-            hb, cb = self.bwd.step(inp, hb, cb, vmask[i])
-            if i >= 1:
-                z = torch.cat([h_fwd[i - 1], hb, inp[:, self.features :]], dim=1)
-                logits[i - 1] = self.interval_head(z)[:, 0]
+        for s in reversed(starts):
+            stop = min(s + seg, t)
+            h_before = marks[s][0]  # the forward state after date s - 1
+            if s == starts[-1]:
+                inputs, h_fwd = kept
+            else:
+                hf, cf, prev = marks[s]
+                inputs, h_fwd = [], []
+                for i in range(s, stop):
+                    inp, prev = step_input(i, prev)
+                    hf, cf = self.fwd.step(inp, hf, cf, vmask[i])
+                    inputs.append(inp)
+                    h_fwd.append(hf)
+            for i in range(stop - 1, s - 1, -1):
+                inp = inputs[i - s]
+                hb, cb = self.bwd.step(inp, hb, cb, vmask[i])
+                if i >= 1:
+                    before = h_fwd[i - 1 - s] if i > s else h_before
+                    z = torch.cat([before, hb, inp[:, self.features :]], dim=1)
+                    logits[i - 1] = self.interval_head(z)[:, 0]
+            del inputs, h_fwd
+        final = torch.cat([h_last, hb], dim=1)
         interval = torch.stack(logits, dim=1)
         interval = torch.where(possible, interval, interval.new_tensor(MASKED_LOGIT))
-        final = torch.cat([h_fwd[-1], hb], dim=1)
         context = self.decoder(final)[:, 0]
         if self.skip is not None:
             context = context + self.skip(final)[:, 0]
