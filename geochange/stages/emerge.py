@@ -123,9 +123,19 @@ def emergence(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     grown = pad[..., r : r + h + 2 * r, r : r + w + 2 * r]  # the window grown by r
     emerged = np.zeros((t - 1, h, w), np.float32)
     alike = np.zeros((t - 1, h, w), np.float32)
+    c = x.shape[1]
+    d = np.empty((t, h + 2 * r, w + 2 * r), np.float32)
+    sq = np.empty_like(d)
     for dy, dx in _offsets():
         other = pad[..., r + dy : r + dy + h + 2 * r, r + dx : r + dx + w + 2 * r]
-        e, a = _votes(np.mean((grown - other) ** 2, axis=1))
+        # The mean over bands of the squared difference, one band at a time (bounded memory).
+        d.fill(0.0)
+        for band in range(c):
+            np.subtract(grown[:, band], other[:, band], out=sq)
+            np.square(sq, out=sq)
+            d += sq
+        d /= c
+        e, a = _votes(d)
         # The pair (p, p + o) read from p, and the same pair read from p + o (offset -o).
         emerged += e[:, r : r + h, r : r + w]
         alike += a[:, r : r + h, r : r + w]
@@ -144,14 +154,15 @@ def _votes(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``d`` is (t, h, w) squared differences of a pixel pair, NaN where either is not valid.
     """
     ok = np.isfinite(d)
-    n = np.cumsum(ok, axis=0)
-    total = np.cumsum(np.where(ok, d, 0.0), axis=0)
-    most_before = np.maximum.accumulate(np.where(ok, d, -np.inf), axis=0)
-    least_after = np.minimum.accumulate(np.where(ok, d, np.inf)[::-1], axis=0)[::-1]
+    n = np.cumsum(ok, axis=0, dtype=np.int32)
     n_before, n_after = n[:-1], n[-1:] - n[:-1]
-    enough = (n_before >= MIN_BEFORE) & (n_after >= MIN_AFTER)
-    mean_before = total[:-1] / np.maximum(n_before, 1)
-    alike = enough & (mean_before <= ALIKE) & (most_before[:-1] <= APART / 2)
+    alike = (n_before >= MIN_BEFORE) & (n_after >= MIN_AFTER)
+    del n_after
+    total = np.cumsum(np.where(ok, d, np.float32(0.0)), axis=0)
+    alike &= total[:-1] / np.maximum(n_before, 1) <= ALIKE
+    del total, n, n_before
+    alike &= np.maximum.accumulate(np.where(ok, d, np.float32(-np.inf)), axis=0)[:-1] <= APART / 2
+    least_after = np.minimum.accumulate(np.where(ok, d, np.float32(np.inf))[::-1], axis=0)[::-1]
     emerged = alike & (least_after[1:] >= APART)
     return emerged.astype(np.float32), alike.astype(np.float32)
 

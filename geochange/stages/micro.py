@@ -122,14 +122,16 @@ def local_contrast(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     Invalid pixels take the pixel's mean over its valid dates before the ring means are taken,
     so a cloud mask does not leave holes in its neighbours' rings.
     """
-    y = np.where(valid[:, None], x, 0.0).astype(np.float32)
+    invalid = np.broadcast_to(~valid[:, None], x.shape)
+    y = np.where(invalid, np.float32(0.0), x).astype(np.float32, copy=False)
     fill = y.sum(axis=0) / np.maximum(valid.sum(axis=0), 1)[None]  # (c, h, w) mean valid value
-    y = np.where(valid[:, None], y, fill[None])
-    out = np.empty_like(y)
+    # Ring means in float64, one date at a time (a whole float64 copy would double memory).
     for i in range(y.shape[0]):
+        day = np.where(invalid[i], fill, y[i])
         for j in range(y.shape[1]):
-            out[i, j] = y[i, j] - _ring_mean(y[i, j])
-    return np.where(valid[:, None], out, 0.0).astype(np.float32)
+            y[i, j] = day[j] - _ring_mean(day[j])
+    y[invalid] = 0.0
+    return y
 
 
 def step_score(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
