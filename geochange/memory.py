@@ -8,8 +8,10 @@ the window length ``W``, the band count ``c`` and the pixels, not on the series 
 - the tile's arrays, per tile pixel: the window's dates as read, normalised and screened
   (``W x c`` values, a few copies) and the windows' reports (two values per window);
 - the network's activations, per pixel of the sub-tiles it runs at once (``batch`` sub-tiles of
-  ``tile_size`` px plus the detector's halo): per date, the band-agnostic stem's per-band
-  features and the features and states kept for the backward pass.
+  ``tile_size`` px plus the detector's halo): the sub-tiles' input and outputs for every date,
+  and the features and states kept for the backward pass for the dates held at once
+  (:func:`held_dates`: every date up to a segment's length, then a segment's dates and a state
+  per segment, see :meth:`geochange.model.CNNLSTM.forward`).
 
 The per-pixel figures are measured (peak resident memory of one task on synthetic stacks, 1
 torch thread; benchmarks/LONG_SERIES.md), not derived, and rounded up.
@@ -28,6 +30,7 @@ __all__ = [
     "DEFAULT_LIMIT",
     "PROCESS_BYTES",
     "TaskShape",
+    "held_dates",
     "parse_bytes",
     "plan",
     "task_bytes",
@@ -37,9 +40,13 @@ __all__ = [
 DEFAULT_LIMIT = 2 * 1024**3
 #: A worker's resident memory before its first task: Python, numpy, GDAL, torch, the model.
 PROCESS_BYTES = 480 * 1024**2
-#: Network activations per sub-tile pixel and date: fixed part and per band (bytes).
-MODEL_PER_DATE = 260
-MODEL_PER_DATE_BAND = 45
+#: Network activations per sub-tile pixel and date held (features and states; bytes): fixed
+#: part and per band.
+MODEL_PER_DATE = 225
+MODEL_PER_DATE_BAND = 37
+#: The same for every date of the series (input, interval logits and masks; bytes).
+MODEL_PER_SERIES_DATE = 35
+MODEL_PER_SERIES_DATE_BAND = 8
 #: Tile arrays per tile pixel and date-band (read, normalised, screened copies; bytes).
 TILE_PER_DATE_BAND = 24
 #: Per tile pixel and window (reports and merged events; bytes).
@@ -91,6 +98,15 @@ class TaskShape:
     scene: tuple[int, int] | None = None
 
 
+def held_dates(dates: int) -> int:
+    """Dates whose features and states the network holds at once, for a series of ``dates``:
+    all of them up to one segment, then one segment and the state where each begins."""
+    from geochange.model.cnn_lstm import segment_length
+
+    seg = segment_length(dates)
+    return dates if dates <= seg else seg + math.ceil(dates / seg)
+
+
 def task_bytes(chunk: int, shape: TaskShape, batch: int = 4) -> int:
     """Peak bytes one task adds to its worker: a ``chunk`` px chunk of ``shape``, the network
     run on ``batch`` sub-tiles at a time."""
@@ -105,7 +121,10 @@ def task_bytes(chunk: int, shape: TaskShape, batch: int = 4) -> int:
     )
     held = max(min(batch, n) * h * w for (h, w), n in shapes.items())
     dates, bands = shape.dates, shape.bands
-    model = held * dates * (MODEL_PER_DATE + MODEL_PER_DATE_BAND * bands)
+    model = held * (
+        held_dates(dates) * (MODEL_PER_DATE + MODEL_PER_DATE_BAND * bands)
+        + dates * (MODEL_PER_SERIES_DATE + MODEL_PER_SERIES_DATE_BAND * bands)
+    )
     tile = tile_px * (dates * bands * TILE_PER_DATE_BAND + shape.windows * TILE_PER_WINDOW)
     return int(model + tile)
 

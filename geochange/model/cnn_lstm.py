@@ -41,6 +41,7 @@ __all__ = [
     "MASKED_LOGIT",
     "encode_wavelengths",
     "local_contrast",
+    "segment_length",
     "shift_min_distance",
 ]
 
@@ -59,6 +60,12 @@ SEGMENT_DATES = 16
 CLOUD_GATE = 0.5
 #: Initial bias of the cloud head: sigmoid(-3) = 0.05, so an untrained head masks nothing.
 _CLOUD_BIAS = -3.0
+
+
+def segment_length(t: int) -> int:
+    """Dates per segment of the inference pass over ``t`` dates: :data:`SEGMENT_DATES`, or
+    about √t for longer series (then about 2√t dates' activations are held at once)."""
+    return max(SEGMENT_DATES, math.isqrt(max(t, 1) - 1) + 1)
 
 
 def _radius(module: nn.Module) -> int:
@@ -494,7 +501,7 @@ class CNNLSTM(nn.Module):
         # result). Memory then grows with the number of segments and their length, about 2√t
         # dates' worth, not with t. While training, or with fewer dates than a segment, it is
         # one segment, which is kept: nothing is recomputed.
-        seg = t if torch.is_grad_enabled() else max(SEGMENT_DATES, math.isqrt(t - 1) + 1)
+        seg = t if torch.is_grad_enabled() else segment_length(t)
         starts = list(range(0, t, seg))
         zeros = x.new_zeros(b, self.hidden, h, w)
         hf, cf = zeros, zeros
@@ -523,6 +530,7 @@ class CNNLSTM(nn.Module):
             h_before = marks[s][0]  # the forward state after date s - 1
             if s == starts[-1]:
                 inputs, h_fwd = kept
+                kept = ([], [])
             else:
                 hf, cf, prev = marks[s]
                 inputs, h_fwd = [], []
