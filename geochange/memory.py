@@ -14,7 +14,10 @@ the window length ``W``, the band count ``c`` and the pixels, not on the series 
   per segment, see :meth:`geochange.model.CNNLSTM.forward`).
 
 The per-pixel figures are measured (peak resident memory of one task on synthetic stacks, 1
-torch thread; benchmarks/LONG_SERIES.md), not derived, and rounded up.
+torch thread; benchmarks/LONG_SERIES.md), not derived, and rounded up. The network's part per
+date of the series (its input and interval outputs) was measured on the network alone (192² px,
+16-150 dates, 4 and 13 bands); the part per date held is the rest of the per-date figure
+measured with every date held, so up to one segment of dates the estimate is unchanged.
 """
 
 from __future__ import annotations

@@ -96,3 +96,17 @@ def test_the_window_is_the_whole_series_where_it_fits_else_the_fewest_windows_th
     shape = memory.TaskShape(halo, det, longer, 4, n - 1, 256, tile)
     assert memory.plan(8 * 2**30, 512, shape, tasks=2, batch=4)[0] < 256
     assert chain.halos(20) == (chain.halo, chain.detector_halo)
+
+
+def test_long_series_hold_a_segment_of_dates_not_every_date():
+    assert [memory.held_dates(t) for t in (2, 16, 17, 48, 150)] == [2, 16, 18, 19, 26]
+    # Up to a segment every date is held: the estimate per date is the measured one.
+    short = memory.TaskShape(40, 30, 16, 4, 1, scene=(256, 256))
+    per_date = (memory.MODEL_PER_DATE + memory.MODEL_PER_SERIES_DATE) + 4 * (
+        memory.MODEL_PER_DATE_BAND + memory.MODEL_PER_SERIES_DATE_BAND
+    )
+    assert per_date == 260 + 45 * 4
+    # Beyond it the network's part grows by the series' inputs and outputs only.
+    held = memory.TaskShape(40, 30, 150, 4, 1, scene=(256, 256))
+    ratio = memory.task_bytes(256, held) / memory.task_bytes(256, short)
+    assert ratio < 150 / 16 / 2
