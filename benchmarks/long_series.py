@@ -2,7 +2,7 @@
 
 Writes benchmarks/LONG_SERIES.md. One command, from the repository root::
 
-    OMP_NUM_THREADS=1 python benchmarks/long_series.py            # about 1 h on 2 busy cores
+    OMP_NUM_THREADS=1 python benchmarks/long_series.py            # about 8 min on 2 idle cores
     OMP_NUM_THREADS=1 python benchmarks/long_series.py --quick    # one scene, T = 12 and 48
 
 For T = 12, 48, 96 and 150 it scores ``geochange detect`` (the default chain; its default
