@@ -32,10 +32,12 @@ from geochange.tiling import windows as _subtiles
 __all__ = [
     "DEFAULT_LIMIT",
     "PROCESS_BYTES",
+    "SEGMENT_DATES",
     "TaskShape",
     "held_dates",
     "parse_bytes",
     "plan",
+    "segment_length",
     "task_bytes",
 ]
 
@@ -50,6 +52,8 @@ MODEL_PER_DATE_BAND = 37
 #: The same for every date of the series (input, interval logits and masks; bytes).
 MODEL_PER_SERIES_DATE = 35
 MODEL_PER_SERIES_DATE_BAND = 8
+#: Dates per segment of the network's inference pass, at least (:func:`segment_length`).
+SEGMENT_DATES = 16
 #: Tile arrays per tile pixel and date-band (read, normalised, screened copies; bytes).
 TILE_PER_DATE_BAND = 24
 #: Per tile pixel and window (reports and merged events; bytes).
@@ -101,11 +105,16 @@ class TaskShape:
     scene: tuple[int, int] | None = None
 
 
+def segment_length(dates: int) -> int:
+    """Dates per segment of the network's inference pass over ``dates`` dates
+    (:meth:`geochange.model.CNNLSTM.forward`): :data:`SEGMENT_DATES`, or about √dates for
+    longer series."""
+    return max(SEGMENT_DATES, math.isqrt(max(dates, 1) - 1) + 1)
+
+
 def held_dates(dates: int) -> int:
     """Dates whose features and states the network holds at once, for a series of ``dates``:
     all of them up to one segment, then one segment and the state where each begins."""
-    from geochange.model.cnn_lstm import segment_length
-
     seg = segment_length(dates)
     return dates if dates <= seg else seg + math.ceil(dates / seg)
 

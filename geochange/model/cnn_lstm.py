@@ -28,12 +28,11 @@ no-change logit is ``-d``), and ``softmax_k(l_k)`` is the change date distributi
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from geochange.errors import ModelError
+from geochange.memory import segment_length
 
 __all__ = [
     "CLOUD_GATE",
@@ -41,7 +40,6 @@ __all__ = [
     "MASKED_LOGIT",
     "encode_wavelengths",
     "local_contrast",
-    "segment_length",
     "shift_min_distance",
 ]
 
@@ -52,20 +50,10 @@ MASKED_LOGIT = -1e4
 #: Channels of the 1×1 projection compared under shifts (``shift_radius`` > 0).
 MATCH_CHANNELS = 4
 
-#: Dates per segment of the inference pass (at least; √t for longer series): the dates whose
-#: inputs and forward states are held at once (see :meth:`CNNLSTM.forward`).
-SEGMENT_DATES = 16
-
 #: Cloud probability from which the cloud head (``clouds=True``) masks a pixel's date.
 CLOUD_GATE = 0.5
 #: Initial bias of the cloud head: sigmoid(-3) = 0.05, so an untrained head masks nothing.
 _CLOUD_BIAS = -3.0
-
-
-def segment_length(t: int) -> int:
-    """Dates per segment of the inference pass over ``t`` dates: :data:`SEGMENT_DATES`, or
-    about √t for longer series (then about 2√t dates' activations are held at once)."""
-    return max(SEGMENT_DATES, math.isqrt(max(t, 1) - 1) + 1)
 
 
 def _radius(module: nn.Module) -> int:
