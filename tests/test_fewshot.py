@@ -319,3 +319,22 @@ def test_training_source_with_examples(two_kinds):
     assert np.array_equal(scene.change, label)
     assert set(np.unique(scene.date_index[label == 1])) == {1}  # a pair: the second date
     assert (scene.date_index[label == 255] == 255).all() and scene.raw.shape[0] == 2
+
+
+def test_the_estimate_from_a_few_examples_takes_the_scene_share_of_change_into_account():
+    """Held-out examples half change, half not, in a scene with 5 % change: the examples alone
+    would say precision 0.98; the share flagged outside them gives the scene's 0.68."""
+    from geochange.model.heldout import f1_precision_recall, scene_estimate
+
+    truth = np.r_[np.ones(100, bool), np.zeros(100, bool)]
+    pred = np.r_[np.arange(100) < 80, np.arange(100) < 2]  # recall 0.8, false alarms 2 %
+    # Outside: 500 changed pixels (400 flagged), 9500 unchanged (190 flagged).
+    flagged = (400 + 190) / 10_000
+    f1, precision, recall = scene_estimate(pred, truth, flagged)
+    assert recall == pytest.approx(0.8)
+    assert precision == pytest.approx(400 / 590)
+    assert f1 == pytest.approx(2 * (400 / 590) * 0.8 / (400 / 590 + 0.8))
+    naive = f1_precision_recall(80, 2, 20)
+    assert naive[1] > 0.97
+    # Examples that cannot tell change from no change say nothing.
+    assert np.isnan(scene_estimate(np.ones(200, bool), truth, 0.5)[0])

@@ -82,6 +82,7 @@ from geochange.model.heldout import (
     f1_precision_recall,
     pick_mix,
     pick_threshold,
+    scene_estimate,
     threshold_curve,
 )
 from geochange.model.normalize import apply
@@ -704,8 +705,13 @@ def _cross_validate(teacher, fold_maps, folds, mixes, pu, steps, lr, seed, deadl
     for f in range(folds):
         rest = np.delete(curves, f, axis=1)  # weight and threshold chosen without fold f
         m_f = pick_mix(rest)
-        pred = held[m_f][f] >= pick_threshold(rest[m_f])
+        t_f = pick_threshold(rest[m_f])
+        pred = held[m_f][f] >= t_f
         y = truth[f]
+        if pu:  # no complete review: precision from the share flagged outside the examples
+            u = unl[m_f][f]
+            per.append(scene_estimate(pred, y, float((u >= t_f).mean()) if u.size else 0.0))
+            continue
         per.append(
             f1_precision_recall(
                 float((pred & y).sum()), float((pred & ~y).sum()), float((~pred & y).sum())
@@ -721,7 +727,12 @@ def _cross_validate(teacher, fold_maps, folds, mixes, pu, steps, lr, seed, deadl
         "recall": round(float(np.nanmean(arr[:, 2])), 3),
         "recall_sd": round(float(np.nanstd(arr[:, 2])), 3),
         "f1_folds": [round(float(v), 3) for v in arr[:, 0]],
-        "scored_on": "held-out examples (whole polygons or blocks, 8-px buffer)",
+        "scored_on": (
+            "held-out examples (whole polygons, 8-px buffer); precision from the share of "
+            "the pixels outside the examples flagged"
+            if pu
+            else "held-out examples (whole polygons or blocks, 8-px buffer)"
+        ),
     }
     best = pick_mix(curves)
     return cv, pick_threshold(curves[best]), float(mixes[best]), steps_done

@@ -23,6 +23,7 @@ __all__ = [
     "best_threshold",
     "blocked_folds",
     "f1_precision_recall",
+    "scene_estimate",
     "pick_mix",
     "pick_threshold",
     "threshold_curve",
@@ -85,6 +86,41 @@ def f1_precision_recall(tp: float, fp: float, fn: float) -> tuple[float, float, 
     p = tp / (tp + fp) if tp + fp else float("nan")
     r = tp / (tp + fn) if tp + fn else float("nan")
     f = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    return f, p, r
+
+
+def scene_estimate(
+    pred: np.ndarray, truth: np.ndarray, flagged: float
+) -> tuple[float, float, float]:
+    """F1, precision and recall expected on the pixels no example covers, from held-out examples
+    that are not a complete review (a few change polygons, a few no-change areas).
+
+    Their share of change is the user's choice, not the scene's, so precision among them says
+    little. The recall ``r`` and false-alarm rate ``a`` on the held-out examples and the share
+    ``q`` of the unlabelled pixels flagged give the scene's share of change ``π = (q - a) /
+    (r - a)`` (adjusted classify and count; Forman 2008) and precision ``r π / q``.
+
+    Args:
+        pred: bool, the held-out example pixels flagged.
+        truth: bool, the same pixels' labels (True = change).
+        flagged: the share of unlabelled pixels flagged at the same threshold.
+
+    Returns:
+        ``(f1, precision, recall)``, NaN where the examples cannot tell (no change example, or a
+        recall no better than the false-alarm rate).
+    """
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    if not truth.any():
+        return float("nan"), float("nan"), float("nan")
+    r = float((pred & truth).sum() / truth.sum())
+    a = float((pred & ~truth).sum() / (~truth).sum()) if (~truth).any() else 0.0
+    if r <= a:
+        return float("nan"), float("nan"), r
+    if flagged <= 0:
+        return 0.0, float("nan"), r
+    share = min(max((flagged - a) / (r - a), 0.0), 1.0)
+    p = min(r * share / flagged, 1.0)
+    f = 2 * p * r / (p + r) if p + r else 0.0
     return f, p, r
 
 
