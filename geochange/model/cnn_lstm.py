@@ -487,8 +487,9 @@ class CNNLSTM(nn.Module):
         # carried features where it starts; the backward pass recomputes a segment's inputs
         # and forward states from there (the same operations on the same values: the same
         # result). Memory then grows with the number of segments and their length, about 2√t
-        # dates' worth, not with t. While training, or with fewer dates than a segment, it is
-        # one segment, which is kept: nothing is recomputed.
+        # dates' worth, not with t (a model with a cloud head keeps every date's features for
+        # the head anyway). While training, or with fewer dates than a segment, it is one
+        # segment, which is kept: nothing is recomputed.
         seg = t if torch.is_grad_enabled() else segment_length(t)
         starts = list(range(0, t, seg))
         zeros = x.new_zeros(b, self.hidden, h, w)
