@@ -225,7 +225,7 @@ def test_refit_reference_is_the_nan_median_of_the_other_dates(t):
     """The refit's per-date reference skips nodata: NaN only where no other date has a value."""
     import warnings
 
-    from geochange.stages.clouds import _nan_medians_of_others
+    from geochange.stages.clouds import _medians_of_others
 
     rng = np.random.default_rng(t)
     y = rng.normal(size=(t, 3, 400)).astype(np.float32)
@@ -236,7 +236,7 @@ def test_refit_reference_is_the_nan_median_of_the_other_dates(t):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         expected = np.stack([np.nanmedian(np.delete(y, i, axis=0), axis=0) for i in range(t)])
-    np.testing.assert_array_equal(_nan_medians_of_others(y), expected)
+    np.testing.assert_array_equal(_medians_of_others(y), expected)
 
 
 def test_new_roofs_on_the_last_date_of_a_brighter_acquisition_are_kept(tmp_path):

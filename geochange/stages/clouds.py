@@ -197,7 +197,7 @@ def refit(sample: np.ndarray, stats: np.ndarray, rounds: int = 2) -> np.ndarray:
     rng = np.random.default_rng(0)
     for round_ in range(1 + rounds):
         y, _ = _matched(sample, stats, fit)
-        refs = _nan_medians_of_others(y)
+        refs = _medians_of_others(y)
         for i in range(t):
             ref = refs[i]  # (c, n)
             if round_ == 0:  # consensus lines: robust however far off the first matching is
@@ -444,39 +444,28 @@ def _state(
 
 
 def _medians_of_others(y: np.ndarray) -> np.ndarray:
-    """(t, ...) per date, the median over the other dates of ``y`` (t, ...), from one sort."""
-    t = y.shape[0]
-    ranked = np.sort(y, axis=0)
-    lo, hi = (t - 2) // 2, (t - 1) // 2  # median positions among the t - 1 other values
-    out = np.empty_like(y)
-    for i in range(t):
-        # Without date i, sorted position p holds ranked[p] if date i ranks above p, else
-        # ranked[p + 1]; "ranks above p" is y[i] > ranked[p] (ties give equal values anyway).
-        a = np.where(y[i] > ranked[lo], ranked[lo], ranked[lo + 1])
-        b = a if hi == lo else np.where(y[i] > ranked[hi], ranked[hi], ranked[hi + 1])
-        out[i] = 0.5 * (a + b)
-    return out
-
-
-def _nan_medians_of_others(y: np.ndarray) -> np.ndarray:
     """(t, ...) per date, the median over the other dates' finite values of ``y`` (t, ...), NaN
     where no other date is finite; from one sort, so O(t log t) per pixel, not O(t²)."""
     t = y.shape[0]
     ranked = np.sort(y, axis=0)  # NaN last
     finite = np.isfinite(y)
-    count = finite.sum(axis=0)
+    count = finite.sum(axis=0) if not finite.all() else None
     out = np.empty_like(y)
     for i in range(t):
-        others = count - finite[i]
-        lo, hi = np.maximum((others - 1) // 2, 0), np.maximum(others // 2, 0)
-        values = []
-        for p in (lo, hi):
-            # Without date i, position p holds ranked[p] where date i ranks above p (or is
-            # NaN: then nothing is removed), else ranked[p + 1] (ties give equal values).
-            at = np.take_along_axis(ranked, p[None], axis=0)[0]
-            nxt = np.take_along_axis(ranked, np.minimum(p + 1, t - 1)[None], axis=0)[0]
-            values.append(np.where(~finite[i] | (y[i] > at), at, nxt))
-        out[i] = np.where(others > 0, 0.5 * (values[0] + values[1]), np.nan)
+        if count is None:  # no NaN: the same positions everywhere
+            others = t - 1
+            at = [ranked[(others - 1) // 2], ranked[others // 2]]
+            nxt = [ranked[(others - 1) // 2 + 1], ranked[others // 2 + 1]]
+        else:
+            others = count - finite[i]
+            at, nxt = [], []
+            for p in (np.maximum((others - 1) // 2, 0), np.maximum(others // 2, 0)):
+                at.append(np.take_along_axis(ranked, p[None], axis=0)[0])
+                nxt.append(np.take_along_axis(ranked, np.minimum(p + 1, t - 1)[None], axis=0)[0])
+        # Without date i, position p holds ranked[p] where date i ranks above p (or is NaN:
+        # then nothing is removed), else ranked[p + 1] (ties give equal values anyway).
+        lo, hi = (np.where(~finite[i] | (y[i] > a), a, n) for a, n in zip(at, nxt))
+        out[i] = np.where(others > 0, 0.5 * (lo + hi), np.nan)
     return out
 
 
