@@ -493,19 +493,27 @@ class CNNLSTM(nn.Module):
         seg = t if torch.is_grad_enabled() else segment_length(t)
         starts = list(range(0, t, seg))
         zeros = x.new_zeros(b, self.hidden, h, w)
-        hf, cf = zeros, zeros
-        prev = None
-        marks: dict[int, tuple] = {}
-        kept: tuple[list[Tensor], list[Tensor]] = ([], [])
-        for s in starts:
-            marks[s] = (hf, cf, prev)
+
+        def forward_segment(s: int, state: tuple, keep: bool):
+            """The forward pass over the segment from date ``s``, from ``state`` (h, c and
+            what :func:`step_input` passes on); with ``keep``, its inputs and states."""
+            hf, cf, prev = state
+            inputs: list[Tensor] = []
+            states: list[Tensor] = []
             for i in range(s, min(s + seg, t)):
                 inp, prev = step_input(i, prev)
                 hf, cf = self.fwd.step(inp, hf, cf, vmask[i])
-                if s == starts[-1]:
-                    kept[0].append(inp)
-                    kept[1].append(hf)
-        h_last = hf
+                if keep:
+                    inputs.append(inp)
+                    states.append(hf)
+            return (hf, cf, prev), inputs, states
+
+        # Forward: the state where each segment begins; the last segment's inputs and states.
+        marks = [(zeros, zeros, None)]
+        for s in starts:
+            end, kept_inputs, kept_states = forward_segment(s, marks[-1], s == starts[-1])
+            marks.append(end)
+        h_last = marks[-1][0]
 
         # Interval k (date k+1 first shows the change) is possible where date k+1 is valid and
         # some earlier date is valid.
@@ -514,20 +522,14 @@ class CNNLSTM(nn.Module):
 
         hb, cb = zeros, zeros
         logits: list[Tensor] = [x.new_empty(0)] * (t - 1)
-        for s in reversed(starts):
-            stop = min(s + seg, t)
-            h_before = marks[s][0]  # the forward state after date s - 1
-            if s == starts[-1]:
-                inputs, h_fwd = kept
-                kept = ([], [])
+        for n in range(len(starts) - 1, -1, -1):
+            s, stop = starts[n], min(starts[n] + seg, t)
+            if n == len(starts) - 1:
+                inputs, h_fwd = kept_inputs, kept_states
+                kept_inputs, kept_states = [], []
             else:
-                hf, cf, prev = marks[s]
-                inputs, h_fwd = [], []
-                for i in range(s, stop):
-                    inp, prev = step_input(i, prev)
-                    hf, cf = self.fwd.step(inp, hf, cf, vmask[i])
-                    inputs.append(inp)
-                    h_fwd.append(hf)
+                _, inputs, h_fwd = forward_segment(s, marks[n], True)
+            h_before = marks[n][0]  # the forward state after date s - 1
             for i in range(stop - 1, s - 1, -1):
                 inp = inputs[i - s]
                 hb, cb = self.bwd.step(inp, hb, cb, vmask[i])

@@ -23,9 +23,9 @@ __all__ = [
     "best_threshold",
     "blocked_folds",
     "f1_precision_recall",
-    "scene_estimate",
     "pick_mix",
     "pick_threshold",
+    "scene_estimate",
     "threshold_curve",
 ]
 
