@@ -8,7 +8,12 @@ import torch
 
 from geochange.errors import ModelError
 from geochange.model import CNNLSTM, DEFAULT_MODEL_PATH, load_model, normalize, save_model
-from geochange.model.cnn_lstm import MASKED_LOGIT, local_contrast, shift_min_distance
+from geochange.model.cnn_lstm import (
+    MASKED_LOGIT,
+    local_contrast,
+    shift_min_distance,
+    window_logsumexp,
+)
 from geochange.model.losses import cloud_loss, dice_loss, focal_loss, interval_loss
 from geochange.robust import scene_stats
 
@@ -216,6 +221,42 @@ def test_long_series_inference_in_segments_equals_the_whole_pass(t: int) -> None
     whole = net(x, valid)  # gradients on: one segment
     for a, b in zip(segmented, whole):
         assert torch.equal(a, b.detach())
+
+
+def test_window_logsumexp_takes_the_most_telling_run() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 30, 4, 4, generator=gen)
+    runs = torch.stack([torch.logsumexp(logits[:, s : s + 9], 1) for s in range(22)])
+    torch.testing.assert_close(window_logsumexp(logits, 9), runs.amax(0), rtol=0, atol=0)
+    # A short series, or window 0: every interval, exactly as torch.logsumexp.
+    assert torch.equal(window_logsumexp(logits[:, :9], 9), torch.logsumexp(logits[:, :9], 1))
+    assert torch.equal(window_logsumexp(logits, 0), torch.logsumexp(logits, 1))
+    # A stable pixel's even background: the same evidence at 95 intervals as at 9 ...
+    flat = torch.full((1, 95, 1, 1), -4.0)
+    torch.testing.assert_close(window_logsumexp(flat, 9), window_logsumexp(flat[:, :9], 9))
+    # ... while one change stands out whatever the series' length.
+    flat[0, 60] = 3.0
+    assert float(window_logsumexp(flat, 9)) > 3.0
+
+
+def test_change_window_bounds_a_long_series_evidence() -> None:
+    """Up to ``change_window`` dates the change logit sums every interval; a longer series
+    sums those of its best run of that many dates, and the date distribution is unchanged."""
+    net, _ = load_model(DEFAULT_MODEL_PATH)
+    assert net.change_window == 10 and net.config()["change_window"] == 10
+    whole = CNNLSTM(**{**net.config(), "change_window": 0})
+    whole.load_state_dict(net.state_dict())
+    gen = torch.Generator().manual_seed(3)
+    for t, same in ((10, True), (24, False)):
+        x = torch.randn(1, t, 4, 12, 12, generator=gen)
+        valid = torch.ones(1, t, 12, 12, dtype=torch.bool)
+        with torch.no_grad():
+            (c1, i1), (c0, i0) = net(x, valid), whole(x, valid)
+        assert torch.equal(i1, i0)
+        assert torch.equal(c1, c0) is same
+        assert (c1 <= c0).all()
+    with pytest.raises(ModelError, match="change_window"):
+        CNNLSTM(change_window=1)
 
 
 def test_invalid_date_masks_its_interval_and_keeps_state() -> None:

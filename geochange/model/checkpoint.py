@@ -49,6 +49,7 @@ NET_KEYS = (
     "local_contrast",
     "context_skip",
     "spectral_bands",
+    "change_window",
 )
 
 

@@ -24,6 +24,13 @@ The change probability and the interval distribution form one model: with per-in
 ``l_k`` and a context term ``d`` from a small 3×3 decoder over the final states,
 ``change_logit = logsumexp_k(l_k) + d`` (a softmax over "no change" and the T-1 intervals whose
 no-change logit is ``-d``), and ``softmax_k(l_k)`` is the change date distribution.
+
+A series longer than ``change_window`` dates (10 by default: the shipped model learned from 2-10
+dates) sums the intervals of its most telling run of that many consecutive dates
+(:func:`window_logsumexp`), not all T-1 of them: every interval of a stable pixel holds a little
+probability, and over 95 intervals that background alone adds log(95/9) ≈ 2.4 to the change logit
+of a 10-date series, so whole stable fields would come out "changed" only because the series is
+long. The change date distribution still spans the whole series.
 """
 
 from __future__ import annotations
@@ -35,17 +42,23 @@ from geochange.errors import ModelError
 from geochange.memory import segment_length
 
 __all__ = [
+    "CHANGE_WINDOW",
     "CLOUD_GATE",
     "CNNLSTM",
     "MASKED_LOGIT",
     "encode_wavelengths",
     "local_contrast",
     "shift_min_distance",
+    "window_logsumexp",
 ]
 
 #: Logit given to intervals that cannot hold a change (their "after" date is invalid, or no
 #: valid date precedes it).
 MASKED_LOGIT = -1e4
+
+#: Consecutive dates whose intervals make a long series' change logit (the default
+#: ``change_window``): the longest series the shipped model learned from.
+CHANGE_WINDOW = 10
 
 #: Channels of the 1×1 projection compared under shifts (``shift_radius`` > 0).
 MATCH_CHANNELS = 4
@@ -111,6 +124,18 @@ def spectral_input(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         last = torch.where(v, x[:, i], last)
         seen = seen | v
     return first, last, last - first
+
+
+def window_logsumexp(logits: Tensor, window: int) -> Tensor:
+    """(b, h, w) the largest logsumexp of ``window`` consecutive entries of ``logits``
+    (b, n, h, w) along dim 1; with ``n <= window`` (or ``window`` 0), of all of them."""
+    n = logits.shape[1]
+    if not window or n <= window:
+        return torch.logsumexp(logits, dim=1)
+    best = torch.logsumexp(logits[:, :window], dim=1)
+    for s in range(1, n - window + 1):
+        best = torch.maximum(best, torch.logsumexp(logits[:, s : s + window], dim=1))
+    return best
 
 
 def _conv(cin: int, cout: int, k: int, bias: bool = True, dilation: int = 1) -> nn.Conv2d:
@@ -248,6 +273,9 @@ class CNNLSTM(nn.Module):
             on one scene's examples (:mod:`geochange.model.fewshot`), so that it can learn what
             that user calls change in that sensor's spectra; the model then takes exactly this
             many bands. 0 = off.
+        change_window: a series longer than this many dates gets the change logit of its most
+            telling run of this many consecutive dates (module notes): set it to the longest
+            series the model learned from. 0 = all of the series' intervals.
 
     Shapes: ``x`` (b, t, c, h, w) float32, normalised (see ``normalize.apply``), no NaN;
     ``valid`` (b, t, h, w) bool. Works for any t >= 2.
@@ -268,6 +296,7 @@ class CNNLSTM(nn.Module):
         local_contrast: int = 0,
         context_skip: bool = False,
         spectral_bands: int = 0,
+        change_window: int = CHANGE_WINDOW,
     ) -> None:
         super().__init__()
         if in_bands is not None and in_bands < 1:
@@ -285,6 +314,11 @@ class CNNLSTM(nn.Module):
             raise ModelError(f"spectral_bands: got {spectral_bands}, expected an integer >= 0")
         if int(local_contrast) < 0:
             raise ModelError(f"local_contrast: got {local_contrast}, expected an integer >= 0")
+        if int(change_window) != 0 and int(change_window) < 2:
+            raise ModelError(
+                f"change_window: got {change_window}, expected 0 (the whole series) or >= 2 dates"
+            )
+        self.change_window = int(change_window)
         self.local_contrast = int(local_contrast)
         self.in_bands = in_bands
         self.shift_radius = int(shift_radius)
@@ -359,6 +393,7 @@ class CNNLSTM(nn.Module):
             "local_contrast": self.local_contrast,
             "context_skip": self.skip is not None,
             "spectral_bands": self.spectral_bands,
+            "change_window": self.change_window,
         }
 
     @property
@@ -544,12 +579,17 @@ class CNNLSTM(nn.Module):
         context = self.decoder(final)[:, 0]
         if self.skip is not None:
             context = context + self.skip(final)[:, 0]
-        change = torch.logsumexp(interval, dim=1) + context
+        change = self.interval_evidence(interval) + context
         if self.spectral is not None:
             change = change + self.spectral_term(x, valid, final)
         if return_clouds:
             return change, interval, cloud_logits
         return change, interval
+
+    def interval_evidence(self, interval: Tensor) -> Tensor:
+        """(b, h, w) the interval term of the change logit from ``interval`` (b, t-1, h, w):
+        the logsumexp over the intervals of the most telling ``change_window`` dates."""
+        return window_logsumexp(interval, max(self.change_window - 1, 0))
 
     def spectral_term(self, x: Tensor, valid: Tensor, final: Tensor) -> Tensor:
         """(b, h, w) the spectral term of the change logit (see ``spectral_bands``)."""

@@ -230,7 +230,7 @@ def _heads(
     context = net.decoder(final)[:, 0]
     if net.skip is not None:
         context = context + net.skip(final)[:, 0]
-    change = torch.logsumexp(interval, dim=1) + context
+    change = net.interval_evidence(interval) + context
     if net.spectral is not None and bands is not None:
         change = change + net.spectral(torch.cat([bands, final], dim=1))[:, 0]
     return change, interval

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
-from geochange.model.cnn_lstm import CNNLSTM, MASKED_LOGIT
+from geochange.model.cnn_lstm import CHANGE_WINDOW, CNNLSTM, MASKED_LOGIT
 from geochange.model.losses import (
     IGNORE,
     cloud_loss,
@@ -80,7 +80,7 @@ class ChangeTask(pl.LightningModule):
     Args:
         in_bands, features, hidden, encoder_layers, recurrent_kernel, head_hidden,
             context_dilations, shift_radius, wavelengths, clouds, local_contrast,
-            context_skip, spectral_bands: the network (see :class:`CNNLSTM`).
+            context_skip, spectral_bands, change_window: the network (see :class:`CNNLSTM`).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         scheduler: "onecycle" (warm-up + cosine decay over the trainer's ``max_steps`` or
@@ -110,6 +110,7 @@ class ChangeTask(pl.LightningModule):
         local_contrast: int = 0,
         context_skip: bool = False,
         spectral_bands: int = 0,
+        change_window: int = CHANGE_WINDOW,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         scheduler: Literal["onecycle", "cosine", "none"] = "onecycle",
@@ -139,6 +140,7 @@ class ChangeTask(pl.LightningModule):
             local_contrast=local_contrast,
             context_skip=context_skip,
             spectral_bands=spectral_bands,
+            change_window=change_window,
         )
         self.val_f1 = BinaryF1Score(ignore_index=IGNORE)
         self.val_iou = BinaryJaccardIndex(ignore_index=IGNORE)
