@@ -117,24 +117,25 @@ def emergence(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     if not usable(t):
         return np.zeros((h, w), np.float32), np.zeros((h, w), np.int16)
     r = REACH
-    # Outside the window a neighbour is unknown (NaN), as it is at the edge of the scene.
-    pad = np.full((t, x.shape[1], h + 4 * r, w + 4 * r), np.nan, np.float32)
-    np.copyto(pad[..., 2 * r : 2 * r + h, 2 * r : 2 * r + w], x, where=valid[:, None])
-    grown = pad[..., r : r + h + 2 * r, r : r + w + 2 * r]  # the window grown by r
+    # A pair's difference is known where both pixels lie in the window and are valid; it is
+    # NaN elsewhere, as at the edge of the scene.
+    xv = np.where(valid[:, None], x, np.float32(np.nan))
     emerged = np.zeros((t - 1, h, w), np.float32)
     alike = np.zeros((t - 1, h, w), np.float32)
     c = x.shape[1]
     d = np.empty((t, h + 2 * r, w + 2 * r), np.float32)
-    sq = np.empty_like(d)
     for dy, dx in _offsets():
-        other = pad[..., r + dy : r + dy + h + 2 * r, r + dx : r + dx + w + 2 * r]
+        # The window grown by r (rows and columns -r .. h + r): each pixel p against p + o.
+        d.fill(np.nan)
+        i0, i1, j0, j1 = max(0, -dy), min(h, h - dy), max(0, -dx), min(w, w - dx)
+        known = d[:, r + i0 : r + i1, r + j0 : r + j1]
+        known.fill(0.0)
         # The mean over bands of the squared difference, one band at a time (bounded memory).
-        d.fill(0.0)
         for band in range(c):
-            np.subtract(grown[:, band], other[:, band], out=sq)
+            sq = xv[:, band, i0:i1, j0:j1] - xv[:, band, i0 + dy : i1 + dy, j0 + dx : j1 + dx]
             np.square(sq, out=sq)
-            d += sq
-        d /= c
+            known += sq
+        known /= c
         e, a = _votes(d)
         # The pair (p, p + o) read from p, and the same pair read from p + o (offset -o).
         emerged += e[:, r : r + h, r : r + w]
