@@ -334,7 +334,9 @@ def last_date_reference(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Ten
     chosen = before & (rank <= LAST_REFERENCE_DATES)
     if not bool(chosen.sum(dim=1).max() >= LAST_REFERENCE_DATES):
         return prev, ref_valid
-    window = x[:, : t - 1]
+    # Only dates from the earliest one any pixel chose can hold a chosen look.
+    first = int(chosen.any(dim=(0, 2, 3)).to(torch.int8).argmax())
+    window, chosen = x[:, first : t - 1], chosen[:, first:]
     pick = chosen[:, :, None].expand_as(window)
     med = torch.nanmedian(torch.where(pick, window, torch.full_like(window, float("nan"))), dim=1)
     enough = (chosen.sum(dim=1) >= LAST_REFERENCE_DATES)[:, None]
