@@ -188,6 +188,27 @@ def test_a_long_series_in_one_window_keeps_its_events_outputs_a_short_one_has_no
     assert "events" not in dict(pyogrio.list_layers(res.paths["gpkg"]))
 
 
+def test_the_deep_model_run_whole_finds_the_next_event_of_a_pixel(tmp_path):
+    """24 dates run whole: the network judges each changed pixel's series again from its
+    first event on, so ground changed twice shows two events, dated, and ground changed
+    once keeps one."""
+    from geochange.synth import make_scene, write_scene
+
+    scene = make_scene(64, dates=24, bands=4, seed=24, events=2)
+    write_scene(scene, tmp_path / "s")
+    res = detect(tmp_path / "s" / "stack", None, window=24)
+    assert res.run["windows"] == [[0, 24]] and res.run["next_events"] == 1
+    count, first, last, _ = res.events.compute()
+    changed = np.nan_to_num(res.prob.compute()) >= 0.5
+    ref = scene.events
+    twice, once = changed & (ref[1] > 0), changed & (ref[0] > 0) & (ref[1] == 0)
+    assert twice.sum() > 50 and once.sum() > 50
+    assert (count[twice] == 2).mean() > 0.8
+    assert (last[twice & (count == 2)] == ref[1][twice & (count == 2)]).mean() > 0.9
+    assert (first[twice] == ref[0][twice]).mean() > 0.9
+    assert (count[once] == 1).mean() > 0.9
+
+
 def test_cli_events_and_since(two_events, tmp_path):
     out = tmp_path / "c.gpkg"
     code, stdout, _ = run_cli(

@@ -75,6 +75,9 @@ class Block:
         valid: (t, h, w) bool valid pixels of ``x``.
         prob: (h, w) float32 change probability (set by the detector).
         interval: (h, w) float32 change interval k (change first seen on date k + 1).
+        next_events: the events after each pixel's first, when the detector looks for them
+            (:mod:`geochange.stages.network`): probabilities and date indices, (n, h, w)
+            float32 each; else None.
     """
 
     tile: np.ndarray
@@ -83,6 +86,7 @@ class Block:
     valid: np.ndarray | None = None
     prob: np.ndarray | None = None
     interval: np.ndarray | None = None
+    next_events: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class Stage(Protocol):
@@ -214,6 +218,8 @@ class Chain:
 
     ``chain(tile (t, c, h, w) float32 NaN-nodata) -> (2, h, w) float32``: band 0 the change
     probability (NaN = nodata), band 1 the change interval k (change first seen on date k + 1).
+    A detector that looks for the next events (:attr:`Block.next_events`, n of them) adds 2n
+    bands: their probabilities, then their date indices.
 
     Args:
         stages: fitted stages, the input stages first, then one detector, then result stages.
@@ -310,7 +316,12 @@ class Chain:
             nodata = block.valid.sum(axis=0) < 2
             prob[nodata] = np.nan
             interval[nodata] = np.nan
-        return np.stack([prob, interval])
+        if block.next_events is None:
+            return np.stack([prob, interval])
+        probs, dates = block.next_events
+        if block.valid is not None:
+            probs[:, nodata] = np.nan
+        return np.concatenate([prob[None], interval[None], probs, dates])
 
 
 def build_chain(

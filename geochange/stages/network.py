@@ -19,6 +19,14 @@ share of the pixel's probability that the series does not give to an earlier dat
 series' probability of a change on the last date; it never lowers anything: where the history
 is stable, more dates never make a last-date change less likely than a pair would. Where the pair decides, the change
 date is the last date (``later_dates`` 0 in the polygons: a later date should confirm it).
+
+**The events after the first.** The network learned series with one change, so one pass gives
+each pixel one event: its most likely date. With ``next_events`` > 0 (a long series run whole,
+see :mod:`geochange.stages.windows`) the detector then judges each pixel's series again *from
+that date on*, as its own series (the earlier dates invalid and showing the look of that date, so
+they neither create a change nor carry the old state), and that pass's change is the next event;
+and so on. A forest cut and regrown, or a field built on two years later, is then two events,
+each judged with all the dates around it. Each pass costs one more pass of the network.
 """
 
 from __future__ import annotations
@@ -142,6 +150,9 @@ class ModelDetector:
             a model that uses them (see ``Stack.wavelengths``); None = all unknown.
         last_date_check: with 3+ dates, also run the network on (reference of the dates
             before the last, last date) and let it raise a last-date change (module notes).
+        next_events: further events to look for after each pixel's first (module notes): the
+            block then also carries their probabilities and date indices
+            (:attr:`~geochange.stages.Block.next_events`). 0 = none.
     """
 
     def __init__(
@@ -157,8 +168,10 @@ class ModelDetector:
         num_threads: int | None = None,
         wavelengths: Sequence[float | None] | None = None,
         last_date_check: bool = True,
+        next_events: int = 0,
     ) -> None:
         self.last_date_check = bool(last_date_check)
+        self.next_events = int(next_events)
         self.stats = np.asarray(stats, dtype=np.float32)
         if self.stats.ndim != 3 or self.stats.shape[2] != 2:
             raise ValueError(f"stats: got shape {self.stats.shape}, expected (t, c, 2)")
@@ -213,6 +226,7 @@ class ModelDetector:
             self.amp,
             self.calibration,
             self.last_date_check,
+            self.next_events,
         )
 
     # -- the stage ---------------------------------------------------------------------------
@@ -229,19 +243,22 @@ class ModelDetector:
             "amp": self.amp,
             "calibration": list(self.calibration),
             "last_date_check": self.last_date_check,
+            "next_events": self.next_events,
         }
 
     def run(self, block: Block) -> None:
         """Set the block's normalised input, validity, probability and interval; sub-tiles
         carry ``block.halo`` px of context (the context the chain's later stages need)."""
         block.x, block.valid = self._normalised(block.tile)
-        block.prob, block.interval = self._infer(block.x, block.valid, block.halo)
+        block.prob, block.interval, *later = self._infer(block.x, block.valid, block.halo)
+        if later:
+            block.next_events = (later[0], later[1])
 
     # -- inference ------------------------------------------------------------------------------
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         """Run on one tile (t, c, h, w) float32 NaN-nodata; returns (2, h, w) float32."""
         x, valid = self._normalised(tile)
-        prob, interval = self._infer(x, valid, self.halo)
+        prob, interval = self._infer(x, valid, self.halo)[:2]
         nodata = valid.sum(axis=0) < 2
         prob[nodata] = np.nan
         interval[nodata] = np.nan
@@ -260,10 +277,12 @@ class ModelDetector:
 
     def _infer(self, x: np.ndarray, valid: np.ndarray, halo: int) -> tuple[np.ndarray, ...]:
         """(prob, interval) of a normalised tile, in sub-tiles of ``tile_size`` px with a halo
-        of ``halo`` px clipped at the tile edge (exact, like tiling), batched by shape."""
+        of ``halo`` px clipped at the tile edge (exact, like tiling), batched by shape; with
+        ``next_events``, also their probabilities and date indices, (next_events, h, w) each."""
         h, w = x.shape[2:]
-        prob = np.empty((h, w), np.float32)
-        interval = np.empty((h, w), np.float32)
+        out = [np.empty((h, w), np.float32), np.empty((h, w), np.float32)]
+        if self.next_events:
+            out += [np.empty((self.next_events, h, w), np.float32) for _ in range(2)]
         groups: dict[tuple[int, int], list[Window]] = {}
         for win in windows(h, w, self.tile_size, halo):
             rows, cols = win[0]
@@ -273,32 +292,21 @@ class ModelDetector:
                 batch = items[k : k + self.batch_size]
                 xs = np.stack([x[(..., *read)] for read, _, _ in batch])
                 vs = np.stack([valid[(..., *read)] for read, _, _ in batch])
-                p, iv = self._forward(xs, vs)
-                for (_, crop, write), pb, ib in zip(batch, p, iv):
-                    prob[write] = pb[crop]
-                    interval[write] = ib[crop]
-        return prob, interval
+                results = self._forward(xs, vs)
+                for i, (_, crop, write) in enumerate(batch):
+                    for array, result in zip(out, results):
+                        array[(..., *write)] = result[i][(..., *crop)]
+        return tuple(out)
 
-    def _forward(self, xs: np.ndarray, vs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, xs: np.ndarray, vs: np.ndarray) -> tuple[np.ndarray, ...]:
         x = torch.from_numpy(xs).to(self.device)
         v = torch.from_numpy(vs).to(self.device)
         wl = torch.from_numpy(self.wavelengths).to(self.device).expand(len(xs), -1)
         use_amp = self.amp and self.device.startswith("cuda")
         autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
         with torch.inference_mode(), autocast:
-            change, intervals = self.net(x, v, wl)
-            scale, bias = self.calibration
-            prob = torch.sigmoid(change.float() * scale + bias)
-            if self.last_date_check and x.shape[1] >= 3:
-                ref, ref_valid = last_date_reference(x, v)
-                pair = torch.stack([ref, x[:, -1]], dim=1)
-                pair_valid = torch.stack([ref_valid, v[:, -1]], dim=1)
-                change2, _ = self.net(pair, pair_valid, wl)
-                prob2 = torch.sigmoid(change2.float() * scale + bias)
-                prob2 = torch.where(last_date_only(x, ref), prob2, torch.zeros_like(prob2))
-                prob, k = combine_last_date(prob, intervals, prob2)
-            else:
-                k = intervals.float().argmax(dim=1).to(torch.float32)
+            prob, k = self._judge(x, v, wl)
+            later = self._next_events(x, v, wl, k) if self.next_events else ()
         prob_np = prob.cpu().numpy()
         bad = ~np.isfinite(prob_np) & (vs.sum(axis=1) >= 2)
         if bad.any():
@@ -308,7 +316,45 @@ class ModelDetector:
                 "valid data; its weights are broken (retrain or pass another --model) or the "
                 "input values are out of range"
             )
-        return prob_np, k.cpu().numpy()
+        return (prob_np, k.cpu().numpy(), *(a.cpu().numpy() for a in later))
+
+    def _judge(
+        self, x: torch.Tensor, v: torch.Tensor, wl: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, h, w) each: the change probability and most likely interval of a series, with
+        the last-date check (module notes)."""
+        change, intervals = self.net(x, v, wl)
+        scale, bias = self.calibration
+        prob = torch.sigmoid(change.float() * scale + bias)
+        if not (self.last_date_check and x.shape[1] >= 3):
+            return prob, intervals.float().argmax(dim=1).to(torch.float32)
+        ref, ref_valid = last_date_reference(x, v)
+        pair = torch.stack([ref, x[:, -1]], dim=1)
+        pair_valid = torch.stack([ref_valid, v[:, -1]], dim=1)
+        change2, _ = self.net(pair, pair_valid, wl)
+        prob2 = torch.sigmoid(change2.float() * scale + bias)
+        prob2 = torch.where(last_date_only(x, ref), prob2, torch.zeros_like(prob2))
+        return combine_last_date(prob, intervals, prob2)
+
+    def _next_events(
+        self, x: torch.Tensor, valid: torch.Tensor, wl: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, n, h, w) each: the probability and date index of each pixel's next
+        ``next_events`` events, each judged on the series from the previous event's date on."""
+        b, t, c, h, w = x.shape
+        dates = torch.arange(t, device=x.device)[None, :, None, None]
+        start = k.long() + 1  # the previous event's date index
+        probs, found = [], []
+        for _ in range(self.next_events):
+            first = start.clamp(max=t - 1)
+            before = dates < first[:, None]  # (b, t, h, w)
+            # Dates before the event show its date's look and are invalid: no change, no state.
+            look = torch.gather(x, 1, first[:, None, None].expand(b, 1, c, h, w))
+            prob, k = self._judge(torch.where(before[:, :, None], look, x), valid & ~before, wl)
+            probs.append(prob)
+            start = k.long() + 1
+            found.append(start.to(torch.float32))
+        return torch.stack(probs, dim=1), torch.stack(found, dim=1)
 
 
 def last_date_reference(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

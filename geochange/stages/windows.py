@@ -6,6 +6,10 @@ are the window's own) and, called on a tile, runs them one window at a time on t
 dates only, then merges their reports into per-pixel events. The tile may be any array-like
 sliced along dates (``tile[a:b]``), e.g. the lazy tile of ``tiling.window_map(..., lazy=True)``:
 then only one window's dates are in memory at a time, whatever the series length.
+
+A series run whole (one window over all its dates) gets its events from the network detector
+instead: the chain's result is each pixel's first event, and the detector judges the series
+again from each event on for the next one (``next_events``, :mod:`geochange.stages.network`).
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from geochange.events import DEFAULT_GAP, merge, owners, plan_windows
-from geochange.io.encoding import quantised
+from geochange.events import DEFAULT_GAP, DEFAULT_WINDOW, merge, owners, plan_windows
+from geochange.io.encoding import quantised, step_below
 from geochange.stages import Chain, Context, build_chain
 
-__all__ = ["WindowedChain", "build_windowed"]
+__all__ = ["NEXT_EVENTS", "WindowedChain", "build_windowed"]
+
+#: Events looked for after each pixel's first in a long series run whole (each one more pass
+#: of the network).
+NEXT_EVENTS = 1
 
 
 class WindowedChain:
@@ -35,6 +43,9 @@ class WindowedChain:
         n_dates: the series length T.
         threshold: a window's report is a change from this probability.
         gap: reports closer than this many dates are one event.
+        next_events: one window over the whole series only: its chain also reports this many
+            events after each pixel's first (its detector's ``next_events``); the slots are
+            then the first event and each next one, in time order.
     """
 
     def __init__(
@@ -44,9 +55,13 @@ class WindowedChain:
         n_dates: int,
         threshold: float = 0.5,
         gap: int = DEFAULT_GAP,
+        next_events: int = 0,
     ) -> None:
         if len(chains) != len(windows) or not chains:
             raise ValueError(f"got {len(chains)} chains for {len(windows)} windows")
+        if next_events and len(chains) != 1:
+            raise ValueError(f"next events need one window over the series, got {len(chains)}")
+        self.next_events = int(next_events)
         self.chains = tuple(chains)
         self.windows = tuple((int(a), int(b)) for a, b in windows)
         self.n_dates = int(n_dates)
@@ -58,7 +73,7 @@ class WindowedChain:
 
     @property
     def n_slots(self) -> int:
-        return len(self.windows)
+        return len(self.windows) + self.next_events
 
     @property
     def out_bands(self) -> int:
@@ -98,6 +113,7 @@ class WindowedChain:
     def record(self) -> dict[str, Any]:
         out = self.chains[0].record()
         out["windows"] = [list(w) for w in self.windows]
+        out["next_events"] = self.next_events
         out["event_gap"] = self.gap
         return out
 
@@ -110,10 +126,13 @@ class WindowedChain:
             self.n_dates,
             self.threshold,
             self.gap,
+            self.next_events,
             tuple(tokenize(c) for c in self.chains),
         )
 
     def __call__(self, tile: Any) -> np.ndarray:
+        if self.next_events:
+            return self._whole(tile)
         probs, dates = [], []
         for (a, b), chain in zip(self.windows, self.chains):
             out = chain(np.asarray(tile[a:b], dtype=np.float32))
@@ -123,6 +142,33 @@ class WindowedChain:
         quiet, slot_prob, slot_date = merge(
             probs, dates, self.owner, self.threshold, self.gap, list(self.windows)
         )
+        return np.concatenate([quiet[None], slot_prob, slot_date.astype(np.float32)])
+
+    def _whole(self, tile: Any) -> np.ndarray:
+        """One window over the series: the first event and the next ones, slot by slot."""
+        out = self.chains[0](np.asarray(tile, dtype=np.float32))
+        n = 1 + self.next_events
+        probs = quantised(np.concatenate([out[:1], out[2 : 1 + n]]))  # judged as stored
+        dates = np.concatenate([out[1:2] + np.float32(1), out[1 + n :]])
+        nodata = np.isnan(probs[0])
+        below = np.float32(step_below(self.threshold))
+        slot_prob = np.zeros(probs.shape, np.float32)
+        slot_date = np.zeros(probs.shape, np.uint8)
+        quiet = np.where(nodata, np.nan, 0.0).astype(np.float32)
+        # An event counts after an event, at least ``gap`` dates later (a later report of the
+        # same change is none).
+        hit = ~nodata
+        previous = np.zeros(probs.shape[1:], np.float32)
+        for s in range(n):
+            p = np.nan_to_num(probs[s], nan=0.0)
+            date = np.nan_to_num(dates[s], nan=0.0)
+            reached = hit & (p >= self.threshold)
+            if s:
+                reached &= date - previous >= self.gap
+            quiet = np.where(hit & ~reached, np.fmax(quiet, np.minimum(p, below)), quiet)
+            slot_prob[s] = np.where(reached, p, 0.0)
+            slot_date[s] = np.where(reached, date, 0)
+            hit, previous = reached, date
         return np.concatenate([quiet[None], slot_prob, slot_date.astype(np.float32)])
 
 
@@ -135,8 +181,15 @@ def build_windowed(
     window: int,
     overlap: int,
 ) -> WindowedChain:
-    """One chain per window of the series, each fitted on its dates of ``sample`` (t, c, n)."""
+    """One chain per window of the series, each fitted on its dates of ``sample`` (t, c, n).
+
+    A series longer than 16 dates run as one window by a detector that can look for the next
+    events gets :data:`NEXT_EVENTS` of them."""
     n_dates = sample.shape[0]
     wins = plan_windows(n_dates, window, overlap)
     chains = [build_chain(sample[a:b], method, skip, context, stack_stages) for a, b in wins]
-    return WindowedChain(chains, wins, n_dates)
+    detector = chains[0].detector
+    if len(wins) > 1 or n_dates <= DEFAULT_WINDOW or not hasattr(detector, "next_events"):
+        return WindowedChain(chains, wins, n_dates)
+    detector.next_events = NEXT_EVENTS
+    return WindowedChain(chains, wins, n_dates, next_events=NEXT_EVENTS)
