@@ -153,6 +153,9 @@ class ModelDetector:
         next_events: further events to look for after each pixel's first (module notes): the
             block then also carries their probabilities and date indices
             (:attr:`~geochange.stages.Block.next_events`). 0 = none.
+        next_from: a pixel's next event is looked for where its previous one reaches this
+            probability (the run's threshold; elsewhere the next event is judged on the dates
+            from the earliest such event on).
     """
 
     def __init__(
@@ -169,9 +172,11 @@ class ModelDetector:
         wavelengths: Sequence[float | None] | None = None,
         last_date_check: bool = True,
         next_events: int = 0,
+        next_from: float = 0.5,
     ) -> None:
         self.last_date_check = bool(last_date_check)
         self.next_events = int(next_events)
+        self.next_from = float(next_from)
         self.stats = np.asarray(stats, dtype=np.float32)
         if self.stats.ndim != 3 or self.stats.shape[2] != 2:
             raise ValueError(f"stats: got shape {self.stats.shape}, expected (t, c, 2)")
@@ -227,6 +232,7 @@ class ModelDetector:
             self.calibration,
             self.last_date_check,
             self.next_events,
+            self.next_from,
         )
 
     # -- the stage ---------------------------------------------------------------------------
@@ -306,7 +312,7 @@ class ModelDetector:
         autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
         with torch.inference_mode(), autocast:
             prob, k = self._judge(x, v, wl)
-            later = self._next_events(x, v, wl, k) if self.next_events else ()
+            later = self._next_events(x, v, wl, prob, k) if self.next_events else ()
         prob_np = prob.cpu().numpy()
         bad = ~np.isfinite(prob_np) & (vs.sum(axis=1) >= 2)
         if bad.any():
@@ -337,24 +343,39 @@ class ModelDetector:
         return combine_last_date(prob, intervals, prob2)
 
     def _next_events(
-        self, x: torch.Tensor, valid: torch.Tensor, wl: torch.Tensor, k: torch.Tensor
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor,
+        wl: torch.Tensor,
+        prob: torch.Tensor,
+        k: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(b, n, h, w) each: the probability and date index of each pixel's next
-        ``next_events`` events, each judged on the series from the previous event's date on."""
+        ``next_events`` events, each judged on the series from the previous event's date on.
+
+        A pass runs over the dates from the earliest previous event of the pixels whose
+        previous event reached :attr:`next_from` (the others have none to follow): in a scene
+        whose changes are late, the dates before them are not run again."""
         b, t, c, h, w = x.shape
-        dates = torch.arange(t, device=x.device)[None, :, None, None]
         start = k.long() + 1  # the previous event's date index
-        probs, found = [], []
-        for _ in range(self.next_events):
-            first = start.clamp(max=t - 1)
-            before = dates < first[:, None]  # (b, t, h, w)
+        probs = torch.zeros((b, self.next_events, h, w), dtype=torch.float32, device=x.device)
+        found = torch.zeros_like(probs)
+        for n in range(self.next_events):
+            wanted = prob >= self.next_from
+            if not bool(wanted.any()):
+                break
+            s0 = int(start[wanted].min())
+            if t - s0 < 2:
+                break
+            xs, vs = x[:, s0:], valid[:, s0:]
+            first = (start - s0).clamp(0, t - s0 - 1)
+            before = torch.arange(t - s0, device=x.device)[None, :, None, None] < first[:, None]
             # Dates before the event show its date's look and are invalid: no change, no state.
-            look = torch.gather(x, 1, first[:, None, None].expand(b, 1, c, h, w))
-            prob, k = self._judge(torch.where(before[:, :, None], look, x), valid & ~before, wl)
-            probs.append(prob)
-            start = k.long() + 1
-            found.append(start.to(torch.float32))
-        return torch.stack(probs, dim=1), torch.stack(found, dim=1)
+            look = torch.gather(xs, 1, first[:, None, None].expand(b, 1, c, h, w))
+            prob, k = self._judge(torch.where(before[:, :, None], look, xs), vs & ~before, wl)
+            start = k.long() + 1 + s0
+            probs[:, n], found[:, n] = prob, start.to(torch.float32)
+        return probs, found
 
 
 def last_date_reference(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

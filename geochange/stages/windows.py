@@ -65,11 +65,22 @@ class WindowedChain:
         self.chains = tuple(chains)
         self.windows = tuple((int(a), int(b)) for a, b in windows)
         self.n_dates = int(n_dates)
-        self.threshold = float(threshold)
+        self.threshold = threshold
         self.gap = int(gap)
         self.owner = owners(self.n_dates, list(self.windows))
         #: pixels of context each tile needs (the windows' own, which depends on W, not T)
         self.halo = max(int(c.halo) for c in self.chains)
+
+    @property
+    def threshold(self) -> float:
+        """A report is a change from this probability (the run's threshold)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = float(value)
+        if self.next_events:  # the detector follows the events that count
+            self.chains[0].detector.next_from = self._threshold
 
     @property
     def n_slots(self) -> int:
