@@ -17,8 +17,10 @@ fits) on
   before and after a change date, a seasonal cycle per band, per-date gain, offset, haze,
   sub-pixel shifts and cloud veils; one event per changed pixel), centre-cropped,
 
-and, for T > 16, the same scenes in windows of 16 dates (``--window 16``: the shortest window
-the memory plan chooses, what a budget too small for longer windows gives).
+and, for T > 16, the same scenes with every event asked for (``--events all``: a series run
+whole then also looks for each pixel's next event, one more pass of the network) and in windows
+of 16 dates (``--window 16``: the shortest window the memory plan chooses, what a budget too
+small for longer windows gives).
 
 Columns: precision, recall and F1 of the change class (any event); event-date exactness (the
 first event's date equals the reference's first date, on true positives); events-per-pixel
@@ -59,7 +61,8 @@ DATES = (12, 48, 96, 150)
 
 def run_one(folder: Path, window: int, memory_limit: str | None = None) -> dict[str, Any]:
     """Detect on the stack in ``folder`` and score it against ``folder/truth.npz``; ``window``
-    -1 = the default (from the memory budget), 0 = the whole series, else that many dates."""
+    -1 = the default (from the memory budget), -2 = the default with ``events="all"``, 0 = the
+    whole series, else that many dates."""
     C.setup_determinism(1)
     from geochange.io.stack import open_stack
     from geochange.pipeline import detect
@@ -69,8 +72,11 @@ def run_one(folder: Path, window: int, memory_limit: str | None = None) -> dict[
     labelled = truth["labelled"]
     wall0, cpu0 = time.perf_counter(), time.process_time()
     stack = open_stack(folder / "stack")
-    asked = {-1: None, 0: stack.T}.get(window, window)
-    res = detect(stack, None, chunk_size=512, window=asked, memory_limit=memory_limit)
+    asked = {-1: None, -2: None, 0: stack.T}.get(window, window)
+    events = "all" if window == -2 else "first"
+    res = detect(
+        stack, None, chunk_size=512, window=asked, memory_limit=memory_limit, events=events
+    )
     prob = res.prob.compute()
     date = res.date_index.compute()
     found = res.events.compute()[0] if res.events is not None else (date > 0).astype(np.uint8)
@@ -151,11 +157,12 @@ def cases(args: argparse.Namespace, tmp: Path):
 
 
 def _variants(args: argparse.Namespace, n_dates: int) -> list[int]:
-    """Windows to run: the default (-1) and, for T > 16, windows of 16; or the ``--windows``
-    given (``-1`` = the default, ``0`` = the whole series)."""
+    """Windows to run: the default (-1) and, for T > 16, the default with every event asked
+    for (-2) and windows of 16; or the ``--windows`` given (``-1`` = the default, ``-2`` = the
+    default with every event, ``0`` = the whole series)."""
     if args.windows:
         return sorted({w if w <= 0 else min(w, n_dates) for w in args.windows})
-    return [-1] + ([16] if n_dates > 16 else [])
+    return [-1] + ([-2, 16] if n_dates > 16 else [])
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -167,7 +174,11 @@ def _ratio(a: int, b: int) -> float:
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows pooled by (group, T, window)."""
-    keys = sorted({(r["group"], r["T"], r["window"]) for r in rows})
+    order = {-1: -2, -2: -1}  # the default first, then the default with every event
+    keys = sorted(
+        {(r["group"], r["T"], r["window"]) for r in rows},
+        key=lambda k: (k[0], k[1], order.get(k[2], k[2])),
+    )
     out = []
     for g, t, window in keys:
         rs = [r for r in rows if (r["group"], r["T"], r["window"]) == (g, t, window)]
@@ -262,6 +273,8 @@ def _run_as(r: dict[str, Any]) -> str:
     chosen = " / ".join(r.get("chosen") or [_chosen(r)])
     if r["window"] == -1:
         return f"default: {chosen}"
+    if r["window"] == -2:
+        return f"default, --events all: {chosen}"
     return "whole series" if r["window"] in (0, r["T"]) else chosen
 
 

@@ -138,6 +138,8 @@ class DetectConfig:
         events: which event of a pixel the probability and date rasters and the ``changes``
             layer show: "first", "latest" (a monitoring product's latest change and its
             confidence) or "all" (the ``changes`` layer then holds one polygon per event).
+            With "latest" or "all" (or ``since``), a long series run whole also looks for each
+            pixel's next event: one more pass of the network (docs/LONG_SERIES.md).
         since: leave out events first seen before this date (ISO date or ``datetime.date``).
     """
 

@@ -54,12 +54,17 @@ def windowed_chain(
 
     The window is ``config.window`` when given. Otherwise the deep model runs the whole series
     as one window when it fits the memory budget, else the fewest windows that fit
-    (:func:`geochange.plan.choose_window`); a classical baseline runs windows of 16 dates.
+    (:func:`geochange.plan.choose_window`); a classical baseline runs windows of 16 dates. A
+    series run whole by the deep model reports each pixel's first event, and its next one when
+    ``config.events`` is "latest" or "all" or ``config.since`` is set.
     """
     from geochange.plan import choose_window
-    from geochange.stages.windows import build_windowed
+    from geochange.stages.windows import NEXT_EVENTS, build_windowed
 
     sample = read_sample(stack)
+    # A series run whole looks for each pixel's next event (one more pass of the network)
+    # when the run shows more than the first: --events latest or all, or events after --since.
+    later = config.events != "first" or config.since is not None
 
     def build(window: int) -> WindowedChain:
         return build_windowed(
@@ -70,6 +75,7 @@ def windowed_chain(
             stack_stages,
             window,
             config.window_overlap,
+            next_events=NEXT_EVENTS if later else 0,
         )
 
     if config.window is not None:

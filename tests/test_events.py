@@ -189,14 +189,16 @@ def test_a_long_series_in_one_window_keeps_its_events_outputs_a_short_one_has_no
 
 
 def test_the_deep_model_run_whole_finds_the_next_event_of_a_pixel(tmp_path):
-    """24 dates run whole: the network judges each changed pixel's series again from its
-    first event on, so ground changed twice shows two events, dated, and ground changed
-    once keeps one."""
+    """24 dates run whole with every event asked for: the network judges each changed pixel's
+    series again from its first event on, so ground changed twice shows two events, dated,
+    and ground changed once keeps one. Asked for the first event only, it does not look."""
     from geochange.synth import make_scene, write_scene
 
     scene = make_scene(64, dates=24, bands=4, seed=24, events=2)
     write_scene(scene, tmp_path / "s")
-    res = detect(tmp_path / "s" / "stack", None, window=24)
+    first_only = detect(tmp_path / "s" / "stack", None, window=24)
+    assert first_only.run["next_events"] == 0 and first_only.events.compute()[0].max() == 1
+    res = detect(tmp_path / "s" / "stack", None, window=24, events="all")
     assert res.run["windows"] == [[0, 24]] and res.run["next_events"] == 1
     count, first, last, _ = res.events.compute()
     changed = np.nan_to_num(res.prob.compute()) >= 0.5

@@ -8,8 +8,9 @@ sliced along dates (``tile[a:b]``), e.g. the lazy tile of ``tiling.window_map(..
 then only one window's dates are in memory at a time, whatever the series length.
 
 A series run whole (one window over all its dates) gets its events from the network detector
-instead: the chain's result is each pixel's first event, and the detector judges the series
-again from each event on for the next one (``next_events``, :mod:`geochange.stages.network`).
+instead: the chain's result is each pixel's first event, and, when the run asks for more than
+the first, the detector judges the series again from each event on for the next one
+(``next_events``, :mod:`geochange.stages.network`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from geochange.stages import Chain, Context, build_chain
 
 __all__ = ["NEXT_EVENTS", "WindowedChain", "build_windowed"]
 
-#: Events looked for after each pixel's first in a long series run whole (each one more pass
-#: of the network).
+#: Events looked for after each pixel's first in a long series run whole when the run shows
+#: more than the first event (each one more pass of the network).
 NEXT_EVENTS = 1
 
 
@@ -191,16 +192,18 @@ def build_windowed(
     stack_stages: Sequence[tuple[str, dict[str, Any]]],
     window: int,
     overlap: int,
+    next_events: int = 0,
 ) -> WindowedChain:
     """One chain per window of the series, each fitted on its dates of ``sample`` (t, c, n).
 
     A series longer than 16 dates run as one window by a detector that can look for the next
-    events gets :data:`NEXT_EVENTS` of them."""
+    events gets ``next_events`` of them (e.g. :data:`NEXT_EVENTS`)."""
     n_dates = sample.shape[0]
     wins = plan_windows(n_dates, window, overlap)
     chains = [build_chain(sample[a:b], method, skip, context, stack_stages) for a, b in wins]
     detector = chains[0].detector
-    if len(wins) > 1 or n_dates <= DEFAULT_WINDOW or not hasattr(detector, "next_events"):
+    whole = len(wins) == 1 and n_dates > DEFAULT_WINDOW
+    if not (next_events and whole and hasattr(detector, "next_events")):
         return WindowedChain(chains, wins, n_dates)
-    detector.next_events = NEXT_EVENTS
-    return WindowedChain(chains, wins, n_dates, next_events=NEXT_EVENTS)
+    detector.next_events = int(next_events)
+    return WindowedChain(chains, wins, n_dates, next_events=next_events)
