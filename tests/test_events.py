@@ -209,6 +209,11 @@ def test_the_deep_model_run_whole_finds_the_next_event_of_a_pixel(tmp_path):
     assert (last[twice & (count == 2)] == ref[1][twice & (count == 2)]).mean() > 0.9
     assert (first[twice] == ref[0][twice]).mean() > 0.9
     assert (count[once] == 1).mean() > 0.9
+    # Events after a date: the next event too, so a pixel first changed before it keeps its next.
+    since = detect(tmp_path / "s" / "stack", None, window=24, since=scene.dates[12])
+    assert since.run["next_events"] == 1
+    late = twice & (count == 2) & (ref[0] < 12) & (ref[1] >= 12)
+    assert late.sum() > 10 and (since.events.compute()[0][late] == 1).all()
 
 
 def test_cli_events_and_since(two_events, tmp_path):
