@@ -73,10 +73,8 @@ def run_one(folder: Path, window: int, memory_limit: str | None = None) -> dict[
     wall0, cpu0 = time.perf_counter(), time.process_time()
     stack = open_stack(folder / "stack")
     asked = {-1: None, -2: None, 0: stack.T}.get(window, window)
-    events = "all" if window == -2 else "first"
-    res = detect(
-        stack, None, chunk_size=512, window=asked, memory_limit=memory_limit, events=events
-    )
+    mode = "all" if window == -2 else "first"
+    res = detect(stack, None, chunk_size=512, window=asked, memory_limit=memory_limit, events=mode)
     prob = res.prob.compute()
     date = res.date_index.compute()
     found = res.events.compute()[0] if res.events is not None else (date > 0).astype(np.uint8)
