@@ -21,8 +21,9 @@ is stable, more dates never make a last-date change less likely than a pair woul
 date is the last date (``later_dates`` 0 in the polygons: a later date should confirm it).
 
 **The events after the first.** The network learned series with one change, so one pass gives
-each pixel one event: its most likely date. With ``next_events`` > 0 (a long series run whole,
-see :mod:`geochange.stages.windows`) the detector then judges each pixel's series again *from
+each pixel one event: its most likely date. With ``next_events`` > 0 (a long series run whole
+when the run shows more than the first event, see :mod:`geochange.stages.windows`) the detector
+then judges each pixel's series again *from
 that date on*, as its own series (the earlier dates invalid and showing the look of that date, so
 they neither create a change nor carry the old state), and that pass's change is the next event;
 and so on. A forest cut and regrown, or a field built on two years later, is then two events,
