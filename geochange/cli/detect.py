@@ -220,7 +220,8 @@ from geochange.cli import options
     help="Which change event of a pixel the rasters and the 'changes' layer show: its first, "
     "its latest (monitoring), or all (one polygon per event). A series longer than 16 dates "
     "(or than --window) also gets OUT_events.tif (count, first, last date, last probability) and an "
-    "'events' layer with every event.",
+    "'events' layer with every event; run whole, it has each pixel's first event, and with "
+    "latest or all (or --since) also the next one (one more pass of the model).",
 )
 @click.option(
     "--since",
