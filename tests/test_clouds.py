@@ -41,7 +41,8 @@ def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]
     sample = x.reshape(*x.shape[:2], -1)
     stats = scene_stats(sample)
     fit = refit(sample, stats)
-    return stats, scene_spectra(sample, stats, fit), fit, blue_band(WAVELENGTHS)
+    blue = blue_band(WAVELENGTHS)
+    return stats, scene_spectra(sample, stats, fit, blue), fit, blue
 
 
 def _land(t: int = 5, size: int = 96, seed: int = 2, roof_from: int | None = None) -> np.ndarray:
