@@ -13,10 +13,8 @@ How it works, per date ``t`` and pixel, in the scene's own radiometry:
    refitted on each date's clear pixels (:func:`refit`), so per-date illumination gain and
    offset do not count, even on a date that a cloud covers by a third.
 2. The reference is the median of the *other* dates at that pixel; ``d`` is the date minus it.
-3. **Cloud**: the date moved towards the scene's cloud spectrum ``c`` (a cloud is white: every
-   band at the bright end of the blue band, where clouds outshine the ground, when a band is
-   known to be blue; else the bright end of every band; :func:`scene_spectra`) as a cloud of
-   opacity ``a`` would: ``d ≈ a (c - reference)``
+3. **Cloud**: the date moved towards the scene's cloud spectrum ``c`` (the bright end of every
+   band, :func:`scene_spectra`) as a cloud of opacity ``a`` would: ``d ≈ a (c - reference)``
    with ``a >= MIN_OPACITY`` and a relative residual below ``MAX_RESIDUAL`` (a new roof on
    vegetation changes the spectrum's shape; a thin cloud only veils it); or every band is
    brighter by at least ``BRIGHT_SPREADS`` scene spreads.
@@ -263,17 +261,9 @@ def _line_fit(x: np.ndarray, r: np.ndarray, rng: np.random.Generator) -> tuple[f
 
 
 def scene_spectra(
-    sample: np.ndarray,
-    stats: np.ndarray,
-    fit: np.ndarray | None = None,
-    blue: int | None = None,
+    sample: np.ndarray, stats: np.ndarray, fit: np.ndarray | None = None
 ) -> np.ndarray:
-    """The scene's cloud and dark spectra: the bright and the dark end of every band; with a
-    known ``blue`` band, the cloud spectrum is white at the blue band's bright end.
-
-    A cloud is white across the visible and near-infrared, and in blue it outshines the ground;
-    the bright end of the other bands is often ground (vegetation in the near-infrared, roofs in
-    red), so a veil of cloud over a city would not move those bands "towards the cloud".
+    """The scene's cloud and dark spectra: the bright and the dark end of every band.
 
     A cloud of opacity ``a`` moves a pixel the share ``a`` of the way to the cloud spectrum; a
     shadow moves it towards the dark spectrum (sunlight taken away, the haze's own light kept:
@@ -283,7 +273,6 @@ def scene_spectra(
         sample: (t, c, n) decimated read of the scene (``io.read.read_sample``), NaN = nodata.
         stats: (t, c, 2) scene statistics of the same sample.
         fit: (t, c, 2) from :func:`refit`, or None.
-        blue: index of the blue band (:func:`blue_band`), or None.
 
     Returns:
         (2, c) float32, cloud then dark spectrum, in the matched radiometry of :func:`screen`.
@@ -295,8 +284,6 @@ def scene_spectra(
         v = v[np.isfinite(v)]
         if v.size:
             out[:, b] = np.percentile(v, SPECTRUM_QUANTILES)
-    if blue is not None:
-        out[0] = out[0, blue]
     return out
 
 
@@ -514,8 +501,7 @@ class Clouds:
         (nm per band, None = unknown) say which band is blue."""
         stats = scene_stats(sample)
         fit = refit(sample, stats)
-        blue = blue_band(wavelengths)
-        return cls(stats, scene_spectra(sample, stats, fit, blue), fit, blue)
+        return cls(stats, scene_spectra(sample, stats, fit), fit, blue_band(wavelengths))
 
     def reach(self, n_dates: int) -> Reach:
         return Reach(input=REACH)
