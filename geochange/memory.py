@@ -22,8 +22,12 @@ measured with every date held, so up to one segment of dates the estimate is unc
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
@@ -37,6 +41,7 @@ __all__ = [
     "held_dates",
     "parse_bytes",
     "plan",
+    "release_freed",
     "segment_length",
     "task_bytes",
 ]
@@ -161,3 +166,31 @@ def plan(
                 return c, b
         c = c // 2 if c > 64 else c - 16
     return 0, 0
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed() -> None:
+    """Hand the memory freed so far back to the operating system.
+
+    glibc keeps freed blocks of its heap for reuse and, once a large array has been freed, serves
+    arrays of up to 32 MB from the heap too; a process then stays as large as its largest
+    moment. A tile's stages each free arrays of the tile's size, so without this a worker's
+    resident memory holds each stage's temporaries on top of those the stages before it left
+    behind (benchmarks/LONG_SERIES.md). The call takes milliseconds and does nothing where the
+    C library is not glibc; dask.distributed's nanny starts workers with a low
+    ``MALLOC_TRIM_THRESHOLD_`` for the same reason.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

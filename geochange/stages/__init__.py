@@ -31,6 +31,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import numpy as np
 
 from geochange.errors import InputError
+from geochange.memory import release_freed
 
 __all__ = [
     "DETECTORS",
@@ -67,7 +68,8 @@ class Block:
     """What flows through the stages of one tile.
 
     Attributes:
-        tile: (t, c, h, w) float32 reflectance as read, NaN = nodata (input stages rewrite it).
+        tile: (t, c, h, w) float32 reflectance as read, NaN = nodata (input stages rewrite it;
+            None once the network detector has normalised it into ``x``).
         halo: pixels of context around the core that the detector's input carries (the
             chain's halo without the input stages' reach).
         x: (t, c, h, w) float32 the tile normalised by the deep model's scene statistics, 0
@@ -80,7 +82,7 @@ class Block:
             float32 each; else None.
     """
 
-    tile: np.ndarray
+    tile: np.ndarray | None
     halo: int = 0
     x: np.ndarray | None = None
     valid: np.ndarray | None = None
@@ -311,6 +313,7 @@ class Chain:
         block = Block(np.asarray(tile, dtype=np.float32), halo=self.detector_halo)
         for stage in self.stages:
             stage.run(block)
+            release_freed()  # each stage's temporaries: do not stack them on the next one's
         prob, interval = block.prob, block.interval
         if block.valid is not None:
             nodata = block.valid.sum(axis=0) < 2

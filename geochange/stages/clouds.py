@@ -160,11 +160,14 @@ def _matched(
     loc, scale = stats[..., 0], stats[..., 1]
     common_loc, common_scale = np.median(loc, axis=0), np.median(scale, axis=0)
     extra = (None,) * (x.ndim - 2)
-    y = (x - loc[(..., *extra)]) / scale[(..., *extra)]
-    y = y * common_scale[(slice(None), *extra)] + common_loc[(slice(None), *extra)]
+    y = x - loc[(..., *extra)]  # then in place: one array of the tile's size
+    y /= scale[(..., *extra)]
+    y *= common_scale[(slice(None), *extra)]
+    y += common_loc[(slice(None), *extra)]
     if fit is not None:
-        y = y * fit[..., 0][(..., *extra)] + fit[..., 1][(..., *extra)]
-    return y.astype(np.float32), common_scale.astype(np.float32)
+        y *= fit[..., 0][(..., *extra)]
+        y += fit[..., 1][(..., *extra)]
+    return y.astype(np.float32, copy=False), common_scale.astype(np.float32)
 
 
 def refit(sample: np.ndarray, stats: np.ndarray, rounds: int = 2) -> np.ndarray:
@@ -354,7 +357,7 @@ def _looks(
         with warnings.catch_warnings():  # "All-NaN slice": pixels with no valid date
             warnings.simplefilter("ignore", RuntimeWarning)
             fill = np.nanmedian(y, axis=0)
-        y = np.where(np.isfinite(y), y, np.nan_to_num(fill, nan=0.0)[None])
+        np.copyto(y, np.nan_to_num(fill, nan=0.0)[None], where=~np.isfinite(y))
     cloud_spec, dark_spec = np.asarray(spectra, dtype=np.float32)[:, :, None, None]
     spread = spread[:, None, None]
     refs = _medians_of_others(y)
@@ -518,8 +521,8 @@ class Clouds:
         return screen(tile, self.stats, self.spectra, self.fit, self.blue)
 
     def run(self, block: Block) -> None:
+        flagged = self.mask(block.tile)
         tile = np.array(block.tile, dtype=np.float32)  # a copy: the tile as read stays
-        flagged = self.mask(tile)
         tile[np.broadcast_to(flagged[:, None], tile.shape)] = np.nan
         block.tile = tile
 

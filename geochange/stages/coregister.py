@@ -7,7 +7,8 @@ resampling it away lets the model look at aligned pixels.
 
 How it works:
 
-1. Read one window of every date (the centre of the grid, at most :data:`WINDOW` px square).
+1. Read one window of every date (the centre of the grid, at most :data:`WINDOW` px square),
+   one date at a time: memory does not grow with the number of dates.
 2. Phase correlation of each date against a reference date (the one with most valid pixels):
    bands standardised per date (gain and offset do not matter), Hann-windowed, the normalised
    cross-power spectrum summed over bands and smoothed by a Gaussian of :data:`PEAK_SIGMA` px,
@@ -27,6 +28,7 @@ import dataclasses
 import functools
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -65,19 +67,24 @@ class Registration:
     reference: int
 
 
-def _spectrum(img: np.ndarray) -> tuple[np.ndarray, float]:
-    """Standardised, Hann-windowed FFT of one date (c, h, w) and its valid share."""
+def _valid_share(img: np.ndarray) -> float:
+    """Share of the pixels of one date (c, h, w) valid in every band."""
+    valid = np.isfinite(img).all(axis=0)
+    return float(valid.mean()) if valid.size else 0.0
+
+
+def _spectrum(img: np.ndarray) -> np.ndarray:
+    """Standardised, Hann-windowed FFT of one date (c, h, w)."""
     img = np.asarray(img, dtype=np.float64)
     valid = np.isfinite(img).all(axis=0)
-    share = float(valid.mean()) if valid.size else 0.0
     out = np.zeros(img.shape)
-    if share > 0:
+    if valid.any():
         for b in range(img.shape[0]):
             v = img[b][valid]
             sd = float(np.std(v))
             if sd > 0:
                 out[b] = np.where(valid, (img[b] - np.median(v)) / sd, 0.0)
-    return np.fft.fft2(out * _hann(*valid.shape)), share
+    return np.fft.fft2(out * _hann(*valid.shape))
 
 
 @functools.lru_cache(maxsize=4)
@@ -131,27 +138,40 @@ def phase_correlation(
     return float(dy), float(dx), float(score)
 
 
-def estimate_shifts(x: np.ndarray, max_shift: float = MAX_SHIFT) -> Registration:
+def estimate_shifts(
+    x: np.ndarray | Callable[[int], np.ndarray], t: int | None = None, max_shift: float = MAX_SHIFT
+) -> Registration:
     """Whole-date shifts of a (t, c, h, w) array (NaN = nodata), relative to the dates' mean.
 
+    ``x`` may also be a function that returns date ``i``'s (c, h, w) window, with ``t`` the
+    number of dates: the dates are then read one at a time (twice: once for their valid share,
+    once for their spectrum), so memory holds two dates' spectra whatever the number of dates.
     Windows smaller than 32 px, dates with less than :data:`MIN_VALID` valid pixels and dates
     whose peak scores below :data:`MIN_PEAK_SCORE` get no shift.
     """
-    x = np.asarray(x)
-    t = x.shape[0]
+    if callable(x):
+        if t is None:
+            raise ValueError("estimate_shifts: t (the number of dates) is needed with a reader")
+        read = x
+    else:
+        arr = np.asarray(x)
+        t, read = arr.shape[0], arr.__getitem__
     shifts = np.zeros((t, 2))
     scores = np.zeros(t)
-    if t < 2 or min(x.shape[-2:]) < 32:
+    if t < 2:
         return Registration(shifts, scores, 0)
-    spectra = [_spectrum(x[i]) for i in range(t)]
-    shares = np.array([s for _, s in spectra])
+    first = read(0)
+    if min(first.shape[-2:]) < 32:
+        return Registration(shifts, scores, 0)
+    shares = np.array([_valid_share(first)] + [_valid_share(read(i)) for i in range(1, t)])
     ref = int(np.argmax(shares))
+    ref_spectrum = _spectrum(read(ref))
     ok = np.zeros(t, bool)
     for i in range(t):
         if i == ref:
             ok[i], scores[i] = True, np.inf
         elif shares[i] >= MIN_VALID:
-            dy, dx, score = phase_correlation(spectra[ref][0], spectra[i][0], max_shift)
+            dy, dx, score = phase_correlation(ref_spectrum, _spectrum(read(i)), max_shift)
             scores[i] = score
             if score >= MIN_PEAK_SCORE:
                 shifts[i], ok[i] = (dy, dx), True
@@ -175,7 +195,12 @@ def coregister(stack, window: int = WINDOW, max_shift: float = MAX_SHIFT):
     h, w = stack.grid.shape
     wy, wx = min(window, h), min(window, w)
     y0, x0 = (h - wy) // 2, (w - wx) // 2
-    reg = estimate_shifts(stack.window(y0, x0, wy, wx), max_shift=max_shift)
+    reader = stack.reader()
+
+    def read(i: int) -> np.ndarray:
+        return reader[i : i + 1, :, y0 : y0 + wy, x0 : x0 + wx][0]
+
+    reg = estimate_shifts(read, stack.T, max_shift=max_shift)
     for i, score in enumerate(reg.scores):
         if i != reg.reference and score < MIN_PEAK_SCORE:
             log.warning(

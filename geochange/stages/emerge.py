@@ -85,6 +85,8 @@ SHARE = 0.7
 PROBABILITY = 0.55
 #: Farthest (px) the test looks.
 REACH = max(RADII)
+#: Rows of a pair's differences voted on at a time.
+VOTE_ROWS = 16
 
 
 def usable(n_dates: int) -> bool:
@@ -119,11 +121,12 @@ def emergence(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     r = REACH
     # A pair's difference is known where both pixels lie in the window and are valid; it is
     # NaN elsewhere, as at the edge of the scene.
-    xv = np.where(valid[:, None], x, np.float32(np.nan))
     emerged = np.zeros((t - 1, h, w), np.float32)
     alike = np.zeros((t - 1, h, w), np.float32)
     c = x.shape[1]
     d = np.empty((t, h + 2 * r, w + 2 * r), np.float32)
+    e = np.empty((t - 1, *d.shape[1:]), bool)
+    a = np.empty_like(e)
     for dy, dx in _offsets():
         # The window grown by r (rows and columns -r .. h + r): each pixel p against p + o.
         d.fill(np.nan)
@@ -132,11 +135,14 @@ def emergence(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         known.fill(0.0)
         # The mean over bands of the squared difference, one band at a time (bounded memory).
         for band in range(c):
-            sq = xv[:, band, i0:i1, j0:j1] - xv[:, band, i0 + dy : i1 + dy, j0 + dx : j1 + dx]
+            sq = x[:, band, i0:i1, j0:j1] - x[:, band, i0 + dy : i1 + dy, j0 + dx : j1 + dx]
             np.square(sq, out=sq)
             known += sq
         known /= c
-        e, a = _votes(d)
+        known[~(valid[:, i0:i1, j0:j1] & valid[:, i0 + dy : i1 + dy, j0 + dx : j1 + dx])] = np.nan
+        # The votes are per pixel: taken a strip of rows at a time (bounded memory).
+        for y in range(0, d.shape[1], VOTE_ROWS):
+            e[:, y : y + VOTE_ROWS], a[:, y : y + VOTE_ROWS] = _votes(d[:, y : y + VOTE_ROWS])
         # The pair (p, p + o) read from p, and the same pair read from p + o (offset -o).
         emerged += e[:, r : r + h, r : r + w]
         alike += a[:, r : r + h, r : r + w]
@@ -150,7 +156,7 @@ def emergence(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def _votes(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per split date k = 1..t-1: (emerged, alike before) as float32 (t - 1, h, w).
+    """Per split date k = 1..t-1: (emerged, alike before) as bool (t - 1, h, w).
 
     ``d`` is (t, h, w) squared differences of a pixel pair, NaN where either is not valid.
     """
@@ -165,7 +171,7 @@ def _votes(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     alike &= np.maximum.accumulate(np.where(ok, d, np.float32(-np.inf)), axis=0)[:-1] <= APART / 2
     least_after = np.minimum.accumulate(np.where(ok, d, np.float32(np.inf))[::-1], axis=0)[::-1]
     emerged = alike & (least_after[1:] >= APART)
-    return emerged.astype(np.float32), alike.astype(np.float32)
+    return emerged, alike
 
 
 def add(

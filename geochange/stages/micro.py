@@ -147,21 +147,27 @@ def step_score(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """
     t, _, h, w = x.shape
     loc = local_contrast(x, valid)
-    # Means before and after every date from running sums: O(t) for all t - 1 splits.
-    total = np.cumsum(loc, axis=0)  # (t, c, h, w)
+    # Means before and after every date from running sums: O(t) for all t - 1 splits, one
+    # (c, h, w) sum at a time (memory does not grow with t).
+    before = loc[0].copy()  # the sum of the dates before k
+    everything = before.copy()
+    for i in range(1, t):
+        everything += loc[i]
     n = np.cumsum(valid, axis=0).astype(np.float32)  # (t, h, w)
     best = np.zeros((h, w), np.float32)
     when = np.zeros((h, w), np.int16)
     c = CONSISTENCY
     for k in range(1, t):
+        if k > 1:
+            before += loc[k - 1]
         n_b, n_a = n[k - 1], n[-1] - n[k - 1]
         # One date after the change is enough only on the series' last date: a one-date blip
         # on the last *valid* date (the dates after it masked) must not pass for a lasting step.
         ok = (n_b >= MIN_BEFORE) & (n_a >= (MIN_AFTER_LAST if k == t - 1 else MIN_AFTER))
         if not ok.any():
             continue
-        b = total[k - 1] / np.maximum(n_b, 1.0)  # (c, h, w)
-        s = (total[-1] - total[k - 1]) / np.maximum(n_a, 1.0) - b
+        b = before / np.maximum(n_b, 1.0)  # (c, h, w)
+        s = (everything - before) / np.maximum(n_a, 1.0) - b
         size = np.sqrt((s * s).sum(axis=0))
         u = s / np.maximum(size, 1e-9)
         # Every date's contrast along the step's direction, from the mean before.

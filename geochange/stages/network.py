@@ -257,6 +257,7 @@ class ModelDetector:
         """Set the block's normalised input, validity, probability and interval; sub-tiles
         carry ``block.halo`` px of context (the context the chain's later stages need)."""
         block.x, block.valid = self._normalised(block.tile)
+        block.tile = None  # later stages read x: the cloud screen's masked copy can go
         block.prob, block.interval, *later = self._infer(block.x, block.valid, block.halo)
         if later:
             block.next_events = (later[0], later[1])
@@ -297,8 +298,7 @@ class ModelDetector:
         for items in groups.values():
             for k in range(0, len(items), self.batch_size):
                 batch = items[k : k + self.batch_size]
-                xs = np.stack([x[(..., *read)] for read, _, _ in batch])
-                vs = np.stack([valid[(..., *read)] for read, _, _ in batch])
+                xs, vs = (_batched([a[(..., *read)] for read, _, _ in batch]) for a in (x, valid))
                 results = self._forward(xs, vs)
                 for i, (_, crop, write) in enumerate(batch):
                     for array, result in zip(out, results):
@@ -379,6 +379,14 @@ class ModelDetector:
         return probs, found
 
 
+def _batched(arrays: list[np.ndarray]) -> np.ndarray:
+    """The arrays stacked on a new first axis; one contiguous array is not copied (a tile run
+    as one sub-tile keeps one copy of its series in memory, not two)."""
+    if len(arrays) == 1:
+        return np.ascontiguousarray(arrays[0])[None]
+    return np.stack(arrays)
+
+
 def last_date_reference(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The last-date check's reference look of the dates before the last.
 
@@ -402,13 +410,16 @@ def last_date_reference(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Ten
     chosen = before & (rank <= LAST_REFERENCE_DATES)
     if not bool(chosen.sum(dim=1).max() >= LAST_REFERENCE_DATES):
         return prev, ref_valid
-    # Only dates from the earliest one any pixel chose can hold a chosen look.
-    first = int(chosen.any(dim=(0, 2, 3)).to(torch.int8).argmax())
-    window, chosen = x[:, first : t - 1], chosen[:, first:]
-    pick = chosen[:, :, None].expand_as(window)
-    med = torch.nanmedian(torch.where(pick, window, torch.full_like(window, float("nan"))), dim=1)
+    # Each pixel's chosen looks gathered (the date of rank k, for k = 1..LAST_REFERENCE_DATES),
+    # not the series masked: memory does not grow with t.
+    looks = []
+    for k in range(1, LAST_REFERENCE_DATES + 1):
+        at = (chosen & (rank == k)).to(torch.int8).argmax(dim=1)  # (b, h, w)
+        index = at[:, None, None].expand(-1, 1, x.shape[2], -1, -1)
+        looks.append(torch.gather(x, 1, index)[:, 0])
+    med = torch.median(torch.stack(looks, dim=1), dim=1).values
     enough = (chosen.sum(dim=1) >= LAST_REFERENCE_DATES)[:, None]
-    return torch.where(enough, med.values, prev), ref_valid
+    return torch.where(enough, med, prev), ref_valid
 
 
 def last_date_only(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -421,8 +432,10 @@ def last_date_only(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """
     t = x.shape[1]
     depart = (x[:, -1] - ref).abs().mean(dim=1)
-    steps = (x[:, 1 : t - 1] - x[:, : t - 2]).abs().mean(dim=2)  # (b, t-2, h, w)
-    return depart >= STABLE_RATIO * steps.amax(dim=1)
+    largest = torch.zeros_like(depart)
+    for i in range(1, t - 1):  # one date at a time: memory does not grow with t
+        largest = torch.maximum(largest, (x[:, i] - x[:, i - 1]).abs().mean(dim=1))
+    return depart >= STABLE_RATIO * largest
 
 
 def combine_last_date(

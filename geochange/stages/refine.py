@@ -44,6 +44,8 @@ SIGMA = 0.25
 ITERATIONS = 1
 #: Farthest (px) the refinement looks: the halo it adds to a tile.
 REACH = RADIUS * ITERATIONS
+#: Bands of the series (dates x bands) the pairs' likeness is summed over at a time.
+GUIDE_CHUNK = 64
 
 
 def refine(
@@ -93,18 +95,27 @@ def _refine(
     # Edge padding: outside the window a pixel's neighbour is the nearest pixel inside it.
     # Padded by 2r, so that the likeness of p and p + o, taken over the window grown by r,
     # also gives that of p and p - o: each pair of offsets costs one pass over the bands.
-    g_pad = np.pad(guide, ((0, 0), (2 * r, 2 * r), (2 * r, 2 * r)), mode="edge")
     u_pad = np.pad(usable, r, mode="edge")
-    grown = g_pad[:, r : r + h + 2 * r, r : r + w + 2 * r]  # the window grown by r
-    likeness = {(0, 0): np.ones((h, w), np.float32)}
-    for dy in range(0, r + 1):
-        for dx in range(-r, r + 1):
-            if (dy, dx) <= (0, 0):
-                continue
+    halves = [(dy, dx) for dy in range(0, r + 1) for dx in range(-r, r + 1) if (dy, dx) > (0, 0)]
+    # The sum over bands and dates of the squared difference of each pair, a few dates at a
+    # time (memory does not grow with t), summed in the same order as one sum over all.
+    sums: dict[tuple[int, int], np.ndarray] = {}
+    for start in range(0, guide.shape[0], GUIDE_CHUNK):
+        g_pad = np.pad(
+            guide[start : start + GUIDE_CHUNK], ((0, 0), (2 * r, 2 * r), (2 * r, 2 * r)), "edge"
+        )
+        grown = g_pad[:, r : r + h + 2 * r, r : r + w + 2 * r]  # the window grown by r
+        for dy, dx in halves:
             other = g_pad[:, r + dy : r + dy + h + 2 * r, r + dx : r + dx + w + 2 * r]
-            like = np.exp(-np.mean((grown - other) ** 2, axis=0) / (2.0 * sigma * sigma))
-            likeness[(dy, dx)] = like[r : r + h, r : r + w]
-            likeness[(-dy, -dx)] = like[r - dy : r - dy + h, r - dx : r - dx + w]
+            sq = (grown - other) ** 2
+            if start:
+                sq = np.concatenate([sums[(dy, dx)][None], sq])
+            sums[(dy, dx)] = np.add.reduce(sq, axis=0)
+    likeness = {(0, 0): np.ones((h, w), np.float32)}
+    for dy, dx in halves:
+        like = np.exp(-(sums[(dy, dx)] / guide.shape[0]) / (2.0 * sigma * sigma))
+        likeness[(dy, dx)] = like[r : r + h, r : r + w]
+        likeness[(-dy, -dx)] = like[r - dy : r - dy + h, r - dx : r - dx + w]
     offsets = sorted(likeness)
     weights = np.empty((len(offsets), h, w), np.float32)
     for n, (dy, dx) in enumerate(offsets):
