@@ -105,3 +105,26 @@ def test_training_scenes_move_cloud_masks_with_their_dates(coreg):
                                    rtol=0.05)  # fmt: skip
     else:
         assert (cols.min(), cols.max()) == (20, 29)
+
+
+def test_coregistration_memory_does_not_grow_with_the_number_of_dates(tmp_path):
+    """The window of every date is read and correlated one date at a time: holding every
+    date's spectrum (16 bytes a value) would take the whole series several times over."""
+    import tracemalloc
+
+    t, size = 40, 128
+    truth = np.zeros((t, 2))
+    truth[::3] = (1.0, -0.5)
+    x = np.clip(_shifted_series(truth, size=size), 1, 65535).astype(np.uint16)
+    dates = [f"{2020 + i // 12}-{i % 12 + 1:02d}-15" for i in range(t)]
+    write_stack(tmp_path / "s", x, dates, nodata=0)
+    stack = open_stack(tmp_path / "s")
+    one_date = 4 * size * size * 16  # one date's spectrum, complex128
+    tracemalloc.start()
+    try:
+        reg = coregister(stack)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(reg.shifts, -(truth - truth.mean(axis=0)), atol=0.1)
+    assert peak < 8 * one_date, f"peak {peak / 1e6:.1f} MB for {t} dates"
