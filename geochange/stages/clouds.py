@@ -388,7 +388,7 @@ def _looks(
     for i in range(t):
         where = odd[i]  # elsewhere nothing is flagged: no need to ask
         if where.any():
-            state = _state(y[:, :, where], i, sizes[i][where], ~nodata[:, where], odd[:, where])
+            state = _state(y, where, i, sizes[i][where], ~nodata[:, where], odd[:, where])
             for flags in (cloudy, fringe, dim):
                 flags[i][where] &= ~state
     return cloudy, fringe, dim, nodata
@@ -420,28 +420,32 @@ def _along(d: np.ndarray, towards: np.ndarray, size: np.ndarray) -> tuple[np.nda
 
 
 def _state(
-    y: np.ndarray, i: int, size: np.ndarray, valid: np.ndarray, odd: np.ndarray
+    y: np.ndarray, where: np.ndarray, i: int, size: np.ndarray, valid: np.ndarray, odd: np.ndarray
 ) -> np.ndarray:
-    """True where date ``i``'s look is a state of the ground, not a passing cloud; ``y`` is
-    (t, c, ...), the others and the result (...) or (t, ...).
+    """True where date ``i``'s look is a state of the ground, not a passing cloud, at the
+    pixels ``where`` (h, w) of ``y`` (t, c, h, w); ``size``, ``valid`` (t, n), ``odd`` (t, n)
+    and the result (n,) are of those pixels.
 
     A state is shared by other valid dates (within ``PERSIST`` of the change's size): the dates
     of the same look, walking away from ``i``, reach the start or the end of the series, or
     number ``STATE_DATES``. The walk steps over a date that looks different and is itself odd
     (``odd``: cloud- or shadow-like there), so a new roof stays a state when a cloud covers it
-    on the last date, while one cloud seen on two neighbouring dates does not become one.
+    on the last date, while one cloud seen on two neighbouring dates does not become one. A
+    pixel's walk stops once it is decided (``STATE_DATES`` looks found), so a walk costs the
+    dates it needs, not the series.
     """
     tol = PERSIST * size
-    count = np.ones(y.shape[2:], dtype=np.int16)
-    ends = np.zeros(y.shape[2:], dtype=bool)
+    look = y[i][:, where]
+    count = np.ones(look.shape[1:], dtype=np.int16)
+    ends = np.zeros(look.shape[1:], dtype=bool)
     for order in (range(i - 1, -1, -1), range(i + 1, y.shape[0])):
-        unbroken = np.ones_like(ends)
+        unbroken = count < STATE_DATES
         for u in order:
-            same = np.sqrt(((y[u] - y[i]) ** 2).sum(axis=0)) < tol
-            count += unbroken & valid[u] & same
-            unbroken &= ~valid[u] | same | odd[u]
             if not unbroken.any():
                 break
+            same = np.sqrt(((y[u][:, where] - look) ** 2).sum(axis=0)) < tol
+            count += unbroken & valid[u] & same
+            unbroken &= (~valid[u] | same | odd[u]) & (count < STATE_DATES)
         ends |= unbroken
     return (count >= 2) & (ends | (count >= STATE_DATES))
 
