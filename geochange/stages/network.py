@@ -20,6 +20,17 @@ series' probability of a change on the last date; it never lowers anything: wher
 is stable, more dates never make a last-date change less likely than a pair would. Where the pair decides, the change
 date is the last date (``later_dates`` 0 in the polygons: a later date should confirm it).
 
+**The check around the change.** The network learned series of 2-10 dates. Over many more dates
+its recurrent states drift for some stable ground: a bare-soil patch of a synthetic 96-date
+series that every 10- or 20-date part of the series calls stable (probability 0.01-0.03) gets
+0.87 from the whole series. So in a series longer than 2 x :data:`AROUND_DATES` dates the
+network also judges each pixel on the dates around its change alone (the :data:`AROUND_DATES`
+dates before the date the change is first seen and as many from it on; the other dates invalid,
+so they neither show a change nor carry a state), and the pixel's probability is the lower of
+the two: a change must be seen in the series the network knows how to read. The last-date check
+then works on that probability as before. Up to 2 x :data:`AROUND_DATES` dates nothing changes;
+longer series cost one more pass of the network.
+
 **The events after the first.** The network learned series with one change, so one pass gives
 each pixel one event: its most likely date. With ``next_events`` > 0 (a long series run whole
 when the run shows more than the first event, see :mod:`geochange.stages.windows`) the detector
@@ -56,6 +67,7 @@ from geochange.stages import Block, Context, Reach
 from geochange.tiling import Window, windows
 
 __all__ = [
+    "AROUND_DATES",
     "LAST_REFERENCE_DATES",
     "STABLE_RATIO",
     "Device",
@@ -76,6 +88,9 @@ Device = Literal["auto", "cpu", "cuda"]
 #: a cloud on one of them is outvoted and a change two or more dates before the last is in the
 #: reference already (its series date stands).
 LAST_REFERENCE_DATES = 3
+#: The check around the change (module notes) judges a pixel on this many dates before the date
+#: its change is first seen and as many from it on; it runs on series longer than twice this.
+AROUND_DATES = 10
 #: The last-date check counts only where the last date departs from the reference at least this
 #: many times as far as the largest step between consecutive looks before it (band-mean absolute
 #: difference of the normalised bands): the evidence is on the last date alone. A pixel whose
@@ -151,6 +166,9 @@ class ModelDetector:
             a model that uses them (see ``Stack.wavelengths``); None = all unknown.
         last_date_check: with 3+ dates, also run the network on (reference of the dates
             before the last, last date) and let it raise a last-date change (module notes).
+        around_check: in a series longer than 2 x :data:`AROUND_DATES` dates, also judge each
+            pixel on the dates around its change alone and keep the lower probability (module
+            notes).
         next_events: further events to look for after each pixel's first (module notes): the
             block then also carries their probabilities and date indices
             (:attr:`~geochange.stages.Block.next_events`). 0 = none.
@@ -174,8 +192,10 @@ class ModelDetector:
         last_date_check: bool = True,
         next_events: int = 0,
         next_from: float = 0.5,
+        around_check: bool = True,
     ) -> None:
         self.last_date_check = bool(last_date_check)
+        self.around_check = bool(around_check)
         self.next_events = int(next_events)
         self.next_from = float(next_from)
         self.stats = np.asarray(stats, dtype=np.float32)
@@ -232,6 +252,7 @@ class ModelDetector:
             self.amp,
             self.calibration,
             self.last_date_check,
+            self.around_check,
             self.next_events,
             self.next_from,
         )
@@ -250,6 +271,7 @@ class ModelDetector:
             "amp": self.amp,
             "calibration": list(self.calibration),
             "last_date_check": self.last_date_check,
+            "around_check": self.around_check,
             "next_events": self.next_events,
         }
 
@@ -329,10 +351,17 @@ class ModelDetector:
         self, x: torch.Tensor, v: torch.Tensor, wl: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(b, h, w) each: the change probability and most likely interval of a series, with
-        the last-date check (module notes)."""
+        the check around the change and the last-date check (module notes)."""
         change, intervals = self.net(x, v, wl)
         scale, bias = self.calibration
         prob = torch.sigmoid(change.float() * scale + bias)
+        t = x.shape[1]
+        if self.around_check and t > 2 * AROUND_DATES:
+            seen = intervals.float().argmax(dim=1)[:, None] + 1  # the date the change is seen
+            dates = torch.arange(t, device=x.device)[None, :, None, None]
+            near = (dates >= seen - AROUND_DATES) & (dates < seen + AROUND_DATES)
+            around, _ = self.net(x, v & near, wl)
+            prob = torch.minimum(prob, torch.sigmoid(around.float() * scale + bias))
         if not (self.last_date_check and x.shape[1] >= 3):
             return prob, intervals.float().argmax(dim=1).to(torch.float32)
         ref, ref_valid = last_date_reference(x, v)
