@@ -12,7 +12,8 @@ import torch
 from geochange.errors import ModelError
 from geochange.model import CNNLSTM, DEFAULT_MODEL_PATH, save_model
 from geochange.robust import scene_stats
-from geochange.stages.network import ModelDetector, model_detector
+from geochange.stages.network import AROUND_DATES, ModelDetector, model_detector
+from geochange.synth import make_scene
 from geochange.tiling import overlap_map
 
 torch.set_num_threads(1)
@@ -221,3 +222,27 @@ def test_combine_last_date_by_hand() -> None:
     # pixel 2: the pair is below the series: unchanged, the series' own date
     np.testing.assert_allclose(out[0, 0].numpy(), [0.724, 0.9905, 0.2], atol=1e-5)
     assert k[0, 0].tolist() == [2.0, 0.0, 0.0]
+
+
+def test_a_long_series_change_must_show_in_the_dates_around_it() -> None:
+    """Over 20 dates the network also judges each pixel on the 20 dates around its change alone
+    and keeps the lower probability: false changes of a 48-date synthetic series drop, true ones
+    stay; up to 20 dates the check does not run (same values bit for bit)."""
+    scene = make_scene(64, dates=48, bands=4, seed=42, nuisance="medium", events=2)
+    tile = np.where(scene.images == 0, np.nan, scene.images.astype(np.float32))
+    ref = (scene.events > 0).any(axis=0)
+
+    def flagged(t: int, check: bool) -> np.ndarray:
+        stats = scene_stats(tile[:t].reshape(t, tile.shape[1], -1))
+        det = ModelDetector(None, stats, wavelengths=scene.band_wavelengths, around_check=check)
+        return det(tile[:t])[0]
+
+    whole, checked = flagged(48, False), flagged(48, True)
+    assert (np.nan_to_num(checked) <= np.nan_to_num(whole)).all()
+    fp = [int(((np.nan_to_num(p) >= 0.5) & ~ref).sum()) for p in (whole, checked)]
+    tp = [int(((np.nan_to_num(p) >= 0.5) & ref).sum()) for p in (whole, checked)]
+    assert tp[0] > 150 and fp[0] > 50
+    assert fp[1] <= 0.85 * fp[0], fp
+    assert tp[1] >= 0.95 * tp[0], tp
+    t = 2 * AROUND_DATES
+    np.testing.assert_array_equal(flagged(t, True), flagged(t, False))
