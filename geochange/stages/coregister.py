@@ -139,7 +139,10 @@ def phase_correlation(
 
 
 def estimate_shifts(
-    x: np.ndarray | Callable[[int], np.ndarray], t: int | None = None, max_shift: float = MAX_SHIFT
+    x: np.ndarray | Callable[[int], np.ndarray],
+    max_shift: float = MAX_SHIFT,
+    *,
+    t: int | None = None,
 ) -> Registration:
     """Whole-date shifts of a (t, c, h, w) array (NaN = nodata), relative to the dates' mean.
 
@@ -200,7 +203,7 @@ def coregister(stack, window: int = WINDOW, max_shift: float = MAX_SHIFT):
     def read(i: int) -> np.ndarray:
         return reader[i : i + 1, :, y0 : y0 + wy, x0 : x0 + wx][0]
 
-    reg = estimate_shifts(read, stack.T, max_shift=max_shift)
+    reg = estimate_shifts(read, max_shift, t=stack.T)
     for i, score in enumerate(reg.scores):
         if i != reg.reference and score < MIN_PEAK_SCORE:
             log.warning(
