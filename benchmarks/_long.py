@@ -26,6 +26,8 @@ from scipy import ndimage
 
 START = dt.date(2019, 1, 10)
 CLOUDY_SHARE = 0.2
+#: A pixel counts as veiled at this opacity of its date's veil or more (the report's column).
+VEILED_OPACITY = 0.3
 
 
 def long_dates(rng: np.random.Generator, n: int) -> list[dt.date]:
@@ -59,7 +61,8 @@ def make_long_series(
     seed: int,
     wavelengths: Sequence[float] | None = None,
 ) -> tuple[list[np.ndarray], list[dt.date], int]:
-    """``n_dates`` images (c, h, w) in the source dtype, their dates and the change date ``k``."""
+    """``n_dates`` images (c, h, w) in the source dtype, their dates, the change date ``k`` and
+    each date's veiled share of the scene (opacity at least :data:`VEILED_OPACITY`)."""
     rng = np.random.default_rng(seed)
     dates = long_dates(rng, n_dates)
     k = int(rng.integers(max(1, n_dates // 5), n_dates - max(1, n_dates // 5)))
@@ -69,7 +72,7 @@ def make_long_series(
     phase = rng.uniform(-20, 20)
     info = np.iinfo(t0.dtype) if np.issubdtype(t0.dtype, np.integer) else None
     bright = float(np.percentile(np.asarray(t1, np.float32), 99))
-    out = []
+    out, veiled = [], []
     for img, d in zip(base, dates):
         doy = d.timetuple().tm_yday
         season = np.sin(2 * np.pi * (doy - 110 + phase) / 365.25)  # peaks in late summer
@@ -77,7 +80,10 @@ def make_long_series(
         if rng.random() < CLOUDY_SHARE:
             a = _blob(rng, h, w) * rng.uniform(0.6, 0.95)
             y = y * (1 - a) + a * bright * rng.uniform(0.9, 1.2)
+            veiled.append(float((a >= VEILED_OPACITY).mean()))
+        else:
+            veiled.append(0.0)
         if info is not None:
             y = np.clip(np.rint(y), max(info.min, 1), info.max)
         out.append(y.astype(t0.dtype))
-    return out, dates, k
+    return out, dates, k, veiled

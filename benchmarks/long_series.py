@@ -26,7 +26,10 @@ Columns: precision, recall and F1 of the change class (any event); event-date ex
 first event's date equals the reference's first date, on true positives); events-per-pixel
 accuracy (the number of events found equals the reference's, on reference-changed pixels);
 wall and CPU seconds (per date too) and the peak resident memory of the run's process (each run
-is its own process, started fresh). The real samples are read from ../shared and never copied.
+is its own process, started fresh); per run, the share of the scene under a cloud veil on the
+last date (semi-synthetic: a veil there is the last-date ambiguity between a cloud and a new
+bright surface, see the cloud screen's step 6). The real samples are read from ../shared and
+never copied.
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ def run_one(folder: Path, window: int, memory_limit: str | None = None) -> dict[
         "windows": len(res.run.get("windows") or [[0, stack.T]]),
         "window_len": int(np.diff((res.run.get("windows") or [[0, stack.T]])[0])[0]),
         "halo": int(res.run["halo"]),
+        # The share of the scene under a cloud veil on the last date (semi-synthetic series).
+        "last_veiled": float(truth["veiled"][-1]) if "veiled" in truth else None,
     }
 
 
@@ -130,14 +135,16 @@ def semi(tmp: Path, sample: Path, crop: int, n_dates: int, seed: int) -> Path:
     t0, t1, label, grid = C._load(sample, crop)
     wl = C.SENSOR_WAVELENGTHS.get(sample.name.split("_")[0])
     wl = wl if wl is not None and len(wl) == t0.shape[0] else None
-    images, dates, k = L.make_long_series(t0, t1, n_dates=n_dates, seed=seed, wavelengths=wl)
+    images, dates, k, veiled = L.make_long_series(
+        t0, t1, n_dates=n_dates, seed=seed, wavelengths=wl
+    )
     folder = tmp / f"semi_{sample.name}_{n_dates}"
     S.write_series(
         images, [d.isoformat() for d in dates], folder / "stack", name=sample.name, grid=grid,
         wavelengths=wl,
     )  # fmt: skip
     events = np.where(label == 1, k, 0).astype(np.uint8)[None]
-    np.savez(folder / "truth.npz", events=events, labelled=label != 255)
+    np.savez(folder / "truth.npz", events=events, labelled=label != 255, veiled=veiled)
     return folder
 
 
@@ -254,12 +261,15 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -
             C.fmt(_ratio(r["tp"], r["tp"] + r["fp"])),
             C.fmt(_ratio(2 * r["tp"], 2 * r["tp"] + r["fp"] + r["fn"])),
             f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", f"{r['rss_bytes'] / 1e9:.2f}",
+            "–" if r.get("last_veiled") is None else f"{100 * r['last_veiled']:.1f}",
         ]
         for r in rows
     ]  # fmt: skip
     lines += C.md_table(
-        ["group", "scene", "T", "run as", "precision", "F1", "wall s", "CPU s", "peak RSS GB"], per
-    )
+        ["group", "scene", "T", "run as", "precision", "F1", "wall s", "CPU s", "peak RSS GB",
+         "last date veiled %"],
+        per,
+    )  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
