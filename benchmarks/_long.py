@@ -60,7 +60,7 @@ def make_long_series(
     n_dates: int,
     seed: int,
     wavelengths: Sequence[float] | None = None,
-) -> tuple[list[np.ndarray], list[dt.date], int]:
+) -> tuple[list[np.ndarray], list[dt.date], int, list[float]]:
     """``n_dates`` images (c, h, w) in the source dtype, their dates, the change date ``k`` and
     each date's veiled share of the scene (opacity at least :data:`VEILED_OPACITY`)."""
     rng = np.random.default_rng(seed)
