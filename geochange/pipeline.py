@@ -290,6 +290,8 @@ def _run(
         config = dataclasses.replace(config, threshold=float(own) if own is not None else 0.5)
     if is_windowed:
         chain.threshold = float(config.threshold)
+    # Each task reads its own tile from the files: the stages may overwrite it in place.
+    chain.overwrite_input = True
     halo = int(chain.halo)
     chunk_size = plan_memory(stack, config, runtime, chain, is_windowed)
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk_size, halo)

@@ -366,6 +366,24 @@ def test_normalize_any_dtype(dtype) -> None:
     np.testing.assert_allclose(x[0], x[1], atol=0.35)
 
 
+def test_normalize_in_place_gives_the_same_values() -> None:
+    rng = np.random.default_rng(3)
+    tile = rng.gamma(4.0, 300.0, size=(5, 3, 16, 16)).astype(np.float32)
+    tile[1, 2, 4:6, 4:6] = np.nan
+    tile[0, :, 9, 9] = np.nan
+    stats = scene_stats(tile.reshape(5, 3, -1))
+    x, valid = normalize.apply(tile.copy(), stats)
+    work = tile.copy()
+    x2, valid2 = normalize.apply(work, stats, in_place=True)
+    assert np.shares_memory(x2, work)
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(valid2, valid)
+    # Not float32: a copy, the input untouched.
+    as_int = np.nan_to_num(tile).astype(np.uint16)
+    x3, _ = normalize.apply(as_int, stats, in_place=True)
+    assert not np.shares_memory(x3, as_int)
+
+
 def test_normalize_constant_band_and_empty_date() -> None:
     sample = np.full((2, 2, 50), 7.0, np.float32)
     sample[1] = np.nan

@@ -76,6 +76,27 @@ def test_stage_contract(spec, scene, tiny_model) -> None:
     assert dask.base.tokenize(again) == dask.base.tokenize(chain)
 
 
+def test_a_tile_given_stays_unless_handed_over(scene, tiny_model) -> None:
+    # The cloud screen and the network's normalisation would otherwise rewrite it in place.
+    context = Context(model=str(tiny_model), device="cpu")
+    chain = build_chain(scene.reshape(*scene.shape[:2], -1), "cnn-lstm", set(), context)
+    assert {"clouds", "cnn-lstm"} <= set(chain.names)
+    cloudy = scene.copy()
+    cloudy[2, :, 5:25, 50:80] = np.nanmax(scene) * 1.5  # a bright veil the screen masks
+    given = cloudy.copy()
+    kept = chain(given)
+    np.testing.assert_array_equal(given, cloudy)
+    assert not pickle.loads(pickle.dumps(chain)).overwrite_input
+    # Handed over (as a run's tasks do with the tile each reads), the same result, no copies.
+    handed = cloudy.copy()
+    np.testing.assert_array_equal(chain(handed, overwrite=True), kept)
+    assert not np.array_equal(handed, cloudy, equal_nan=True)
+    chain.overwrite_input = True
+    handed = cloudy.copy()
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(chain))(handed), kept)
+    assert not np.array_equal(handed, cloudy, equal_nan=True)
+
+
 PASSES = [s for s in STAGES if s.role != "detector"]
 
 

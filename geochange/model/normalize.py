@@ -22,7 +22,9 @@ __all__ = ["CLIP", "apply"]
 CLIP = 6.0
 
 
-def apply(tile: np.ndarray, stats: np.ndarray, clip: float = CLIP) -> tuple[np.ndarray, np.ndarray]:
+def apply(
+    tile: np.ndarray, stats: np.ndarray, clip: float = CLIP, in_place: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Standardise a tile with scene statistics and fill nodata along time.
 
     Args:
@@ -30,12 +32,14 @@ def apply(tile: np.ndarray, stats: np.ndarray, clip: float = CLIP) -> tuple[np.n
             on a date when any of its bands is not finite.
         stats: (t, c, 2) from :func:`geochange.robust.scene_stats` for the same dates and bands.
         clip: standardised values are clipped to [-clip, clip].
+        in_place: a float32 ``tile`` becomes ``x`` (no copy of the series; the same values).
 
     Returns:
         ``x`` (t, c, h, w) float32, standardised, clipped and NaN-free (nodata carried forward
         from the previous valid date, leading nodata backward from the first valid date, 0 where
         no date is valid) and ``valid`` (t, h, w) bool.
     """
+    source = tile
     tile = np.asarray(tile, dtype=np.float32)
     stats = np.asarray(stats, dtype=np.float32)
     if tile.ndim != 4:
@@ -46,7 +50,12 @@ def apply(tile: np.ndarray, stats: np.ndarray, clip: float = CLIP) -> tuple[np.n
             "(dates, bands); compute them with scene_stats on a sample of the same stack"
         )
     valid = np.isfinite(tile).all(axis=1)
-    x = (tile - stats[..., 0, None, None]) / stats[..., 1, None, None]
+    if in_place and tile is source:
+        x = np.subtract(tile, stats[..., 0, None, None], out=tile)
+        np.divide(x, stats[..., 1, None, None], out=x)
+    else:
+        x = (tile - stats[..., 0, None, None]) / stats[..., 1, None, None]
+    del source, tile
     np.clip(x, -clip, clip, out=x)
     t = x.shape[0]
     inv = ~valid[:, None]  # (t, 1, h, w)

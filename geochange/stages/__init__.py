@@ -70,6 +70,9 @@ class Block:
     Attributes:
         tile: (t, c, h, w) float32 reflectance as read, NaN = nodata (input stages rewrite it;
             None once the network detector has normalised it into ``x``).
+        owned: the stages may overwrite ``tile`` in place: it was read for this block alone
+            (else an input stage that rewrites it works on a copy, and the tile as given
+            stays as it was).
         halo: pixels of context around the core that the detector's input carries (the
             chain's halo without the input stages' reach).
         x: (t, c, h, w) float32 the tile normalised by the deep model's scene statistics, 0
@@ -84,6 +87,7 @@ class Block:
 
     tile: np.ndarray | None
     halo: int = 0
+    owned: bool = False
     x: np.ndarray | None = None
     valid: np.ndarray | None = None
     prob: np.ndarray | None = None
@@ -228,7 +232,15 @@ class Chain:
         n_dates: number of dates of the stack (the reach of some stages grows with it).
         stack_stages: names and parameters of the stack stages that were applied before
             tiling (for the ``runs`` record).
+
+    Attributes:
+        overwrite_input: the tiles the chain is given are read for it alone, and its stages may
+            overwrite them in place (the cloud screen and the network's normalisation then make
+            no copies of the series). False (the default): a tile given stays as it was. A
+            detection run sets it: each of its tasks reads its own tile from the files.
     """
+
+    overwrite_input: bool = False
 
     def __init__(
         self,
@@ -309,8 +321,19 @@ class Chain:
 
         return ("Chain", self.n_dates, tuple(tokenize(s) for s in self.stages))
 
-    def __call__(self, tile: np.ndarray) -> np.ndarray:
-        block = Block(np.asarray(tile, dtype=np.float32), halo=self.detector_halo)
+    def __call__(self, tile: np.ndarray, overwrite: bool | None = None) -> np.ndarray:
+        """The chain on one tile; ``overwrite`` (default :attr:`overwrite_input`): its stages
+        may overwrite ``tile`` in place."""
+        data = np.asarray(tile, dtype=np.float32)
+        if overwrite is None:
+            overwrite = self.overwrite_input
+        # A copy made here (another dtype) is the chain's own.
+        owned = bool(overwrite) or (
+            isinstance(tile, np.ndarray) and not np.may_share_memory(data, tile)
+        )
+        del tile  # the block holds it now
+        block = Block(data, halo=self.detector_halo, owned=owned)
+        del data
         for stage in self.stages:
             stage.run(block)
             release_freed()  # each stage's temporaries: do not stack them on the next one's

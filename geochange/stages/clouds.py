@@ -526,9 +526,9 @@ class Clouds:
 
     def run(self, block: Block) -> None:
         flagged = self.mask(block.tile)
-        tile = np.array(block.tile, dtype=np.float32)  # a copy: the tile as read stays
-        tile[np.broadcast_to(flagged[:, None], tile.shape)] = np.nan
-        block.tile = tile
+        if not block.owned:  # a copy: the tile as given stays
+            block.tile, block.owned = np.array(block.tile, dtype=np.float32), True
+        block.tile[np.broadcast_to(flagged[:, None], block.tile.shape)] = np.nan
 
 
 def fit(sample: np.ndarray, context: Context, name: str = "clouds") -> Clouds | None:

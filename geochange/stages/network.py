@@ -278,8 +278,9 @@ class ModelDetector:
     def run(self, block: Block) -> None:
         """Set the block's normalised input, validity, probability and interval; sub-tiles
         carry ``block.halo`` px of context (the context the chain's later stages need)."""
-        block.x, block.valid = self._normalised(block.tile)
-        block.tile = None  # later stages read x: the cloud screen's masked copy can go
+        # A tile the block owns becomes x (no copy); later stages read x only.
+        block.x, block.valid = self._normalised(block.tile, in_place=block.owned)
+        block.tile = None
         block.prob, block.interval, *later = self._infer(block.x, block.valid, block.halo)
         if later:
             block.next_events = (later[0], later[1])
@@ -294,7 +295,9 @@ class ModelDetector:
         interval[nodata] = np.nan
         return np.stack([prob, interval])
 
-    def _normalised(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _normalised(
+        self, tile: np.ndarray, in_place: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         tile = np.asarray(tile, dtype=np.float32)
         if tile.ndim != 4 or tile.shape[:2] != self.stats.shape[:2]:
             raise ModelError(
@@ -303,7 +306,7 @@ class ModelDetector:
             )
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))
-        return apply(tile, self.stats)
+        return apply(tile, self.stats, in_place=in_place)
 
     def _infer(self, x: np.ndarray, valid: np.ndarray, halo: int) -> tuple[np.ndarray, ...]:
         """(prob, interval) of a normalised tile, in sub-tiles of ``tile_size`` px with a halo

@@ -47,7 +47,14 @@ class WindowedChain:
         next_events: one window over the whole series only: its chain also reports this many
             events after each pixel's first (its detector's ``next_events``); the slots are
             then the first event and each next one, in time order.
+
+    Attributes:
+        overwrite_input: the tiles it is given are read for it alone (see
+            :attr:`geochange.stages.Chain.overwrite_input`): each window's dates as read go to
+            its chain to overwrite. False (the default): a tile given stays as it was.
     """
+
+    overwrite_input: bool = False
 
     def __init__(
         self,
@@ -147,7 +154,7 @@ class WindowedChain:
             return self._whole(tile)
         probs, dates = [], []
         for (a, b), chain in zip(self.windows, self.chains):
-            out = chain(np.asarray(tile[a:b], dtype=np.float32))
+            out = chain(np.asarray(tile[a:b], dtype=np.float32), self.overwrite_input)
             # Judged as stored (steps of 1/254), like a one-window run's probability.
             probs.append(quantised(out[0]))
             dates.append(out[1] + np.float32(1 + a))
@@ -158,7 +165,7 @@ class WindowedChain:
 
     def _whole(self, tile: Any) -> np.ndarray:
         """One window over the series: the first event and the next ones, slot by slot."""
-        out = self.chains[0](np.asarray(tile, dtype=np.float32))
+        out = self.chains[0](np.asarray(tile, dtype=np.float32), self.overwrite_input)
         n = 1 + self.next_events
         probs = quantised(np.concatenate([out[:1], out[2 : 1 + n]]))  # judged as stored
         dates = np.concatenate([out[1:2] + np.float32(1), out[1 + n :]])
