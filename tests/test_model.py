@@ -382,6 +382,15 @@ def test_normalize_in_place_gives_the_same_values() -> None:
     as_int = np.nan_to_num(tile).astype(np.uint16)
     x3, _ = normalize.apply(as_int, stats, in_place=True)
     assert not np.shares_memory(x3, as_int)
+    # In torch (what a GPU runs), on the tensor given: the same values bit for bit.
+    tile[2, 0, 1, 1] = np.inf
+    tile[:, :, 12, 3] = np.nan  # never valid
+    x, valid = normalize.apply(tile.copy(), stats)
+    data = torch.from_numpy(tile.copy())
+    xt, vt = normalize.apply_tensor(data, torch.from_numpy(stats))
+    assert xt.data_ptr() == data.data_ptr()
+    np.testing.assert_array_equal(xt.numpy(), x)
+    np.testing.assert_array_equal(vt.numpy(), valid)
 
 
 def test_normalize_constant_band_and_empty_date() -> None:

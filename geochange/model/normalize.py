@@ -1,4 +1,5 @@
-"""Scene-wide input normalisation of the CNN-LSTM (numpy only).
+"""Scene-wide input normalisation of the CNN-LSTM, in numpy (:func:`apply`) or in torch on
+the tensor's device (:func:`apply_tensor`: the same values, bit for bit).
 
 Statistics are robust (median and IQR / 1.349, :func:`geochange.robust.scene_stats`) per date
 and band, computed ONCE for the scene from a decimated sample (``io.read.read_sample``), never per
@@ -15,8 +16,9 @@ gets the validity mask and does not update its state there.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-__all__ = ["CLIP", "apply"]
+__all__ = ["CLIP", "apply", "apply_tensor"]
 
 #: Standardised values are clipped to [-CLIP, CLIP] (clouds, saturated pixels).
 CLIP = 6.0
@@ -67,4 +69,42 @@ def apply(
     for i in range(t - 2, -1, -1):
         x[i] = np.where(~seen[i][None], x[i + 1], x[i])
     np.nan_to_num(x, copy=False, nan=0.0)
+    return x, valid
+
+
+def apply_tensor(
+    tile: torch.Tensor, stats: torch.Tensor, clip: float = CLIP
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`apply` in torch, on the device of ``tile``, overwriting ``tile`` (float32,
+    (t, c, h, w)) with ``x``: the same operations in the same order, so the same values as
+    :func:`apply` bit for bit. A GPU then normalises the tile it was sent, not the CPU.
+
+    Returns:
+        ``x`` (``tile`` itself) and ``valid`` (t, h, w) bool, on the same device.
+    """
+    if tile.dtype != torch.float32 or tile.ndim != 4:
+        raise ValueError(f"apply_tensor: tile must be float32 (t, c, h, w), got {tile.dtype} "
+                         f"{tuple(tile.shape)}")  # fmt: skip
+    stats = stats.to(device=tile.device, dtype=torch.float32)
+    if tuple(stats.shape) != (*tile.shape[:2], 2):
+        raise ValueError(
+            f"apply_tensor: stats of shape {tuple(stats.shape)} do not fit a tile of "
+            f"{tuple(tile.shape[:2])} (dates, bands)"
+        )
+    if tile.device.type == "cpu":  # numpy's test is several times faster on the CPU
+        valid = torch.from_numpy(np.isfinite(tile.numpy()).all(axis=1))
+    else:
+        valid = torch.isfinite(tile).all(dim=1)
+    x = tile.sub_(stats[..., 0, None, None]).div_(stats[..., 1, None, None])
+    x.clamp_(-clip, clip)
+    t = x.shape[0]
+    inv = ~valid[:, None]
+    for i in range(1, t):
+        torch.where(inv[i], x[i - 1], x[i], out=x[i])
+    seen = valid.clone()  # seen[i]: valid on some date up to i
+    for i in range(1, t):
+        torch.logical_or(seen[i - 1], valid[i], out=seen[i])
+    for i in range(t - 2, -1, -1):
+        torch.where(~seen[i][None], x[i + 1], x[i], out=x[i])
+    torch.nan_to_num_(x, nan=0.0)
     return x, valid

@@ -61,7 +61,7 @@ from geochange.errors import ModelError
 from geochange.model import DEFAULT_MODEL_PATH, load_model
 from geochange.model.checkpoint import calibration_of
 from geochange.model.cnn_lstm import CNNLSTM
-from geochange.model.normalize import apply
+from geochange.model.normalize import apply_tensor
 from geochange.robust import scene_stats
 from geochange.stages import Block, Context, Reach
 from geochange.tiling import Window, windows
@@ -158,6 +158,8 @@ class ModelDetector:
         tile_size: tiles larger than this (pixels, core without halo) run as sub-tiles with a
             halo of ``self.halo``, which bounds memory and gives exactly the same output.
         amp: autocast to float16 on CUDA (faster, not bit-identical to float32).
+        pin_memory: on CUDA, send each tile from page-locked host memory without waiting for
+            the copy (the CPU goes on meanwhile); ignored on the CPU.
         model_path: checkpoint the net came from (None with ``net`` = not from a file); when
             set, pickling sends the path, not the weights.
         meta: model description (name, version, ...), for provenance.
@@ -193,6 +195,7 @@ class ModelDetector:
         next_events: int = 0,
         next_from: float = 0.5,
         around_check: bool = True,
+        pin_memory: bool = True,
     ) -> None:
         self.last_date_check = bool(last_date_check)
         self.around_check = bool(around_check)
@@ -205,6 +208,8 @@ class ModelDetector:
         self.batch_size = max(1, int(batch_size))
         self.tile_size = max(16, int(tile_size))
         self.amp = bool(amp)
+        self.pin_memory = bool(pin_memory) and self.device.startswith("cuda")
+        self._device_stats: dict[str, torch.Tensor] = {}
         self.model_path = None if model_path is None else str(model_path)
         self.num_threads = num_threads
         self._blob: bytes | None = None
@@ -230,6 +235,7 @@ class ModelDetector:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("net")
+        state["_device_stats"] = {}
         if self.model_path is None and self._blob is None:
             state["_blob"] = _state_bytes(self.net)
         return state
@@ -278,26 +284,31 @@ class ModelDetector:
     def run(self, block: Block) -> None:
         """Set the block's normalised input, validity, probability and interval; sub-tiles
         carry ``block.halo`` px of context (the context the chain's later stages need)."""
-        # A tile the block owns becomes x (no copy); later stages read x only.
-        block.x, block.valid = self._normalised(block.tile, in_place=block.owned)
+        x, valid = self._prepare(block.tile, in_place=block.owned)
+        buffer = block.tile if block.owned else None
         block.tile = None
-        block.prob, block.interval, *later = self._infer(block.x, block.valid, block.halo)
+        block.prob, block.interval, *later = self._infer(x, valid, block.halo)
         if later:
             block.next_events = (later[0], later[1])
+        # Later stages read x on the host: on the CPU it is the tile's own memory (normalised
+        # in place when the block owns it); from a GPU it comes back into the tile's buffer.
+        block.x, block.valid = _host(x, buffer), valid.cpu().numpy()
 
     # -- inference ------------------------------------------------------------------------------
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         """Run on one tile (t, c, h, w) float32 NaN-nodata; returns (2, h, w) float32."""
-        x, valid = self._normalised(tile)
+        x, valid = self._prepare(tile)
         prob, interval = self._infer(x, valid, self.halo)[:2]
-        nodata = valid.sum(axis=0) < 2
+        nodata = valid.sum(dim=0).cpu().numpy() < 2
         prob[nodata] = np.nan
         interval[nodata] = np.nan
         return np.stack([prob, interval])
 
-    def _normalised(
-        self, tile: np.ndarray, in_place: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _prepare(self, tile: np.ndarray, in_place: bool = False) -> tuple[torch.Tensor, ...]:
+        """The tile sent to the detector's device once and normalised there
+        (:func:`~geochange.model.normalize.apply_tensor`): ``x`` (t, c, h, w) float32 and
+        ``valid`` (t, h, w) bool tensors. With ``in_place`` on the CPU, ``x`` is the tile's
+        own memory; to a GPU the tile goes from page-locked memory, without waiting for it."""
         tile = np.asarray(tile, dtype=np.float32)
         if tile.ndim != 4 or tile.shape[:2] != self.stats.shape[:2]:
             raise ModelError(
@@ -306,12 +317,26 @@ class ModelDetector:
             )
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))
-        return apply(tile, self.stats, in_place=in_place)
+        if self.device == "cpu":
+            own = in_place and tile.flags.writeable and tile.flags.c_contiguous
+            data = torch.from_numpy(tile if own else np.array(tile, order="C"))
+        else:
+            if not tile.flags.writeable:  # torch shares only writeable arrays
+                tile = tile.copy()
+            data = torch.from_numpy(tile)
+            if self.pin_memory:
+                data = data.pin_memory()
+            data = data.to(self.device, non_blocking=self.pin_memory)
+        stats = self._device_stats.get(self.device)
+        if stats is None:
+            stats = self._device_stats[self.device] = torch.from_numpy(self.stats).to(self.device)
+        return apply_tensor(data, stats)
 
-    def _infer(self, x: np.ndarray, valid: np.ndarray, halo: int) -> tuple[np.ndarray, ...]:
-        """(prob, interval) of a normalised tile, in sub-tiles of ``tile_size`` px with a halo
-        of ``halo`` px clipped at the tile edge (exact, like tiling), batched by shape; with
-        ``next_events``, also their probabilities and date indices, (next_events, h, w) each."""
+    def _infer(self, x: torch.Tensor, valid: torch.Tensor, halo: int) -> tuple[np.ndarray, ...]:
+        """(prob, interval) of a normalised tile on the device, in sub-tiles of ``tile_size``
+        px with a halo of ``halo`` px clipped at the tile edge (exact, like tiling), batched by
+        shape; with ``next_events``, also their probabilities and date indices,
+        (next_events, h, w) each."""
         h, w = x.shape[2:]
         out = [np.empty((h, w), np.float32), np.empty((h, w), np.float32)]
         if self.next_events:
@@ -325,22 +350,21 @@ class ModelDetector:
                 batch = items[k : k + self.batch_size]
                 xs, vs = (_batched([a[(..., *read)] for read, _, _ in batch]) for a in (x, valid))
                 results = self._forward(xs, vs)
+                del xs, vs
                 for i, (_, crop, write) in enumerate(batch):
                     for array, result in zip(out, results):
                         array[(..., *write)] = result[i][(..., *crop)]
         return tuple(out)
 
-    def _forward(self, xs: np.ndarray, vs: np.ndarray) -> tuple[np.ndarray, ...]:
-        x = torch.from_numpy(xs).to(self.device)
-        v = torch.from_numpy(vs).to(self.device)
-        wl = torch.from_numpy(self.wavelengths).to(self.device).expand(len(xs), -1)
+    def _forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[np.ndarray, ...]:
+        wl = self._device_wavelengths(len(x))
         use_amp = self.amp and self.device.startswith("cuda")
         autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
         with torch.inference_mode(), autocast:
             prob, k = self._judge(x, v, wl)
             later = self._next_events(x, v, wl, prob, k) if self.next_events else ()
         prob_np = prob.cpu().numpy()
-        bad = ~np.isfinite(prob_np) & (vs.sum(axis=1) >= 2)
+        bad = ~np.isfinite(prob_np) & (v.sum(dim=1) >= 2).cpu().numpy()
         if bad.any():
             raise ModelError(
                 f"model {self.meta.get('name', 'cnn-lstm')!r}: the network gave non-finite "
@@ -349,6 +373,9 @@ class ModelDetector:
                 "input values are out of range"
             )
         return (prob_np, k.cpu().numpy(), *(a.cpu().numpy() for a in later))
+
+    def _device_wavelengths(self, n: int) -> torch.Tensor:
+        return torch.from_numpy(self.wavelengths).to(self.device).expand(n, -1)
 
     def _judge(
         self, x: torch.Tensor, v: torch.Tensor, wl: torch.Tensor
@@ -411,12 +438,23 @@ class ModelDetector:
         return probs, found
 
 
-def _batched(arrays: list[np.ndarray]) -> np.ndarray:
-    """The arrays stacked on a new first axis; one contiguous array is not copied (a tile run
-    as one sub-tile keeps one copy of its series in memory, not two)."""
+def _batched(arrays: list[torch.Tensor]) -> torch.Tensor:
+    """The sub-tiles stacked on a new first axis; one contiguous sub-tile is not copied (a tile
+    run as one sub-tile keeps one copy of its series in memory, not two)."""
     if len(arrays) == 1:
-        return np.ascontiguousarray(arrays[0])[None]
-    return np.stack(arrays)
+        return arrays[0].contiguous()[None]
+    return torch.stack(arrays)
+
+
+def _host(x: torch.Tensor, buffer: np.ndarray | None) -> np.ndarray:
+    """``x`` as a numpy array on the host: its own memory on the CPU; from a GPU, copied into
+    ``buffer`` when it is float32 of the same shape (else a new array)."""
+    if x.device.type == "cpu":
+        return x.numpy()
+    if buffer is not None and buffer.dtype == np.float32 and buffer.shape == tuple(x.shape):
+        torch.from_numpy(buffer).copy_(x)
+        return buffer
+    return x.cpu().numpy()
 
 
 def last_date_reference(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
