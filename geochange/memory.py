@@ -13,6 +13,10 @@ the window length ``W``, the band count ``c`` and the pixels, not on the series 
   (:func:`held_dates`: every date up to a segment's length, then a segment's dates and a state
   per segment, see :meth:`geochange.model.CNNLSTM.forward`).
 
+On a GPU the network's activations live on the device: the worker holds the tile's arrays, and
+:func:`device_plan` sizes the network's sub-tiles and batch to the device's free memory (the
+larger and fewer the passes, the faster a GPU runs them).
+
 The per-pixel figures are measured (peak resident memory of one task on synthetic stacks, 1
 torch thread; benchmarks/LONG_SERIES.md), not derived, and rounded up. The network's part per
 date of the series (its input and interval outputs) was measured on the network alone (192² px,
@@ -35,10 +39,13 @@ from geochange.tiling import windows as _subtiles
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "DEVICE_SHARE",
     "PROCESS_BYTES",
     "SEGMENT_DATES",
     "TaskShape",
+    "device_plan",
     "held_dates",
+    "model_bytes",
     "parse_bytes",
     "plan",
     "release_freed",
@@ -61,6 +68,13 @@ MODEL_PER_SERIES_DATE_BAND = 8
 SEGMENT_DATES = 16
 #: Tile arrays per tile pixel and date-band (read, normalised, screened copies; bytes).
 TILE_PER_DATE_BAND = 24
+#: The tile on a GPU per pixel and date-band: sent and normalised in place (float32; bytes).
+DEVICE_PER_DATE_BAND = 4
+#: Share of a GPU's free memory that the tasks sharing it fill: the rest is left to CUDA's
+#: workspaces and the caching allocator's slack.
+DEVICE_SHARE = 0.6
+#: Sub-tiles of one shape per pass on a GPU, at most.
+DEVICE_BATCH = 16
 #: Per tile pixel and window (reports and merged events; bytes).
 TILE_PER_WINDOW = 16
 
@@ -99,6 +113,8 @@ class TaskShape:
         windows: temporal windows of the series (their reports are kept per tile pixel).
         tile_size: edge of the network's sub-tiles in pixels.
         scene: (height, width) clips the tile (no halo beyond the scene's edge); None: no clip.
+        model_on_host: the network's activations are in the worker's memory (False: on a GPU,
+            planned by :func:`device_plan`; the worker then holds the tile's arrays only).
     """
 
     halo: int
@@ -108,6 +124,7 @@ class TaskShape:
     windows: int = 1
     tile_size: int = 256
     scene: tuple[int, int] | None = None
+    model_on_host: bool = True
 
 
 def segment_length(dates: int) -> int:
@@ -124,26 +141,81 @@ def held_dates(dates: int) -> int:
     return dates if dates <= seg else seg + math.ceil(dates / seg)
 
 
-def task_bytes(chunk: int, shape: TaskShape, batch: int = 4) -> int:
-    """Peak bytes one task adds to its worker: a ``chunk`` px chunk of ``shape``, the network
-    run on ``batch`` sub-tiles at a time."""
+def _tile_edges(chunk: int, shape: TaskShape) -> tuple[int, int]:
+    """(height, width) of a ``chunk`` px chunk's tile: the chunk and its halo, clipped to the
+    scene."""
     ey = ex = chunk + 2 * shape.halo
     if shape.scene is not None:
         ey, ex = min(ey, int(shape.scene[0])), min(ex, int(shape.scene[1]))
-    tile_px = ey * ex
-    # The network runs the tile's sub-tiles batched by shape: the largest batch it holds.
-    shapes = Counter(
+    return ey, ex
+
+
+def _shapes(edges: tuple[int, int], shape: TaskShape, tile_size: int) -> Counter:
+    """How many sub-tiles of each (height, width) a tile of ``edges`` px runs as."""
+    return Counter(
         (r.stop - r.start, c.stop - c.start)
-        for (r, c), _, _ in _subtiles(ey, ex, shape.tile_size, shape.detector_halo)
+        for (r, c), _, _ in _subtiles(*edges, tile_size, shape.detector_halo)
     )
+
+
+def model_bytes(edges: tuple[int, int], shape: TaskShape, tile_size: int, batch: int) -> int:
+    """The network's activations for a tile of ``edges`` px run in sub-tiles of ``tile_size``
+    px, ``batch`` of one shape at a time: the largest batch it holds."""
+    shapes = _shapes(edges, shape, tile_size)
     held = max(min(batch, n) * h * w for (h, w), n in shapes.items())
     dates, bands = shape.dates, shape.bands
-    model = held * (
-        held_dates(dates) * (MODEL_PER_DATE + MODEL_PER_DATE_BAND * bands)
-        + dates * (MODEL_PER_SERIES_DATE + MODEL_PER_SERIES_DATE_BAND * bands)
+    return int(
+        held
+        * (
+            held_dates(dates) * (MODEL_PER_DATE + MODEL_PER_DATE_BAND * bands)
+            + dates * (MODEL_PER_SERIES_DATE + MODEL_PER_SERIES_DATE_BAND * bands)
+        )
     )
-    tile = tile_px * (dates * bands * TILE_PER_DATE_BAND + shape.windows * TILE_PER_WINDOW)
+
+
+def task_bytes(chunk: int, shape: TaskShape, batch: int = 4) -> int:
+    """Peak bytes one task adds to its worker: a ``chunk`` px chunk of ``shape``, the network
+    run on ``batch`` sub-tiles at a time (its activations counted when on the host)."""
+    ey, ex = _tile_edges(chunk, shape)
+    model = model_bytes((ey, ex), shape, shape.tile_size, batch) if shape.model_on_host else 0
+    tile = (
+        ey * ex * (shape.dates * shape.bands * TILE_PER_DATE_BAND + shape.windows * TILE_PER_WINDOW)
+    )
     return int(model + tile)
+
+
+def device_plan(
+    free: int, chunk: int, shape: TaskShape, tasks: int = 1, batch: int = DEVICE_BATCH
+) -> tuple[int, int, int]:
+    """The chunk, sub-tile size and batch of the network on a GPU with ``free`` bytes shared
+    by ``tasks`` tasks at a time.
+
+    Each task sends its tile once (:data:`DEVICE_PER_DATE_BAND` per pixel and date-band) and
+    runs the network on sub-tiles of it. On a GPU the fewer and larger its passes the better
+    (each date step is a few kernel launches, whatever the pixels), and a sub-tile as large as
+    the tile repeats no halo: the largest sub-tile (the whole tile first, then halved), then
+    the largest batch (at most ``batch``), whose activations fit beside the tile in
+    :data:`DEVICE_SHARE` of ``free`` per task; the chunk (at most ``chunk``, halved) only
+    when no sub-tile of at least 64 px and the network's halo fits.
+
+    Returns:
+        ``(chunk, tile_size, batch)``; ``(0, 0, 0)`` when nothing fits.
+    """
+    budget = free * DEVICE_SHARE / max(1, tasks)
+    c = int(chunk)
+    while c >= 16:
+        edges = _tile_edges(c, shape)
+        tile = edges[0] * edges[1] * shape.dates * (shape.bands * DEVICE_PER_DATE_BAND + 1)
+        # Sub-tiles smaller than their halo would mostly compute halo: a smaller chunk first.
+        size, smallest = max(edges), max(64, shape.detector_halo)
+        while size == max(edges) or size >= smallest:
+            most = max(_shapes(edges, shape, size).values())  # a larger batch holds no more
+            for b in range(min(max(1, batch), most), 0, -1):
+                if tile + model_bytes(edges, shape, size, b) <= budget:
+                    return c, size, b
+            size //= 2
+        c = c // 2 if c > 64 else c - 16
+    return 0, 0, 0
 
 
 def plan(

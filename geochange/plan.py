@@ -1,5 +1,7 @@
 """The run's plan from its memory budget: the temporal window of a long series, the chunk size
-and the deep model's batch (:mod:`geochange.memory`, from measured per-pixel task peaks).
+and the deep model's batch (:mod:`geochange.memory`, from measured per-pixel task peaks); on a
+GPU, the network's sub-tiles and batch from the device's free memory
+(:func:`geochange.memory.device_plan`).
 
 A long series runs best as one window (the model sees every date around a change:
 benchmarks/LONG_SERIES.md), but a task then holds every date of its tile and a halo that grows
@@ -18,7 +20,7 @@ from geochange.config import ConfigError, DetectConfig, RuntimeConfig
 from geochange.events import DEFAULT_WINDOW, plan_windows
 from geochange.io.stack import Stack
 
-__all__ = ["REASONABLE_CHUNK", "choose_window", "plan_memory"]
+__all__ = ["REASONABLE_CHUNK", "choose_window", "device_free", "plan_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,19 @@ def _tasks(runtime: RuntimeConfig) -> int:
     from dask.system import CPU_COUNT
 
     return runtime.threads_per_worker or max(1, CPU_COUNT // (runtime.workers or 1))
+
+
+def device_free(device: str) -> int | None:
+    """Free bytes of the CUDA device ``device`` now; None for the CPU."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    return int(torch.cuda.mem_get_info(torch.device(device))[0])
+
+
+def _on_gpu(detector: Any) -> bool:
+    return str(getattr(detector, "device", "cpu")).startswith("cuda")
 
 
 def choose_window(
@@ -75,6 +90,8 @@ def choose_window(
     batch = int(getattr(detector, "batch_size", 1))
     tile_size = int(getattr(detector, "tile_size", 256))
     asked = min(runtime.chunk_size, max(scene))
+    on_gpu = _on_gpu(detector)
+    free = device_free(detector.device) if on_gpu else None
     n = 1
     while True:
         window = n_dates if n == 1 else math.ceil((n_dates + (n - 1) * overlap) / n)
@@ -89,8 +106,11 @@ def choose_window(
             len(plan_windows(n_dates, window, overlap)),
             tile_size,
             (int(scene[0]), int(scene[1])),
+            model_on_host=not on_gpu,
         )
         chunk, _ = memory.plan(limit, asked, shape, tasks, batch)
+        if free is not None:  # the network's activations go to the GPU
+            chunk = min(chunk, memory.device_plan(free, chunk, shape, tasks, 1)[0])
         if chunk > 0 and chunk >= min(asked, max(REASONABLE_CHUNK, halo)):
             if n > 1:
                 log.info(
@@ -129,6 +149,7 @@ def plan_memory(
             f"each chunk (the model over {dates} dates and the stages after it); use "
             f"--chunk-size {halo} or more",
         )
+    on_gpu = _on_gpu(detector)
     shape = memory.TaskShape(
         halo,
         int(chains[0].detector_halo),
@@ -137,6 +158,7 @@ def plan_memory(
         n_windows,
         tile_size,
         (stack.grid.height, stack.grid.width),
+        model_on_host=not on_gpu,
     )
     chunk, new_batch = memory.plan(limit, asked, shape, tasks, batch)
     if chunk == 0 or (chunk < halo and chunk < size):
@@ -150,12 +172,32 @@ def plan_memory(
             f"need about {need / 2**30:.2f} GiB; raise it, run fewer threads per worker "
             "(--threads-per-worker) or shorter windows (--window)",
         )
-    if new_batch < batch:
+    if on_gpu:
+        free = device_free(detector.device)
+        assert free is not None
+        cap = batch if runtime.batch_size is not None else memory.DEVICE_BATCH
+        chunk, tile_size, new_batch = memory.device_plan(free, chunk, shape, tasks, cap)
+        if chunk == 0 or (chunk < halo and chunk < size):
+            raise ConfigError(
+                "device",
+                f"found {free / 2**30:.2f} GiB free on {detector.device}, but {tasks} task(s) "
+                f"of this stack ({dates} dates at a time, {stack.band_count} bands, halo "
+                f"{halo} px) do not fit {memory.DEVICE_SHARE:.0%} of it; free the GPU, run "
+                "fewer threads per worker (--threads-per-worker), shorter windows (--window) "
+                "or --device cpu",
+            )
         for ch in chains:
-            ch.detector.batch_size = new_batch
-    if chunk < asked or new_batch < batch:
+            ch.detector.tile_size = tile_size
+        log.info(
+            "%s: %.2f GiB free, %d task(s) in flight: chunk %d px, sub-tiles of %d px, %d at "
+            "a time", detector.device, free / 2**30, tasks, chunk, tile_size, new_batch,
+        )  # fmt: skip
+    elif chunk < asked or new_batch < batch:
         log.info(
             "memory limit %.2f GiB per worker, %d task(s) in flight: chunk %d px (asked %d), "
             "batch %d (asked %d)", limit / 2**30, tasks, chunk, asked, new_batch, batch,
         )  # fmt: skip
+    if new_batch != batch:
+        for ch in chains:
+            ch.detector.batch_size = new_batch
     return chunk if chunk < asked else runtime.chunk_size

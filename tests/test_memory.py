@@ -54,6 +54,49 @@ def test_plan_lowers_batch_then_chunk_and_says_when_nothing_fits():
     assert memory.plan(memory.PROCESS_BYTES + 1000, 512, shape, tasks=2) == (0, 0)
 
 
+def test_on_a_gpu_the_network_runs_the_largest_sub_tiles_its_free_memory_holds():
+    shape = memory.TaskShape(40, 30, 12, 4, 1, 256, model_on_host=False)
+    # The worker holds the tile's arrays only: a larger chunk fits its budget.
+    on_host = memory.TaskShape(40, 30, 12, 4, 1, 256)
+    assert memory.task_bytes(1024, shape) < memory.task_bytes(1024, on_host) / 2
+    # Plenty of device memory: the whole tile in one pass (no sub-tile repeats a halo).
+    assert memory.device_plan(80 * 2**30, 1024, shape, tasks=1) == (1024, 1104, 1)
+    # Shared by 16 tasks: smaller sub-tiles, several at a time, all within the share.
+    chunk, size, batch = memory.device_plan(80 * 2**30, 1024, shape, tasks=16)
+    assert chunk == 1024 and 64 <= size < 1104 and batch >= 1
+    tile = 1104**2 * 12 * (4 * memory.DEVICE_PER_DATE_BAND + 1)
+    model = memory.model_bytes((1104, 1104), shape, size, batch)
+    assert tile + model <= 80 * 2**30 * memory.DEVICE_SHARE / 16
+    assert tile + memory.model_bytes((1104, 1104), shape, 2 * size, 1) > 80 * 2**30 * 0.6 / 16
+    # A small GPU: a smaller chunk; nothing at all: zeros.
+    assert memory.device_plan(2**28, 1024, shape)[0] < 1024
+    assert memory.device_plan(2**16, 1024, shape) == (0, 0, 0)
+
+
+def test_a_gpu_run_plans_the_networks_sub_tiles_from_the_free_device_memory(tmp_path, monkeypatch):
+    from geochange import plan
+    from geochange.config import DetectConfig
+    from geochange.io.read import read_sample
+    from geochange.io.stack import open_stack
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(500, 3000, size=(4, 3, 300, 300)).astype(np.uint16)
+    write_stack(tmp_path / "stack", data, ["2022-01-01", "2022-03-01", "2022-05-01", "2022-07-01"])
+    stack = open_stack(tmp_path / "stack")
+    chain = build_chain(read_sample(stack))
+    assert chain.detector.tile_size == 256 and chain.detector.batch_size == 4
+    # What a CUDA detector says; no GPU here, so only the plan runs (its free memory given).
+    chain.detector.device = "cuda"
+    runtime = RuntimeConfig(threads_per_worker=2, chunk_size=512)
+    monkeypatch.setattr(plan, "device_free", lambda device: 40 * 2**30)
+    assert plan.plan_memory(stack, DetectConfig(), runtime, chain, False) == 512
+    # The whole 300 px scene in one pass of the network.
+    assert chain.detector.tile_size == 300 and chain.detector.batch_size == 1
+    monkeypatch.setattr(plan, "device_free", lambda device: 2**16)
+    with pytest.raises(ConfigError, match="GiB free on cuda.*--device cpu"):
+        plan.plan_memory(stack, DetectConfig(), runtime, chain, False)
+
+
 def test_a_budget_below_one_task_is_one_clear_error(tmp_path):
     rng = np.random.default_rng(0)
     data = rng.integers(500, 3000, size=(4, 3, 40, 40)).astype(np.uint16)
