@@ -262,7 +262,9 @@ class RuntimeConfig:
     Attributes:
         chunk_size: chunk edge in pixels (>= 16); memory per task grows with its square.
         device: "auto" (CUDA when present), "cpu" or "cuda".
-        batch_size: sub-tiles per forward pass of the deep model (None = its default).
+        batch_size: sub-tiles per forward pass of the deep model, at most (None = its default
+            on the CPU; on a GPU as many as its free memory holds, see
+            :func:`geochange.memory.device_plan`).
         amp: float16 autocast on CUDA (faster; not bit-identical to float32).
         scheduler: None or "threads" (dask threads here), a dask.distributed scheduler
             address "tcp://HOST:PORT", or a scheduler file (.json). See docs/CLUSTER.md.

@@ -97,6 +97,18 @@ def test_a_gpu_run_plans_the_networks_sub_tiles_from_the_free_device_memory(tmp_
         plan.plan_memory(stack, DetectConfig(), runtime, chain, False)
 
 
+@pytest.mark.gpu
+def test_a_gpu_run_is_planned_from_the_gpus_own_free_memory(tmp_path):
+    from geochange.pipeline import detect
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(500, 3000, size=(4, 3, 300, 300)).astype(np.uint16)
+    write_stack(tmp_path / "stack", data, ["2022-01-01", "2022-03-01", "2022-05-01", "2022-07-01"])
+    res = detect(tmp_path / "stack", tmp_path / "c.gpkg", device="cuda", progress=False)
+    cpu = detect(tmp_path / "stack", None, device="cpu", progress=False)
+    np.testing.assert_allclose(res.prob.compute(), cpu.prob.compute(), atol=5e-3, equal_nan=True)
+
+
 def test_a_budget_below_one_task_is_one_clear_error(tmp_path):
     rng = np.random.default_rng(0)
     data = rng.integers(500, 3000, size=(4, 3, 40, 40)).astype(np.uint16)

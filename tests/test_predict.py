@@ -161,6 +161,26 @@ def test_cuda_matches_cpu() -> None:
     assert same.mean() > 0.99
 
 
+@pytest.mark.gpu
+def test_cuda_normalises_on_the_device_as_the_cpu_does() -> None:
+    from geochange.model import normalize
+
+    a = _scene()
+    det = _detector(a, device="cuda")
+    x, valid = det._prepare(a)
+    assert x.device.type == "cuda" and valid.device.type == "cuda"
+    x_cpu, valid_cpu = normalize.apply(a, det.stats)
+    np.testing.assert_array_equal(x.cpu().numpy(), x_cpu)
+    np.testing.assert_array_equal(valid.cpu().numpy(), valid_cpu)
+    # Page-locked or not, the same result; whole tile or sub-tiles, the same up to TF32.
+    unpinned = _detector(a, device="cuda", pin_memory=False)
+    np.testing.assert_array_equal(unpinned(a), det(a))
+    whole = _detector(a, device="cuda", tile_size=256)
+    small = _detector(a, device="cuda", tile_size=32, batch_size=3)
+    np.testing.assert_allclose(small(a)[0], whole(a)[0], atol=2e-3, equal_nan=True)
+    assert torch.cuda.mem_get_info()[0] > 0
+
+
 def _repeats(t: int, change_at: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """A pair (2, c, h, w) with a new bright square on date 1, and a ``t``-date series that
     repeats the first image up to ``change_at`` and the second from it on."""

@@ -179,7 +179,8 @@ from geochange.cli import options
     "--batch-size",
     type=int,
     default=None,
-    help="Sub-tiles per forward pass of the model (larger fills a GPU better).",
+    help="Sub-tiles per forward pass of the model, at most (default: 4 on the CPU; on a GPU "
+    "as many as its free memory holds).",
 )
 @click.option(
     "--amp", is_flag=True, help="Mixed precision (float16) on CUDA: faster, not bit-identical."
@@ -321,7 +322,7 @@ def command(
       geochange detect landsat/ -o c.gpkg --wavelengths 485,560,660,830,1650,2215
       geochange detect stack/ -o changes.gpkg --workers 2 --threads-per-worker 1
       geochange detect /shared/stack -o /shared/out/changes.gpkg --scheduler tcp://10.0.0.5:8786
-      geochange detect stack/ -o changes.gpkg --device cuda --batch-size 16 --amp
+      geochange detect stack/ -o changes.gpkg --device cuda --chunk-size 1024
       geochange detect stack/ -o changes.gpkg --adapt --adapt-minutes 5
       geochange detect stack/ -o changes.gpkg --skip clouds,emerge
       geochange detect stack/ -o changes.gpkg --co COMPRESS=ZSTD --co LEVEL=15
