@@ -66,8 +66,9 @@ MODEL_PER_SERIES_DATE = 35
 MODEL_PER_SERIES_DATE_BAND = 8
 #: Dates per segment of the network's inference pass, at least (:func:`segment_length`).
 SEGMENT_DATES = 16
-#: Tile arrays per tile pixel and date-band (read, normalised, screened copies; bytes).
-TILE_PER_DATE_BAND = 24
+#: Tile arrays per tile pixel and date-band (the tile as read, normalised and screened in
+#: place, and the stages' temporaries; bytes).
+TILE_PER_DATE_BAND = 16
 #: The tile on a GPU per pixel and date-band: sent and normalised in place (float32; bytes).
 DEVICE_PER_DATE_BAND = 4
 #: Share of a GPU's free memory that the tasks sharing it fill: the rest is left to CUDA's

@@ -179,7 +179,7 @@ from geochange.cli import options
     "--batch-size",
     type=int,
     default=None,
-    help="Sub-tiles per forward pass of the model, at most (default: 4 on the CPU; on a GPU "
+    help="Sub-tiles per forward pass of the model, at most (default: 1 on the CPU; on a GPU "
     "as many as its free memory holds).",
 )
 @click.option(

@@ -15,8 +15,12 @@ gets the validity mask and does not update its state there.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads only with the function that needs it
+    import torch
 
 __all__ = ["CLIP", "apply", "apply_tensor"]
 
@@ -82,6 +86,8 @@ def apply_tensor(
     Returns:
         ``x`` (``tile`` itself) and ``valid`` (t, h, w) bool, on the same device.
     """
+    import torch
+
     if tile.dtype != torch.float32 or tile.ndim != 4:
         raise ValueError(f"apply_tensor: tile must be float32 (t, c, h, w), got {tile.dtype} "
                          f"{tuple(tile.shape)}")  # fmt: skip

@@ -154,7 +154,9 @@ class ModelDetector:
         net: the network (put in eval mode), or None with ``model_path`` to load it lazily.
         stats: (t, c, 2) scene statistics from :func:`geochange.robust.scene_stats`.
         device: "cpu", "cuda" or "auto".
-        batch_size: sub-tiles per forward pass.
+        batch_size: sub-tiles of one shape per forward pass. One on the CPU: a batch of
+            four took 1.3-2.2x as long there and held four times the activations
+            (benchmarks/THROUGHPUT.md); a GPU run plans its own (:mod:`geochange.plan`).
         tile_size: tiles larger than this (pixels, core without halo) run as sub-tiles with a
             halo of ``self.halo``, which bounds memory and gives exactly the same output.
         amp: autocast to float16 on CUDA (faster, not bit-identical to float32).
@@ -184,7 +186,7 @@ class ModelDetector:
         net: CNNLSTM | None,
         stats: np.ndarray,
         device: str = "cpu",
-        batch_size: int = 4,
+        batch_size: int = 1,
         tile_size: int = 256,
         amp: bool = False,
         model_path: str | os.PathLike | None = None,
