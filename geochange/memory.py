@@ -67,8 +67,9 @@ MODEL_PER_SERIES_DATE_BAND = 8
 #: Dates per segment of the network's inference pass, at least (:func:`segment_length`).
 SEGMENT_DATES = 16
 #: Tile arrays per tile pixel and date-band (the tile as read, normalised and screened in
-#: place, and the stages' temporaries; bytes).
-TILE_PER_DATE_BAND = 16
+#: place, and the stages' temporaries; bytes). With the network's part it keeps the plan above
+#: every measured peak (benchmarks/MEMORY_PLAN.md).
+TILE_PER_DATE_BAND = 24
 #: The tile on a GPU per pixel and date-band: sent and normalised in place (float32; bytes).
 DEVICE_PER_DATE_BAND = 4
 #: Share of a GPU's free memory that the tasks sharing it fill: the rest is left to CUDA's
