@@ -29,6 +29,7 @@ __all__ = [
     "Window",
     "overlap_map",
     "plan_chunks",
+    "region_windows",
     "stitched",
     "window_map",
     "windows",
@@ -38,7 +39,9 @@ logger = logging.getLogger(__name__)
 
 #: Chunk sizes along one axis, in pixels; they sum to the axis extent.
 Chunks1D: TypeAlias = tuple[int, ...]
-#: ``fn(tile (t, c, h, w)) -> (out_bands, h, w)``, numpy in, numpy out.
+#: ``fn(tile (t, c, h, w)) -> (out_bands, h, w)``, numpy in, numpy out. A function with a true
+#: attribute ``takes_core`` is called ``fn(tile, core=(y0, y1, x0, x1))``: only its output on
+#: the core (tile coordinates) is kept, so it may leave the rest of its output unset.
 BlockFunction: TypeAlias = Callable[[np.ndarray], np.ndarray]
 #: ``(read, crop, write)``: (rows, cols) slices of one window, see :func:`windows`.
 Window: TypeAlias = tuple[tuple[slice, slice], tuple[slice, slice], tuple[slice, slice]]
@@ -69,6 +72,35 @@ def windows(height: int, width: int, core: int, halo: int) -> list[Window]:
                 )
             )
     return out
+
+
+def region_windows(
+    height: int, width: int, region: tuple[int, int, int, int], core: int, halo: int
+) -> list[Window]:
+    """Like :func:`windows`, but the cores cover only ``region`` = (y0, y1, x0, x1) of the
+    (height, width) tile, split evenly into cores of at most ``core`` px (no thin last core);
+    each is read with up to ``halo`` px around it, clipped at the tile's edge."""
+    y0, y1, x0, x1 = region
+    out: list[Window] = []
+    for ya0, ya1 in _even(y0, y1, core):
+        for xa0, xa1 in _even(x0, x1, core):
+            ya, xa = max(0, ya0 - halo), max(0, xa0 - halo)
+            yb, xb = min(height, ya1 + halo), min(width, xa1 + halo)
+            out.append(
+                (
+                    (slice(ya, yb), slice(xa, xb)),
+                    (slice(ya0 - ya, ya1 - ya), slice(xa0 - xa, xa1 - xa)),
+                    (slice(ya0, ya1), slice(xa0, xa1)),
+                )
+            )
+    return out
+
+
+def _even(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) cut into the fewest parts of at most ``size``, of (nearly) equal length."""
+    n = max(1, -(-(stop - start) // max(1, size)))
+    edges = [start + round(i * (stop - start) / n) for i in range(n + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def stitched(
@@ -213,8 +245,8 @@ def _apply(
     where: str,
 ) -> np.ndarray:
     """``fn`` on one tile, its output checked and cut to the chunk ``core`` = (y0, y1, x0, x1),
-    in tile coordinates."""
-    out = np.asarray(fn(tile))
+    in tile coordinates (told to a function that ``takes_core``)."""
+    out = np.asarray(fn(tile, core=core) if getattr(fn, "takes_core", False) else fn(tile))
     h, w = tile.shape[2:]
     if out.shape != (out_bands, h, w):
         raise ValueError(

@@ -97,6 +97,22 @@ def test_a_tile_given_stays_unless_handed_over(scene, tiny_model) -> None:
     assert not np.array_equal(handed, cloudy, equal_nan=True)
 
 
+def test_told_its_core_the_network_runs_there_only_and_gives_the_same_core(
+    scene, tiny_model
+) -> None:
+    context = Context(model=str(tiny_model), device="cpu")
+    chain = build_chain(scene.reshape(*scene.shape[:2], -1), "cnn-lstm", set(), context)
+    assert chain.takes_core and chain.result_margin >= 0
+    whole = chain(scene)
+    core = (30, 70, 20, 60)
+    told = chain(scene, core=core)
+    y0, y1, x0, x1 = core
+    np.testing.assert_allclose(told[:, y0:y1, x0:x1], whole[:, y0:y1, x0:x1], atol=1e-6)
+    # Outside the core and the result stages' reach the network did not run.
+    m = chain.result_margin
+    assert np.isnan(told[0, : y0 - m - 1]).all() and np.isnan(told[0, :, x1 + m + 1 :]).all()
+
+
 PASSES = [s for s in STAGES if s.role != "detector"]
 
 

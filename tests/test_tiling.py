@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geochange.errors import InputError
-from geochange.tiling import overlap_map, plan_chunks, window_map
+from geochange.tiling import overlap_map, plan_chunks, region_windows, window_map
 
 
 def _mean3(img: np.ndarray) -> np.ndarray:
@@ -293,3 +293,31 @@ def test_stitched_windows_give_the_whole_result_for_every_output():
     assert [p.dtype for p in parts] == [w.dtype for w in whole]
     for p, w in zip(parts, whole):
         np.testing.assert_array_equal(p, w)
+
+
+@given(
+    st.integers(1, 300), st.integers(1, 300), st.integers(16, 128), st.integers(0, 40),
+    st.data(),
+)  # fmt: skip
+def test_region_windows_cover_the_region_once_in_even_cores(h, w, size, halo, data) -> None:
+    y0 = data.draw(st.integers(0, h - 1))
+    y1 = data.draw(st.integers(y0 + 1, h))
+    x0 = data.draw(st.integers(0, w - 1))
+    x1 = data.draw(st.integers(x0 + 1, w))
+    seen = np.zeros((h, w), int)
+    rows_cores, cols_cores = set(), set()
+    for (rows, cols), (cr, cc), (wr, wc) in region_windows(h, w, (y0, y1, x0, x1), size, halo):
+        seen[wr, wc] += 1
+        assert wr.stop - wr.start <= size and wc.stop - wc.start <= size
+        rows_cores.add(wr.stop - wr.start)
+        cols_cores.add(wc.stop - wc.start)
+        # The read carries the halo, clipped at the tile's edge; the crop is the core in it.
+        assert rows.start == max(0, wr.start - halo) and rows.stop == min(h, wr.stop + halo)
+        assert cols.start == max(0, wc.start - halo) and cols.stop == min(w, wc.stop + halo)
+        assert (cr.start + rows.start, cr.stop + rows.start) == (wr.start, wr.stop)
+        assert (cc.start + cols.start, cc.stop + cols.start) == (wc.start, wc.stop)
+    inside = np.zeros((h, w), bool)
+    inside[y0:y1, x0:x1] = True
+    assert (seen[inside] == 1).all() and (seen[~inside] == 0).all()
+    # Even cores: no thin last one.
+    assert max(rows_cores) - min(rows_cores) <= 1 and max(cols_cores) - min(cols_cores) <= 1

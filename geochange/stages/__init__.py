@@ -73,6 +73,9 @@ class Block:
         owned: the stages may overwrite ``tile`` in place: it was read for this block alone
             (else an input stage that rewrites it works on a copy, and the tile as given
             stays as it was).
+        region: (y0, y1, x0, x1), the pixels whose detector output the later stages use (the
+            chunk's core and the result stages' reach around it); the detector may leave the
+            rest NaN. None: every pixel.
         halo: pixels of context around the core that the detector's input carries (the
             chain's halo without the input stages' reach).
         x: (t, c, h, w) float32 the tile normalised by the deep model's scene statistics, 0
@@ -88,6 +91,7 @@ class Block:
     tile: np.ndarray | None
     halo: int = 0
     owned: bool = False
+    region: tuple[int, int, int, int] | None = None
     x: np.ndarray | None = None
     valid: np.ndarray | None = None
     prob: np.ndarray | None = None
@@ -241,6 +245,8 @@ class Chain:
     """
 
     overwrite_input: bool = False
+    #: Tiling tells the chain the core of each tile (see :data:`geochange.tiling.BlockFunction`).
+    takes_core = True
 
     def __init__(
         self,
@@ -259,6 +265,8 @@ class Chain:
         self.stack_stages = tuple((str(n), dict(p)) for n, p in stack_stages)
         self.detector = stages[k]
         self._detector_at = k
+        #: pixels around an output pixel whose detector output the result stages read
+        self.result_margin = sum(s.reach(self.n_dates).result for s in self.stages[k + 1 :])
         halo, detector_halo = self.halos(self.n_dates)
         #: context the detector's input carries (see :class:`Block`)
         self.detector_halo = detector_halo
@@ -321,10 +329,22 @@ class Chain:
 
         return ("Chain", self.n_dates, tuple(tokenize(s) for s in self.stages))
 
-    def __call__(self, tile: np.ndarray, overwrite: bool | None = None) -> np.ndarray:
+    def __call__(
+        self,
+        tile: np.ndarray,
+        overwrite: bool | None = None,
+        core: tuple[int, int, int, int] | None = None,
+    ) -> np.ndarray:
         """The chain on one tile; ``overwrite`` (default :attr:`overwrite_input`): its stages
-        may overwrite ``tile`` in place."""
+        may overwrite ``tile`` in place; ``core`` (y0, y1, x0, x1): only the output there is
+        used (the detector then runs on the core and the result stages' reach around it, not
+        on the input stages' reach; the rest of the output is NaN)."""
         data = np.asarray(tile, dtype=np.float32)
+        region = None
+        if core is not None:
+            m, (h, w) = self.result_margin, data.shape[2:]
+            y0, y1, x0, x1 = core
+            region = (max(0, y0 - m), min(h, y1 + m), max(0, x0 - m), min(w, x1 + m))
         if overwrite is None:
             overwrite = self.overwrite_input
         # A copy made here (another dtype) is the chain's own.
@@ -332,7 +352,7 @@ class Chain:
             isinstance(tile, np.ndarray) and not np.may_share_memory(data, tile)
         )
         del tile  # the block holds it now
-        block = Block(data, halo=self.detector_halo, owned=owned)
+        block = Block(data, halo=self.detector_halo, owned=owned, region=region)
         del data
         for stage in self.stages:
             stage.run(block)

@@ -43,6 +43,7 @@ each judged with all the dates around it. Each pass costs one more pass of the n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -64,7 +65,7 @@ from geochange.model.cnn_lstm import CNNLSTM
 from geochange.model.normalize import apply_tensor
 from geochange.robust import scene_stats
 from geochange.stages import Block, Context, Reach
-from geochange.tiling import Window, windows
+from geochange.tiling import Window, region_windows, windows
 
 __all__ = [
     "AROUND_DATES",
@@ -289,7 +290,7 @@ class ModelDetector:
         x, valid = self._prepare(block.tile, in_place=block.owned)
         buffer = block.tile if block.owned else None
         block.tile = None
-        block.prob, block.interval, *later = self._infer(x, valid, block.halo)
+        block.prob, block.interval, *later = self._infer(x, valid, block.halo, block.region)
         if later:
             block.next_events = (later[0], later[1])
         # Later stages read x on the host: on the CPU it is the tile's own memory (normalised
@@ -334,17 +335,31 @@ class ModelDetector:
             stats = self._device_stats[self.device] = torch.from_numpy(self.stats).to(self.device)
         return apply_tensor(data, stats)
 
-    def _infer(self, x: torch.Tensor, valid: torch.Tensor, halo: int) -> tuple[np.ndarray, ...]:
+    def _infer(
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor,
+        halo: int,
+        region: tuple[int, int, int, int] | None = None,
+    ) -> tuple[np.ndarray, ...]:
         """(prob, interval) of a normalised tile on the device, in sub-tiles of ``tile_size``
         px with a halo of ``halo`` px clipped at the tile edge (exact, like tiling), batched by
         shape; with ``next_events``, also their probabilities and date indices,
-        (next_events, h, w) each."""
+        (next_events, h, w) each. With ``region`` (y0, y1, x0, x1) only there (NaN
+        elsewhere)."""
         h, w = x.shape[2:]
-        out = [np.empty((h, w), np.float32), np.empty((h, w), np.float32)]
+        whole = region is None or tuple(region) == (0, h, 0, w)
+        new = np.empty if whole else functools.partial(np.full, fill_value=np.nan)
+        out = [new((h, w), dtype=np.float32), new((h, w), dtype=np.float32)]
         if self.next_events:
-            out += [np.empty((self.next_events, h, w), np.float32) for _ in range(2)]
+            out += [new((self.next_events, h, w), dtype=np.float32) for _ in range(2)]
+        wins = (
+            windows(h, w, self.tile_size, halo)
+            if whole
+            else region_windows(h, w, region, self.tile_size, halo)
+        )
         groups: dict[tuple[int, int], list[Window]] = {}
-        for win in windows(h, w, self.tile_size, halo):
+        for win in wins:
             rows, cols = win[0]
             groups.setdefault((rows.stop - rows.start, cols.stop - cols.start), []).append(win)
         for items in groups.values():

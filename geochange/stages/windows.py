@@ -55,6 +55,8 @@ class WindowedChain:
     """
 
     overwrite_input: bool = False
+    #: Tiling tells it the core of each tile (see :data:`geochange.tiling.BlockFunction`).
+    takes_core = True
 
     def __init__(
         self,
@@ -149,12 +151,12 @@ class WindowedChain:
             tuple(tokenize(c) for c in self.chains),
         )
 
-    def __call__(self, tile: Any) -> np.ndarray:
+    def __call__(self, tile: Any, core: tuple[int, int, int, int] | None = None) -> np.ndarray:
         if self.next_events:
-            return self._whole(tile)
+            return self._whole(tile, core)
         probs, dates = [], []
         for (a, b), chain in zip(self.windows, self.chains):
-            out = chain(np.asarray(tile[a:b], dtype=np.float32), self.overwrite_input)
+            out = chain(np.asarray(tile[a:b], dtype=np.float32), self.overwrite_input, core)
             # Judged as stored (steps of 1/254), like a one-window run's probability.
             probs.append(quantised(out[0]))
             dates.append(out[1] + np.float32(1 + a))
@@ -163,9 +165,9 @@ class WindowedChain:
         )
         return np.concatenate([quiet[None], slot_prob, slot_date.astype(np.float32)])
 
-    def _whole(self, tile: Any) -> np.ndarray:
+    def _whole(self, tile: Any, core: tuple[int, int, int, int] | None) -> np.ndarray:
         """One window over the series: the first event and the next ones, slot by slot."""
-        out = self.chains[0](np.asarray(tile, dtype=np.float32), self.overwrite_input)
+        out = self.chains[0](np.asarray(tile, dtype=np.float32), self.overwrite_input, core)
         n = 1 + self.next_events
         probs = quantised(np.concatenate([out[:1], out[2 : 1 + n]]))  # judged as stored
         dates = np.concatenate([out[1:2] + np.float32(1), out[1 + n :]])
