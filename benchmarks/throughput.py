@@ -12,11 +12,11 @@ batch from ``geochange.plan``) and its threads (``geochange.cluster``, threaded 
 1. **read**: every task's tile (chunk + halo) read through the stack's reader, as the run's tasks
    read them, on the same threads;
 2. **model**: the network detector alone (the tile sent to its device and normalised there, the
-   network, its checks) on those tiles already in memory, on the same threads (synchronised on
-   a GPU);
+   network on the chunk's core, its checks) on those tiles already in memory, on the same
+   threads (synchronised on a GPU);
    and the same with four sub-tiles of one shape per pass instead of the planned batch;
 3. **chain**: every stage of the run (cloud screen, network, refine, micro, emerge) on the same
-   tiles in memory;
+   tiles in memory, told their cores as the run's tiling does;
 4. **detect**: ``geochange.pipeline.detect`` end to end, writing the GeoPackage and rasters
    (co-registration, reading, the chain, vectorising, writing).
 
@@ -76,12 +76,17 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def timed_map(fn, items: list, threads: int) -> float:
-    """Seconds to run ``fn`` on every item with ``threads`` threads (synchronised)."""
+def timed_map(fn, items: list, threads: int, cores: list | None = None) -> float:
+    """Seconds to run ``fn`` on every item (told its core, as tiling does) with ``threads``
+    threads (synchronised)."""
     sync()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        for _ in pool.map(fn, items):
+        if cores is None:
+            calls = pool.map(fn, items)
+        else:
+            calls = pool.map(lambda a, c: fn(a, core=c), items, cores)
+        for _ in calls:
             pass
     sync()
     return time.perf_counter() - t0
@@ -100,13 +105,14 @@ def measure(stack_dir: Path, device: str, workdir: Path, chain_part: bool = True
     chunk = plan_memory(stack, config, runtime, chain, False)
     ychunks, xchunks = tiling.plan_chunks(stack.grid.height, stack.grid.width, chunk, chain.halo)
     h, w, halo = stack.grid.height, stack.grid.width, int(chain.halo)
-    bounds = []
+    bounds, cores = [], []
     y0 = 0
     for cy in ychunks:
         x0 = 0
         for cx in xchunks:
-            bounds.append((max(0, y0 - halo), min(h, y0 + cy + halo),
-                           max(0, x0 - halo), min(w, x0 + cx + halo)))  # fmt: skip
+            ya, xa = max(0, y0 - halo), max(0, x0 - halo)
+            bounds.append((ya, min(h, y0 + cy + halo), xa, min(w, x0 + cx + halo)))
+            cores.append((y0 - ya, y0 + cy - ya, x0 - xa, x0 + cx - xa))  # as tiling tells it
             x0 += cx
         y0 += cy
     with cluster.runtime(n_chunks=len(bounds)) as rt:
@@ -122,14 +128,14 @@ def measure(stack_dir: Path, device: str, workdir: Path, chain_part: bool = True
     tiles = [read(b) for b in bounds]  # held in memory for the model and the chain
     detector = chain.detector
     detector(tiles[0][..., :64, :64])  # warm-up (allocator, cuDNN)
-    model_s = timed_map(detector, tiles, threads)
+    model_s = timed_map(detector, tiles, threads, cores)
     # The same with four sub-tiles of a shape per pass (the planned batch is the fastest that
     # fits; on the CPU that is one).
     planned = detector.batch_size
     detector.batch_size = 4
-    batch4_s = timed_map(detector, tiles, threads)
+    batch4_s = timed_map(detector, tiles, threads, cores)
     detector.batch_size = planned
-    chain_s = timed_map(chain, tiles, threads) if chain_part else float("nan")
+    chain_s = timed_map(chain, tiles, threads, cores) if chain_part else float("nan")
     del tiles
     t0 = time.perf_counter()
     detect(stack_dir, workdir / "changes.gpkg", device=device, overwrite=True, progress=False)

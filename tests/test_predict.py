@@ -149,6 +149,18 @@ def test_default_model_detector() -> None:
     assert det(a).shape == (2, 40, 40)
 
 
+def test_told_its_core_the_detector_runs_there_only() -> None:
+    a = _scene()
+    det = _detector(a, tile_size=32)
+    whole = det(a)
+    told = det(a, core=(10, 50, 20, 70))
+    np.testing.assert_allclose(told[:, 10:50, 20:70], whole[:, 10:50, 20:70], atol=1e-6)
+    assert np.isnan(told[:, :10]).all() and np.isnan(told[:, :, 70:]).all()
+    # As a block function of the tiling (told each chunk's core): the whole scene's result.
+    tiled = overlap_map(da.from_array(a, chunks=(4, 3, 35, 45)), det, det.halo, out_bands=2)
+    np.testing.assert_allclose(tiled.compute(scheduler="synchronous"), whole, atol=1e-5)
+
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu() -> None:
     a = _scene()

@@ -298,10 +298,16 @@ class ModelDetector:
         block.x, block.valid = _host(x, buffer), valid.cpu().numpy()
 
     # -- inference ------------------------------------------------------------------------------
-    def __call__(self, tile: np.ndarray) -> np.ndarray:
-        """Run on one tile (t, c, h, w) float32 NaN-nodata; returns (2, h, w) float32."""
+    #: Tiling tells the detector the core of each tile (:data:`geochange.tiling.BlockFunction`).
+    takes_core = True
+
+    def __call__(
+        self, tile: np.ndarray, core: tuple[int, int, int, int] | None = None
+    ) -> np.ndarray:
+        """Run on one tile (t, c, h, w) float32 NaN-nodata; returns (2, h, w) float32. With
+        ``core`` (y0, y1, x0, x1) the network runs there only (NaN elsewhere)."""
         x, valid = self._prepare(tile)
-        prob, interval = self._infer(x, valid, self.halo)[:2]
+        prob, interval = self._infer(x, valid, self.halo, core)[:2]
         nodata = valid.sum(dim=0).cpu().numpy() < 2
         prob[nodata] = np.nan
         interval[nodata] = np.nan
