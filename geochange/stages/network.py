@@ -156,8 +156,8 @@ class ModelDetector:
         stats: (t, c, 2) scene statistics from :func:`geochange.robust.scene_stats`.
         device: "cpu", "cuda" or "auto".
         batch_size: sub-tiles of one shape per forward pass. One on the CPU: a batch of
-            four took 1.3-2.2x as long there and held four times the activations
-            (benchmarks/THROUGHPUT.md); a GPU run plans its own (:mod:`geochange.plan`).
+            four took 1.4-2.0x as long there and peaked 1-1.8 GiB higher
+            (benchmarks/MEMORY_PLAN.md); a GPU run plans its own (:mod:`geochange.plan`).
         tile_size: tiles larger than this (pixels, core without halo) run as sub-tiles with a
             halo of ``self.halo``, which bounds memory and gives exactly the same output.
         amp: autocast to float16 on CUDA (faster, not bit-identical to float32).
