@@ -352,22 +352,52 @@ class Chain:
             isinstance(tile, np.ndarray) and not np.may_share_memory(data, tile)
         )
         del tile  # the block holds it now
+        shape = data.shape[2:]
         block = Block(data, halo=self.detector_halo, owned=owned, region=region)
         del data
-        for stage in self.stages:
+        kept = None
+        for i, stage in enumerate(self.stages):
             stage.run(block)
             release_freed()  # each stage's temporaries: do not stack them on the next one's
+            if i == self._detector_at and core is not None:
+                # The result stages read at most the detector's halo around the core.
+                kept = _crop(block, core, self.detector_halo, shape)
         prob, interval = block.prob, block.interval
         if block.valid is not None:
             nodata = block.valid.sum(axis=0) < 2
             prob[nodata] = np.nan
             interval[nodata] = np.nan
         if block.next_events is None:
-            return np.stack([prob, interval])
-        probs, dates = block.next_events
-        if block.valid is not None:
-            probs[:, nodata] = np.nan
-        return np.concatenate([prob[None], interval[None], probs, dates])
+            out = np.stack([prob, interval])
+        else:
+            probs, dates = block.next_events
+            if block.valid is not None:
+                probs[:, nodata] = np.nan
+            out = np.concatenate([prob[None], interval[None], probs, dates])
+        if kept is None:
+            return out
+        whole = np.full((out.shape[0], *shape), np.nan, np.float32)
+        whole[(slice(None), *kept)] = out
+        return whole
+
+
+def _crop(
+    block: Block, core: tuple[int, int, int, int], reach: int, shape: tuple[int, int]
+) -> tuple[slice, slice]:
+    """Cut the block's detector outputs and inputs to ``core`` and ``reach`` px around it
+    (clipped to ``shape``); returns the (rows, cols) kept, in tile coordinates."""
+    y0, y1, x0, x1 = core
+    h, w = shape
+    kept = (slice(max(0, y0 - reach), min(h, y1 + reach)),
+            slice(max(0, x0 - reach), min(w, x1 + reach)))  # fmt: skip
+    block.prob, block.interval = block.prob[kept], block.interval[kept]
+    if block.x is not None:
+        block.x, block.valid = block.x[(..., *kept)], block.valid[(..., *kept)]
+    if block.tile is not None:
+        block.tile = block.tile[(..., *kept)]
+    if block.next_events is not None:
+        block.next_events = tuple(a[(..., *kept)] for a in block.next_events)
+    return kept
 
 
 def build_chain(
