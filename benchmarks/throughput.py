@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -153,19 +151,10 @@ def measure(stack_dir: Path, device: str, workdir: Path, chain_part: bool = True
 
 
 def machine(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    import _common as C
+
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "no GPU used"
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, numpy {np.__version__}"
-    )
+    return f"{C.machine()}; {gpu}"
 
 
 def report(r: dict, command: str) -> str:

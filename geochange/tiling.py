@@ -58,20 +58,23 @@ def windows(height: int, width: int, core: int, halo: int) -> list[Window]:
         ``(read, crop, write)`` per window: compute on ``a[..., *read]`` and put the result's
         ``[crop]`` at ``out[write]``.
     """
-    out: list[Window] = []
-    for y0 in range(0, max(height, 1), core):
-        for x0 in range(0, max(width, 1), core):
-            y1, x1 = min(height, y0 + core), min(width, x0 + core)
-            ya, xa = max(0, y0 - halo), max(0, x0 - halo)
-            yb, xb = min(height, y1 + halo), min(width, x1 + halo)
-            out.append(
-                (
-                    (slice(ya, yb), slice(xa, xb)),
-                    (slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa)),
-                    (slice(y0, y1), slice(x0, x1)),
-                )
-            )
-    return out
+    return [
+        _window(y0, min(height, y0 + core), x0, min(width, x0 + core), height, width, halo)
+        for y0 in range(0, max(height, 1), core)
+        for x0 in range(0, max(width, 1), core)
+    ]
+
+
+def _window(y0: int, y1: int, x0: int, x1: int, height: int, width: int, halo: int) -> Window:
+    """The window of the core rows y0:y1, cols x0:x1, read with up to ``halo`` px around it
+    (clipped at the (height, width) tile's edge)."""
+    ya, xa = max(0, y0 - halo), max(0, x0 - halo)
+    yb, xb = min(height, y1 + halo), min(width, x1 + halo)
+    return (
+        (slice(ya, yb), slice(xa, xb)),
+        (slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa)),
+        (slice(y0, y1), slice(x0, x1)),
+    )
 
 
 def region_windows(
@@ -81,19 +84,11 @@ def region_windows(
     (height, width) tile, split evenly into cores of at most ``core`` px (no thin last core);
     each is read with up to ``halo`` px around it, clipped at the tile's edge."""
     y0, y1, x0, x1 = region
-    out: list[Window] = []
-    for ya0, ya1 in _even(y0, y1, core):
-        for xa0, xa1 in _even(x0, x1, core):
-            ya, xa = max(0, ya0 - halo), max(0, xa0 - halo)
-            yb, xb = min(height, ya1 + halo), min(width, xa1 + halo)
-            out.append(
-                (
-                    (slice(ya, yb), slice(xa, xb)),
-                    (slice(ya0 - ya, ya1 - ya), slice(xa0 - xa, xa1 - xa)),
-                    (slice(ya0, ya1), slice(xa0, xa1)),
-                )
-            )
-    return out
+    return [
+        _window(ya0, ya1, xa0, xa1, height, width, halo)
+        for ya0, ya1 in _even(y0, y1, core)
+        for xa0, xa1 in _even(x0, x1, core)
+    ]
 
 
 def _even(start: int, stop: int, size: int) -> list[tuple[int, int]]:
