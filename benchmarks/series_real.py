@@ -62,6 +62,9 @@ STAGES = ("coregister", "clouds", "refine", "micro", "emerge")
 BARE = ("bare", "bare quiet")
 #: The default chain with the network's last-date check off (only when asked for in --chains).
 NOCHECK = "nocheck"
+#: The default chain on the series' first and last dates alone: the same two acquisitions, with
+#: the same per-date differences, as a user who kept only those two would run them.
+ENDS = "ends"
 POSITIONS = ("early", "middle", "last")
 SEED = 2800
 
@@ -96,7 +99,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         nargs="*",
         default=None,
         help="only these chains: pair, default, a stage name (that stage off), bare, 'bare quiet', "
-        "nocheck (default chain, the network's last-date check off; run only when named)",
+        "nocheck (default chain, the network's last-date check off; run only when named), "
+        "ends (the series' first and last dates alone)",
     )
     p.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")
     p.add_argument(
@@ -201,6 +205,22 @@ def series_case(
     )
 
 
+def ends_case(case: C.Case) -> C.Case:
+    """The series' first and last dates alone, as a 2-date case (the change at index 1)."""
+    assert case.ref_date is not None
+    ref_date = np.where(case.ref_date == 255, 255, np.where(case.ref, 1, 0)).astype(np.uint8)
+    return C.Case(
+        group="series ends",
+        name=case.name,
+        paths=[case.paths[0], case.paths[-1]],
+        dates=[case.dates[0], case.dates[-1]],
+        ref=case.ref,
+        labelled=case.labelled,
+        ref_date=ref_date,
+        info={**case.info, "dates": 2, "change index": 1},
+    )
+
+
 def _seed(sample_i: int, dates: int, position: str, s: int) -> int:
     return SEED + 1000 * s + 100 * sample_i + 10 * dates + POSITIONS.index(position)
 
@@ -227,6 +247,7 @@ def run_all(a: argparse.Namespace, rows_path: Path) -> None:
                         continue
                     for s in range(a.seeds):
                         jobs.append(("default", None, t, pos, _seed(si, t, pos, s)))
+                        jobs.append((ENDS, None, t, pos, _seed(si, t, pos, s)))
                         if a.chains is not None and NOCHECK in a.chains:
                             jobs.append((NOCHECK, None, t, pos, _seed(si, t, pos, s)))
             for pos in _positions(a.ablate):
@@ -243,7 +264,9 @@ def run_all(a: argparse.Namespace, rows_path: Path) -> None:
                         tmp, sample, dates=t, position=pos, seed=seed, crop=a.crop,
                         quiet=chain == "bare quiet",
                     )  # fmt: skip
-                skip = {"pair": None, "default": None, NOCHECK: None}.get(chain, chain)
+                if chain == ENDS:
+                    case = ends_case(case)
+                skip = {"pair": None, "default": None, NOCHECK: None, ENDS: None}.get(chain, chain)
                 r, secs = _run(
                     case, "all" if chain in BARE else skip, a.chunk_size, a.model,
                     check=chain != NOCHECK,
@@ -336,6 +359,67 @@ def _before_after(
     ]
 
 
+def _against_ends(
+    rows: list[dict[str, Any]], default: list[dict[str, Any]], lengths: list[int]
+) -> list[str]:
+    """Each series against its own first and last dates run as a pair (``ENDS``)."""
+    key = ("sample", "dates", "position", "seed")
+    ends = {tuple(r[k] for k in key): r for r in rows if r["chain"] == ENDS}
+    if not ends:
+        return []
+    header = [
+        "T",
+        "change",
+        "runs",
+        "F1 series",
+        "F1 first + last date",
+        "series - first + last",
+        "worst run",
+        "runs below by > 0.05",
+        "date exact % (TP) series / first + last",
+    ]
+    body = []
+    for t in lengths:
+        for pos in POSITIONS:
+            both = [
+                (r, ends[k])
+                for r in default
+                if r["dates"] == t and r["position"] == pos
+                and (k := tuple(r[c] for c in key)) in ends
+            ]  # fmt: skip
+            if not both:
+                continue
+            d = [r["f1"] - e["f1"] for r, e in both]
+            exact = []
+            for side in ([r for r, _ in both], [e for _, e in both]):
+                n = sum(x["date_n"] for x in side)
+                exact.append(C.fmt(sum(x["date_ok"] for x in side) / n if n else np.nan, pct=True))
+            body.append(
+                [
+                    str(t),
+                    pos,
+                    str(len(both)),
+                    C.fmt(_nanmean([r["f1"] for r, _ in both])),
+                    C.fmt(_nanmean([e["f1"] for _, e in both])),
+                    f"{_nanmean(d):+.3f}",
+                    f"{min(d):+.3f}",
+                    str(sum(x < -0.05 for x in d)),
+                    " / ".join(exact),
+                ]
+            )
+    return [
+        "",
+        "### Series against their own first and last dates",
+        "",
+        "The same series, and its first and last dates alone run as a pair with the default "
+        "chain: the same two acquisitions with the same per-date gains, offsets, haze and "
+        "shifts, as a user who kept only those two dates would run them. 'Pair' above is the "
+        "pair as it is, never resampled.",
+        "",
+        *C.md_table(header, body),
+    ]
+
+
 def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) -> str:
     f = C.fmt
     pair = {r["sample"]: r for r in rows if r["chain"] == "pair"}
@@ -412,6 +496,7 @@ def report(a: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) ->
                 ]
             )
     lines += C.md_table(header, body)
+    lines += _against_ends(rows, default, lengths)
     if a.before:
         lines += ["", *_before_after(Path(a.before), default, pair)]
     lines += [
