@@ -35,6 +35,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
+from geochange.tiling import region_windows
 from geochange.tiling import windows as _subtiles
 
 __all__ = [
@@ -117,6 +118,9 @@ class TaskShape:
         scene: (height, width) clips the tile (no halo beyond the scene's edge); None: no clip.
         model_on_host: the network's activations are in the worker's memory (False: on a GPU,
             planned by :func:`device_plan`; the worker then holds the tile's arrays only).
+        result_margin: pixels around the chunk's core where the network runs too (the reach
+            of the stages after it): its sub-tiles are cut along the core and the outer ones
+            reach this much further (:func:`geochange.tiling.region_windows`).
     """
 
     halo: int
@@ -127,6 +131,7 @@ class TaskShape:
     tile_size: int = 256
     scene: tuple[int, int] | None = None
     model_on_host: bool = True
+    result_margin: int = 0
 
 
 def segment_length(dates: int) -> int:
@@ -153,11 +158,25 @@ def _tile_edges(chunk: int, shape: TaskShape) -> tuple[int, int]:
 
 
 def _shapes(edges: tuple[int, int], shape: TaskShape, tile_size: int) -> Counter:
-    """How many sub-tiles of each (height, width) a tile of ``edges`` px runs as."""
-    return Counter(
+    """How many sub-tiles of each (height, width) a tile of ``edges`` px runs as: the larger
+    of the whole tile cut into sub-tiles (a detector not told its core) and the chunk's core
+    with the result margin around it, cut along the core (as a chain runs it)."""
+    whole = Counter(
         (r.stop - r.start, c.stop - c.start)
         for (r, c), _, _ in _subtiles(*edges, tile_size, shape.detector_halo)
     )
+    ey, ex = edges
+    cy, cx = (e - 2 * shape.halo if e > 2 * shape.halo else e for e in edges)
+    y0, x0 = (ey - cy) // 2, (ex - cx) // 2
+    m = shape.result_margin
+    region = (max(0, y0 - m), min(ey, y0 + cy + m), max(0, x0 - m), min(ex, x0 + cx + m))
+    core = Counter(
+        (r.stop - r.start, c.stop - c.start)
+        for (r, c), _, _ in region_windows(
+            ey, ex, region, tile_size, shape.detector_halo, along=(y0, y0 + cy, x0, x0 + cx)
+        )
+    )
+    return max(whole, core, key=lambda n: max(h * w for h, w in n))
 
 
 def model_bytes(edges: tuple[int, int], shape: TaskShape, tile_size: int, batch: int) -> int:

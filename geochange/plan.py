@@ -107,6 +107,7 @@ def choose_window(
             tile_size,
             (int(scene[0]), int(scene[1])),
             model_on_host=not on_gpu,
+            result_margin=int(getattr(chain, "result_margin", 0)),
         )
         chunk, _ = memory.plan(limit, asked, shape, tasks, batch)
         if free is not None:  # the network's activations go to the GPU
@@ -159,6 +160,7 @@ def plan_memory(
         tile_size,
         (stack.grid.height, stack.grid.width),
         model_on_host=not on_gpu,
+        result_margin=max(int(getattr(c, "result_margin", 0)) for c in chains),
     )
     chunk, new_batch = memory.plan(limit, asked, shape, tasks, batch)
     if chunk == 0 or (chunk < halo and chunk < size):

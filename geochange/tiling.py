@@ -78,23 +78,38 @@ def _window(y0: int, y1: int, x0: int, x1: int, height: int, width: int, halo: i
 
 
 def region_windows(
-    height: int, width: int, region: tuple[int, int, int, int], core: int, halo: int
+    height: int,
+    width: int,
+    region: tuple[int, int, int, int],
+    core: int,
+    halo: int,
+    along: tuple[int, int, int, int] | None = None,
 ) -> list[Window]:
     """Like :func:`windows`, but the cores cover only ``region`` = (y0, y1, x0, x1) of the
     (height, width) tile, split evenly into cores of at most ``core`` px (no thin last core);
-    each is read with up to ``halo`` px around it, clipped at the tile's edge."""
+    each is read with up to ``halo`` px around it, clipped at the tile's edge.
+
+    ``along`` (a box inside ``region``): the split follows it and the outermost cores reach
+    out to ``region``'s edges; so a chunk's core of ``core`` px with a few pixels of margin
+    around it stays one core, not four."""
     y0, y1, x0, x1 = region
+    ay0, ay1, ax0, ax1 = region if along is None else along
     return [
         _window(ya0, ya1, xa0, xa1, height, width, halo)
-        for ya0, ya1 in _even(y0, y1, core)
-        for xa0, xa1 in _even(x0, x1, core)
+        for ya0, ya1 in _even(ay0, ay1, core, y0, y1)
+        for xa0, xa1 in _even(ax0, ax1, core, x0, x1)
     ]
 
 
-def _even(start: int, stop: int, size: int) -> list[tuple[int, int]]:
-    """[start, stop) cut into the fewest parts of at most ``size``, of (nearly) equal length."""
+def _even(
+    start: int, stop: int, size: int, first: int | None = None, last: int | None = None
+) -> list[tuple[int, int]]:
+    """[start, stop) cut into the fewest parts of at most ``size``, of (nearly) equal length;
+    the first part then starts at ``first`` and the last ends at ``last`` where given."""
     n = max(1, -(-(stop - start) // max(1, size)))
     edges = [start + round(i * (stop - start) / n) for i in range(n + 1)]
+    edges[0] = start if first is None else first
+    edges[-1] = stop if last is None else last
     return list(zip(edges[:-1], edges[1:]))
 
 

@@ -321,3 +321,29 @@ def test_region_windows_cover_the_region_once_in_even_cores(h, w, size, halo, da
     assert (seen[inside] == 1).all() and (seen[~inside] == 0).all()
     # Even cores: no thin last one.
     assert max(rows_cores) - min(rows_cores) <= 1 and max(cols_cores) - min(cols_cores) <= 1
+
+
+@given(
+    st.integers(16, 300), st.integers(16, 128), st.integers(0, 40), st.integers(0, 6),
+    st.data(),
+)  # fmt: skip
+def test_region_windows_along_a_core_keep_its_split(n, size, halo, margin, data) -> None:
+    """Cut along a chunk's core, a region of that core and a margin around it has as many
+    sub-tiles as the core alone (not one more row and column for the margin); together they
+    cover the region once."""
+    h = w = n + 2 * margin + data.draw(st.integers(0, 20))
+    y0 = data.draw(st.integers(margin, h - n - margin))
+    x0 = data.draw(st.integers(margin, w - n - margin))
+    core = (y0, y0 + n, x0, x0 + n)
+    region = (y0 - margin, y0 + n + margin, x0 - margin, x0 + n + margin)
+    wins = region_windows(h, w, region, size, halo, along=core)
+    assert len(wins) == len(region_windows(h, w, core, size, halo))
+    seen = np.zeros((h, w), int)
+    for (rows, _), (cr, _), (wr, wc) in wins:
+        seen[wr, wc] += 1
+        assert wr.stop - wr.start <= size + 2 * margin and wc.stop - wc.start <= size + 2 * margin
+        assert rows.start == max(0, wr.start - halo) and rows.stop == min(h, wr.stop + halo)
+        assert (cr.start + rows.start, cr.stop + rows.start) == (wr.start, wr.stop)
+    inside = np.zeros((h, w), bool)
+    inside[region[0] : region[1], region[2] : region[3]] = True
+    assert (seen[inside] == 1).all() and (seen[~inside] == 0).all()

@@ -76,6 +76,8 @@ class Block:
         region: (y0, y1, x0, x1), the pixels whose detector output the later stages use (the
             chunk's core and the result stages' reach around it); the detector may leave the
             rest NaN. None: every pixel.
+        core: (y0, y1, x0, x1), the chunk's core inside ``region``: the detector cuts its
+            sub-tiles along it (:func:`geochange.tiling.region_windows`). None: ``region``.
         halo: pixels of context around the core that the detector's input carries (the
             chain's halo without the input stages' reach).
         x: (t, c, h, w) float32 the tile normalised by the deep model's scene statistics, 0
@@ -92,6 +94,7 @@ class Block:
     halo: int = 0
     owned: bool = False
     region: tuple[int, int, int, int] | None = None
+    core: tuple[int, int, int, int] | None = None
     x: np.ndarray | None = None
     valid: np.ndarray | None = None
     prob: np.ndarray | None = None
@@ -353,7 +356,7 @@ class Chain:
         )
         del tile  # the block holds it now
         shape = data.shape[2:]
-        block = Block(data, halo=self.detector_halo, owned=owned, region=region)
+        block = Block(data, halo=self.detector_halo, owned=owned, region=region, core=core)
         del data
         kept = None
         for i, stage in enumerate(self.stages):

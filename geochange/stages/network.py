@@ -290,7 +290,9 @@ class ModelDetector:
         x, valid = self._prepare(block.tile, in_place=block.owned)
         buffer = block.tile if block.owned else None
         block.tile = None
-        block.prob, block.interval, *later = self._infer(x, valid, block.halo, block.region)
+        block.prob, block.interval, *later = self._infer(
+            x, valid, block.halo, block.region, block.core
+        )
         if later:
             block.next_events = (later[0], later[1])
         # Later stages read x on the host: on the CPU it is the tile's own memory (normalised
@@ -347,12 +349,13 @@ class ModelDetector:
         valid: torch.Tensor,
         halo: int,
         region: tuple[int, int, int, int] | None = None,
+        core: tuple[int, int, int, int] | None = None,
     ) -> tuple[np.ndarray, ...]:
         """(prob, interval) of a normalised tile on the device, in sub-tiles of ``tile_size``
         px with a halo of ``halo`` px clipped at the tile edge (exact, like tiling), batched by
         shape; with ``next_events``, also their probabilities and date indices,
         (next_events, h, w) each. With ``region`` (y0, y1, x0, x1) only there (NaN
-        elsewhere)."""
+        elsewhere), its sub-tiles cut along the chunk's ``core`` inside it where given."""
         h, w = x.shape[2:]
         whole = region is None or tuple(region) == (0, h, 0, w)
         new = np.empty if whole else functools.partial(np.full, fill_value=np.nan)
@@ -362,7 +365,7 @@ class ModelDetector:
         wins = (
             windows(h, w, self.tile_size, halo)
             if whole
-            else region_windows(h, w, region, self.tile_size, halo)
+            else region_windows(h, w, region, self.tile_size, halo, along=core)
         )
         groups: dict[tuple[int, int], list[Window]] = {}
         for win in wins:
