@@ -118,6 +118,8 @@ def stitched(
     arrays: tuple[np.ndarray, ...],
     core: int,
     halo: int,
+    region: tuple[int, int, int, int] | None = None,
+    along: tuple[int, int, int, int] | None = None,
 ) -> tuple[np.ndarray, ...]:
     """``fn`` run on the :func:`windows` of in-memory arrays, its outputs' cores stitched.
 
@@ -126,16 +128,25 @@ def stitched(
             last two axes; its output at a pixel must depend on inputs within ``halo`` px.
         arrays: inputs sharing their last two axes (h, w).
         core, halo: as in :func:`windows`.
+        region: (y0, y1, x0, x1): ``fn`` runs for the outputs there only
+            (:func:`region_windows`, cut ``along`` a box inside it where given); they are 0
+            elsewhere. None: everywhere.
 
     Returns:
         ``fn``'s outputs over the whole (h, w), exactly as from one call on whole arrays.
     """
     h, w = arrays[0].shape[-2:]
     outs: tuple[np.ndarray, ...] = ()
-    for read, crop, write in windows(h, w, core, halo):
+    wins = (
+        windows(h, w, core, halo)
+        if region is None
+        else region_windows(h, w, region, core, halo, along=along)
+    )
+    for read, crop, write in wins:
         parts = fn(*(a[(..., *read)] for a in arrays))
         if not outs:
-            outs = tuple(np.empty(q.shape[:-2] + (h, w), q.dtype) for q in parts)
+            new = np.empty if region is None else np.zeros
+            outs = tuple(new(q.shape[:-2] + (h, w), q.dtype) for q in parts)
         for out, part in zip(outs, parts):
             out[(..., *write)] = part[(..., *crop)]
     return outs

@@ -293,6 +293,16 @@ def test_stitched_windows_give_the_whole_result_for_every_output():
     assert [p.dtype for p in parts] == [w.dtype for w in whole]
     for p, w in zip(parts, whole):
         np.testing.assert_array_equal(p, w)
+    # Asked for a region only (cut along a core inside it): the same values there, 0 elsewhere.
+    region, core = (5, 30, 3, 20), (7, 28, 5, 18)
+    inside = (slice(5, 30), slice(3, 20))
+    for along in (None, core):
+        parts = stitched(fn, (x, mask), core=8, halo=2, region=region, along=along)
+        for p, w in zip(parts, whole):
+            np.testing.assert_array_equal(p[(..., *inside)], w[(..., *inside)])
+            rest = np.ones(p.shape[-2:], bool)
+            rest[inside] = False
+            assert not p[..., rest].any()
 
 
 @given(

@@ -75,7 +75,7 @@ class Block:
             stays as it was).
         region: (y0, y1, x0, x1), the pixels whose detector output the later stages use (the
             chunk's core and the result stages' reach around it); the detector may leave the
-            rest NaN. None: every pixel.
+            rest NaN, and the result stages give their results there only. None: every pixel.
         core: (y0, y1, x0, x1), the chunk's core inside ``region``: the detector cuts its
             sub-tiles along it (:func:`geochange.tiling.region_windows`). None: ``region``.
         halo: pixels of context around the core that the detector's input carries (the
@@ -363,8 +363,12 @@ class Chain:
             stage.run(block)
             release_freed()  # each stage's temporaries: do not stack them on the next one's
             if i == self._detector_at and core is not None:
-                # The result stages read at most the detector's halo around the core.
+                # The result stages read at most the detector's halo around the core, and
+                # give their results on the detector's region only.
                 kept = _crop(block, core, self.detector_halo, shape)
+                dy, dx = kept[0].start, kept[1].start
+                block.region = _shifted(region, dy, dx)
+                block.core = _shifted(core, dy, dx)
         prob, interval = block.prob, block.interval
         if block.valid is not None:
             nodata = block.valid.sum(axis=0) < 2
@@ -382,6 +386,16 @@ class Chain:
         whole = np.full((out.shape[0], *shape), np.nan, np.float32)
         whole[(slice(None), *kept)] = out
         return whole
+
+
+def _shifted(
+    box: tuple[int, int, int, int] | None, dy: int, dx: int
+) -> tuple[int, int, int, int] | None:
+    """``box`` (y0, y1, x0, x1) in the coordinates of a crop that starts at (dy, dx)."""
+    if box is None:
+        return None
+    y0, y1, x0, x1 = box
+    return (y0 - dy, y1 - dy, x0 - dx, x1 - dx)
 
 
 def _crop(

@@ -175,7 +175,13 @@ def _votes(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def add(
-    x: np.ndarray, valid: np.ndarray, prob: np.ndarray, interval: np.ndarray, block: int = 256
+    x: np.ndarray,
+    valid: np.ndarray,
+    prob: np.ndarray,
+    interval: np.ndarray,
+    block: int = 256,
+    region: tuple[int, int, int, int] | None = None,
+    along: tuple[int, int, int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add the pixels that emerge from their surroundings to a model's result.
 
@@ -184,6 +190,8 @@ def add(
         prob: (h, w) change probability (NaN = nodata); interval: (h, w) interval k in 0..t-2.
         block: larger tiles are tested in windows of this many pixels plus :data:`REACH` of
             halo: bounded memory, the same result.
+        region: (y0, y1, x0, x1): test there only (the rest is left as it is); None: all.
+        along: a box inside ``region`` (the chunk's core) its windows are cut along.
 
     Returns:
         New ``prob`` and ``interval``: a pixel with a share of at least :data:`SHARE` that the
@@ -194,7 +202,7 @@ def add(
     out_k = np.array(interval, dtype=np.float32)
     if not usable(x.shape[0]):
         return out_p, out_k
-    share, date = stitched(emergence, (x, valid), block, REACH)
+    share, date = stitched(emergence, (x, valid), block, REACH, region, along)
     new = (share >= SHARE) & np.isfinite(out_p) & (out_p < 0.5)
     out_p[new] = PROBABILITY
     out_k[new] = date[new] - 1
@@ -214,7 +222,9 @@ class Emerge:
         return {"radii": list(RADII), "alike": ALIKE, "apart": APART, "share": SHARE}
 
     def run(self, block: Block) -> None:
-        block.prob, block.interval = add(block.x, block.valid, block.prob, block.interval)
+        block.prob, block.interval = add(
+            block.x, block.valid, block.prob, block.interval, region=block.region, along=block.core
+        )
 
 
 def fit(sample: np.ndarray, context: Context, name: str = "emerge") -> Emerge | None:

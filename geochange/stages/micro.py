@@ -183,7 +183,13 @@ def step_score(x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def rescue(
-    x: np.ndarray, valid: np.ndarray, prob: np.ndarray, interval: np.ndarray, block: int = 256
+    x: np.ndarray,
+    valid: np.ndarray,
+    prob: np.ndarray,
+    interval: np.ndarray,
+    block: int = 256,
+    region: tuple[int, int, int, int] | None = None,
+    along: tuple[int, int, int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add small persistent changes to a model's probability and interval rasters.
 
@@ -193,6 +199,8 @@ def rescue(
         block: larger tiles are tested in windows of this many pixels plus :data:`REACH` of
             halo, which bounds memory (a few (t, c) stacks of the window) and gives exactly
             the same result.
+        region: (y0, y1, x0, x1): test there only (the rest is left as it is); None: all.
+        along: a box inside ``region`` (the chunk's core) its windows are cut along.
 
     Returns:
         New ``prob`` and ``interval``: an added object's pixels get ``max(prob, sigmoid(best -
@@ -202,7 +210,7 @@ def rescue(
     out_k = np.array(interval, dtype=np.float32)
     if not usable(x.shape[0]):
         return out_p, out_k
-    p_obj, when = stitched(_objects, (x, valid), block, REACH)
+    p_obj, when = stitched(_objects, (x, valid), block, REACH, region, along)
     added = (p_obj > 0) & np.isfinite(out_p)
     new = added & (out_p < 0.5)
     out_k[new] = when[new] - 1
@@ -253,7 +261,9 @@ class Micro:
         }
 
     def run(self, block: Block) -> None:
-        block.prob, block.interval = rescue(block.x, block.valid, block.prob, block.interval)
+        block.prob, block.interval = rescue(
+            block.x, block.valid, block.prob, block.interval, region=block.region, along=block.core
+        )
 
 
 def fit(sample: np.ndarray, context: Context, name: str = "micro") -> Micro | None:
