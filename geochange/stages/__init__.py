@@ -76,8 +76,9 @@ class Block:
         region: (y0, y1, x0, x1), the pixels whose detector output the later stages use (the
             chunk's core and the result stages' reach around it); the detector may leave the
             rest NaN, and the result stages give their results there only. None: every pixel.
-        core: (y0, y1, x0, x1), the chunk's core inside ``region``: the detector cuts its
-            sub-tiles along it (:func:`geochange.tiling.region_windows`). None: ``region``.
+        core: (y0, y1, x0, x1), the chunk's core inside ``region``: the detector and the
+            result stages cut their sub-tiles along it (:func:`geochange.tiling.region_windows`).
+            None: ``region``.
         halo: pixels of context around the core that the detector's input carries (the
             chain's halo without the input stages' reach).
         x: (t, c, h, w) float32 the tile normalised by the deep model's scene statistics, 0
@@ -341,7 +342,8 @@ class Chain:
         """The chain on one tile; ``overwrite`` (default :attr:`overwrite_input`): its stages
         may overwrite ``tile`` in place; ``core`` (y0, y1, x0, x1): only the output there is
         used (the detector then runs on the core and the result stages' reach around it, not
-        on the input stages' reach; the rest of the output is NaN)."""
+        on the input stages' reach, and the result stages give their results there; the rest
+        of the output is NaN)."""
         data = np.asarray(tile, dtype=np.float32)
         region = None
         if core is not None:
