@@ -108,8 +108,10 @@ def _even(
     the first part then starts at ``first`` and the last ends at ``last`` where given."""
     n = max(1, -(-(stop - start) // max(1, size)))
     edges = [start + round(i * (stop - start) / n) for i in range(n + 1)]
-    edges[0] = start if first is None else first
-    edges[-1] = stop if last is None else last
+    if first is not None:
+        edges[0] = first
+    if last is not None:
+        edges[-1] = last
     return list(zip(edges[:-1], edges[1:]))
 
 
