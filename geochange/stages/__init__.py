@@ -368,9 +368,6 @@ class Chain:
                 # The result stages read at most the detector's halo around the core, and
                 # give their results on the detector's region only.
                 kept = _crop(block, core, self.detector_halo, shape)
-                dy, dx = kept[0].start, kept[1].start
-                block.region = _shifted(region, dy, dx)
-                block.core = _shifted(core, dy, dx)
         prob, interval = block.prob, block.interval
         if block.valid is not None:
             nodata = block.valid.sum(axis=0) < 2
@@ -404,7 +401,8 @@ def _crop(
     block: Block, core: tuple[int, int, int, int], reach: int, shape: tuple[int, int]
 ) -> tuple[slice, slice]:
     """Cut the block's detector outputs and inputs to ``core`` and ``reach`` px around it
-    (clipped to ``shape``); returns the (rows, cols) kept, in tile coordinates."""
+    (clipped to ``shape``), its region and core then in the crop's coordinates; returns the
+    (rows, cols) kept, in tile coordinates."""
     y0, y1, x0, x1 = core
     h, w = shape
     kept = (slice(max(0, y0 - reach), min(h, y1 + reach)),
@@ -416,6 +414,8 @@ def _crop(
         block.tile = block.tile[(..., *kept)]
     if block.next_events is not None:
         block.next_events = tuple(a[(..., *kept)] for a in block.next_events)
+    dy, dx = kept[0].start, kept[1].start
+    block.region, block.core = _shifted(block.region, dy, dx), _shifted(block.core, dy, dx)
     return kept
 
 
