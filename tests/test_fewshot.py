@@ -338,3 +338,42 @@ def test_the_estimate_from_a_few_examples_takes_the_scene_share_of_change_into_a
     assert naive[1] > 0.97
     # Examples that cannot tell change from no change say nothing.
     assert np.isnan(scene_estimate(np.ones(200, bool), truth, 0.5)[0])
+
+
+def test_a_reviewed_area_is_estimated_for_the_scene_around_it(two_kinds, tmp_path, monkeypatch):
+    """A reviewed area is put where the user looked: with enough pixels around it, its estimate
+    takes precision from how many of them the taught model flags; a review of the whole scene
+    is scored on the held-out examples alone."""
+    from shapely.geometry import box
+
+    import geochange.model.fewshot as fewshot
+
+    _, images, _, ref, _ = two_kinds
+    stack = coregister(open_stack(images))
+    grid = stack.grid
+
+    def bounds(rows, cols):
+        (x0, y0), (x1, y1) = (grid.transform @ (c, r) for c, r in ((cols.start, rows.start),
+                                                                     (cols.stop, rows.stop)))  # fmt: skip
+        return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+    def estimate(edge):
+        shapes = ndimage.find_objects(ndimage.label(ref[:edge, :edge])[0])
+        polys = [bounds(s[0], s[1]) for s in shapes]
+        assert len(polys) >= 3
+        path = tmp_path / f"reviewed_{edge}.gpkg"
+        changes = gpd.GeoDataFrame({"change": [1] * len(polys)}, geometry=polys, crs=grid.crs)
+        changes.to_file(path, layer="changes", driver="GPKG")
+        area = gpd.GeoDataFrame(geometry=[bounds(slice(0, edge), slice(0, edge))], crs=grid.crs)
+        area.to_file(path, layer="labelled", driver="GPKG")
+        ex = read_examples(path, stack.grid)
+        assert ex.n_labelled == 1
+        cv = fewshot.teach_network(stack, ex, steps=0, folds=3, seed=0, device="cpu").info["cv"]
+        assert cv["k"] == 3 and np.isfinite(cv["f1"]) and np.isfinite(cv["precision"])
+        return "share of the pixels around the examples flagged" in cv["scored_on"]
+
+    assert not estimate(192)  # nothing around a review of the whole scene
+    monkeypatch.setattr(fewshot, "SCENE_PIXELS", 0)
+    assert estimate(96)
+    monkeypatch.setattr(fewshot, "SCENE_PIXELS", 10**9)
+    assert not estimate(96)

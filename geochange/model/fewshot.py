@@ -45,8 +45,12 @@ How it learns (:func:`teach_network`):
   into units (whole polygons; a large reviewed area cut into square blocks), units are dealt to
   k folds so that each holds change, and each fold's units plus a buffer around them are left
   out of its fit. For each fold the threshold is chosen on the other folds' out-of-fold
-  probabilities, then F1 / precision / recall are measured on the fold: the mean and spread
-  over folds are the expected figures. With fewer change units than folds it says so.
+  probabilities, then recall and the false-alarm rate are measured on the fold, and precision
+  follows from them and the share of the pixels around the examples (the teaching windows'
+  margins, no example on them) that the fold's model flags
+  (:func:`~geochange.model.heldout.scene_estimate`): where the user looked, reviewed or drew,
+  holds more change than the scene. The mean and spread over folds are the expected figures.
+  With fewer change units than folds it says so.
 
 Deterministic for a seed: a fixed number of steps per fit (the budget only cuts a fit short on a
 slow machine, which the meta then records).
@@ -127,6 +131,10 @@ SPECTRAL_STEPS = 300
 SPECTRAL_LR = 1e-2
 SPECTRAL_L2 = 1e-4
 SPECTRAL_PIXELS = 8_000
+#: Fewest pixels around the examples (in the teaching windows, no example on them) for the
+#: estimate to take the scene's share of change from how many of them the taught model flags
+#: (fewer: a review of nearly the whole scene, scored on the held-out examples alone).
+SCENE_PIXELS = 10_000
 #: Cross-validated F1 below which the examples are said not to carry over to the rest of the
 #: scene (the taught model may then do worse than the shipped one outside them).
 LOW_CV_F1 = 0.1
@@ -631,7 +639,8 @@ class _Teacher:
 
 
 def _unlabelled(probs: list[np.ndarray], labels: list[np.ndarray]) -> np.ndarray:
-    """A sample (at most about 200 000) of the probabilities of the pixels no example covers."""
+    """A sample (at most about 200 000) of the probabilities of the pixels around the examples
+    that no example covers (the teaching windows' margins)."""
     u = np.concatenate([pr[lab == UNKNOWN] for pr, lab in zip(probs, labels)])
     return u[:: max(1, u.size // 200_000)]
 
@@ -701,6 +710,10 @@ def _cross_validate(teacher, fold_maps, folds, mixes, pu, steps, lr, seed, deadl
             for m in range(len(mixes))
         ]
     )  # (weights, folds, thresholds)
+    # Precision from the share of the pixels around the examples flagged, wherever there are
+    # enough of them: the examples' own share of change is where the user looked (a reviewed
+    # area is put where change is), not the scene's.
+    scene = pu or min(u.size for u in unl[0]) >= SCENE_PIXELS
     per = []
     for f in range(folds):
         rest = np.delete(curves, f, axis=1)  # weight and threshold chosen without fold f
@@ -708,7 +721,7 @@ def _cross_validate(teacher, fold_maps, folds, mixes, pu, steps, lr, seed, deadl
         t_f = pick_threshold(rest[m_f])
         pred = held[m_f][f] >= t_f
         y = truth[f]
-        if pu:  # no complete review: precision from the share flagged outside the examples
+        if scene:
             u = unl[m_f][f]
             per.append(scene_estimate(pred, y, float((u >= t_f).mean()) if u.size else 0.0))
             continue
@@ -728,9 +741,9 @@ def _cross_validate(teacher, fold_maps, folds, mixes, pu, steps, lr, seed, deadl
         "recall_sd": round(float(np.nanstd(arr[:, 2])), 3),
         "f1_folds": [round(float(v), 3) for v in arr[:, 0]],
         "scored_on": (
-            "held-out examples (whole polygons, 8-px buffer); precision from the share of "
-            "the pixels outside the examples flagged"
-            if pu
+            "held-out examples (whole polygons or blocks, 8-px buffer); precision from the "
+            "share of the pixels around the examples flagged"
+            if scene
             else "held-out examples (whole polygons or blocks, 8-px buffer)"
         ),
     }

@@ -92,13 +92,14 @@ def f1_precision_recall(tp: float, fp: float, fn: float) -> tuple[float, float, 
 def scene_estimate(
     pred: np.ndarray, truth: np.ndarray, flagged: float
 ) -> tuple[float, float, float]:
-    """F1, precision and recall expected on the pixels no example covers, from held-out examples
-    that are not a complete review (a few change polygons, a few no-change areas).
+    """F1, precision and recall expected on the pixels no example covers, from held-out examples.
 
-    Their share of change is the user's choice, not the scene's, so precision among them says
-    little. The recall ``r`` and false-alarm rate ``a`` on the held-out examples and the share
-    ``q`` of the unlabelled pixels flagged give the scene's share of change ``π = (q - a) /
-    (r - a)`` (adjusted classify and count; Forman 2008) and precision ``r π / q``.
+    Their share of change is where the user looked, not the scene's: a few change polygons and a
+    few no-change areas are about half change, and an area reviewed completely is put where
+    change is. Precision among them says little. The recall ``r`` and false-alarm rate ``a`` on
+    the held-out examples and the share ``q`` of the unlabelled pixels flagged give the scene's
+    share of change ``π = (q - a) / (r - a)`` (adjusted classify and count; Forman 2008) and
+    precision ``r π / q``.
 
     Args:
         pred: bool, the held-out example pixels flagged.
