@@ -134,7 +134,7 @@ SPECTRAL_PIXELS = 8_000
 #: Fewest pixels around the examples (in the teaching windows, no example on them) for the
 #: estimate to take the scene's share of change from how many of them the taught model flags
 #: (fewer: a review of nearly the whole scene, scored on the held-out examples alone).
-SCENE_PIXELS = 10_000
+SCENE_PIXELS = 2_000
 #: Cross-validated F1 below which the examples are said not to carry over to the rest of the
 #: scene (the taught model may then do worse than the shipped one outside them).
 LOW_CV_F1 = 0.1
