@@ -711,8 +711,8 @@ def _cross_validate(teacher, fold_maps, folds, mixes, pu, steps, lr, seed, deadl
         ]
     )  # (weights, folds, thresholds)
     # Precision from the share of the pixels around the examples flagged, wherever there are
-    # enough of them: the examples' own share of change is where the user looked (a reviewed
-    # area is put where change is), not the scene's.
+    # enough of them: the examples hold the share of change of the places the user looked at
+    # (a reviewed area is put where change is), not the scene's.
     scene = pu or min(u.size for u in unl[0]) >= SCENE_PIXELS
     per = []
     for f in range(folds):
