@@ -464,7 +464,7 @@ def _taught_line(run: dict) -> str:
     )
     if run.get("cv_k"):
         return (
-            f"{head}; expected on areas like your examples ({run['cv_k']}-fold blocked "
+            f"{head}; expected outside your examples ({run['cv_k']}-fold blocked "
             f"cross-validation): F1 {run['cv_f1']:.2f} ± {run['cv_f1_sd']:.2f}, precision "
             f"{run['cv_precision']:.2f} ± {run['cv_precision_sd']:.2f}, recall "
             f"{run['cv_recall']:.2f} ± {run['cv_recall_sd']:.2f}"
