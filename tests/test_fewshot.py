@@ -370,7 +370,27 @@ def test_a_reviewed_area_is_estimated_for_the_scene_around_it(two_kinds, tmp_pat
         assert ex.n_labelled == 1
         cv = fewshot.teach_network(stack, ex, steps=0, folds=3, seed=0, device="cpu").info["cv"]
         assert cv["k"] == 3 and np.isfinite(cv["f1"]) and np.isfinite(cv["precision"])
-        return "share of the pixels around the examples flagged" in cv["scored_on"]
+        return "share of the scene outside the examples flagged" in cv["scored_on"]
 
     assert estimate(96)
     assert not estimate(192)  # nothing around a review of the whole scene
+
+
+def test_scene_windows_stand_for_the_scene_away_from_the_examples():
+    from geochange.model.fewshot import SCENE_WINDOW, SCENE_WINDOWS, _scene_windows
+
+    covered = np.zeros((1024, 1024), bool)
+    covered[:512, :512] = True  # the teaching windows
+    boxes = _scene_windows(covered, seed=0)
+    assert len(boxes) == SCENE_WINDOWS and boxes == _scene_windows(covered, seed=0)
+    assert boxes != _scene_windows(covered, seed=1)
+    seen = np.zeros_like(covered, dtype=int)
+    for y0, x0, y1, x1 in boxes:
+        assert (y1 - y0, x1 - x0) == (SCENE_WINDOW, SCENE_WINDOW)
+        assert covered[y0:y1, x0:x1].mean() <= 0.5
+        seen[y0:y1, x0:x1] += 1
+    assert seen.max() == 1  # no pixel counted twice
+    assert _scene_windows(np.ones((1024, 1024), bool), seed=0) == []
+    assert [(b[2] - b[0], b[3] - b[1]) for b in _scene_windows(np.zeros((40, 50), bool), 0)] == [
+        (40, 50)
+    ]

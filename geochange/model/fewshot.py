@@ -46,10 +46,12 @@ How it learns (:func:`teach_network`):
   k folds so that each holds change, and each fold's units plus a buffer around them are left
   out of its fit. For each fold the threshold is chosen on the other folds' out-of-fold
   probabilities, then recall and the false-alarm rate are measured on the fold, and precision
-  follows from them and the share of the pixels around the examples (the teaching windows'
-  margins, no example on them) that the fold's model flags
-  (:func:`~geochange.model.heldout.scene_estimate`): where the user looked, reviewed or drew,
-  holds more change than the scene. The mean and spread over folds are the expected figures.
+  follows from them and the share of the scene outside the examples that the fold's model
+  flags (:func:`~geochange.model.heldout.scene_estimate`): where the user looked, reviewed or
+  drew, holds more change than the scene. That share (as the positive-unlabelled criterion's)
+  is measured on the pixels around the examples and on :data:`SCENE_WINDOWS` windows of the
+  rest of the scene, each in proportion to the pixels it stands for: a spectral term that
+  raises false alarms away from the examples shows there. The mean and spread over folds are the expected figures.
   With fewer change units than folds it says so.
 
 Deterministic for a seed: a fixed number of steps per fit (the budget only cuts a fit short on a
@@ -131,9 +133,14 @@ SPECTRAL_STEPS = 300
 SPECTRAL_LR = 1e-2
 SPECTRAL_L2 = 1e-4
 SPECTRAL_PIXELS = 8_000
-#: Fewest pixels around the examples (in the teaching windows, no example on them) for the
-#: estimate to take the scene's share of change from how many of them the taught model flags
-#: (fewer: a review of nearly the whole scene, scored on the held-out examples alone).
+#: Windows of the rest of the scene (placed at random for the seed, away from the examples) and
+#: their edge in pixels: with the pixels around the examples, they stand for the scene outside
+#: the examples in the estimate and in the positive-unlabelled threshold.
+SCENE_WINDOWS = 8
+SCENE_WINDOW = 128
+#: Fewest pixels outside the examples (around them and in the scene's windows) for the estimate
+#: to take the scene's share of change from how many of them the taught model flags (fewer: a
+#: review of nearly the whole scene, scored on the held-out examples alone).
 SCENE_PIXELS = 2_000
 #: Cross-validated F1 below which the examples are said not to carry over to the rest of the
 #: scene (the taught model may then do worse than the shipped one outside them).
@@ -416,6 +423,26 @@ class _Teacher:
                     p0 = torch.sigmoid(logit0)[0].cpu().numpy()
                 selfneg = quiet & (p0 < 0.5) & (lab == UNKNOWN) & (valid.sum(axis=0) >= 2)
             self.regions.append(_Region(y0, x0, x, valid, lab, selfneg, z, final, possible, bands))
+        covered = np.zeros(label.shape, bool)
+        for r in self.regions:
+            covered[r.y0 : r.y0 + r.label.shape[0], r.x0 : r.x0 + r.label.shape[1]] = True
+        #: Pixels of the scene no teaching window covers, and windows that stand for them: each
+        #: a region (read with the same context) and the pixels of its core it counts.
+        self.outside = int((~covered).sum())
+        self.samples: list[tuple[_Region, np.ndarray]] = []
+        for y0, x0, y1, x1 in _scene_windows(covered, seed):
+            wy0, wx0 = max(0, y0 - pad), max(0, x0 - pad)
+            wy1, wx1 = min(label.shape[0], y1 + pad), min(label.shape[1], x1 + pad)
+            raw = stack.window(wy0, wx0, wy1 - wy0, wx1 - wx0)
+            x, valid = apply(raw, self.stats)
+            z, final, possible, bands = _run_backbone(base, x, valid, self.wl, device)
+            count = np.zeros(valid.shape[1:], bool)
+            count[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0] = True
+            count &= ~covered[wy0:wy1, wx0:wx1] & (valid.sum(axis=0) >= 2)
+            lab = np.full(count.shape, UNKNOWN, np.uint8)
+            none = np.zeros(count.shape, bool)
+            region = _Region(wy0, wx0, x, valid, lab, none, z, final, possible, bands)
+            self.samples.append((region, count))
         self.rehearsal = []
         if rehearsal:
             tt = min(max(2, self.t), 10)
@@ -621,11 +648,11 @@ class _Teacher:
             p.requires_grad_(False)
 
     # -- predictions as detect makes them ----------------------------------------------------
-    def predict(self, net: CNNLSTM) -> list[np.ndarray]:
-        """Per region, the change probability ``detect`` writes (refined, micro and emerge as
-        the stack allows), (h, w) float32."""
+    def predict(self, net: CNNLSTM, regions: list[_Region] | None = None) -> list[np.ndarray]:
+        """Per region (the teaching windows by default), the change probability ``detect``
+        writes (refined, micro and emerge as the stack allows), (h, w) float32."""
         out = []
-        for r in self.regions:
+        for r in self.regions if regions is None else regions:
             with torch.inference_mode():
                 logit, interval = _heads(net, r.z, r.final, r.possible, r.bands)
                 prob = torch.sigmoid(logit)[0].cpu().numpy().astype(np.float32)
@@ -637,12 +664,51 @@ class _Teacher:
             out.append(block.prob)
         return out
 
+    def unlabelled(self, net: CNNLSTM, probs: list[np.ndarray]) -> np.ndarray:
+        """A sample (at most about 200 000) of ``net``'s probabilities on the scene outside the
+        examples: the pixels around them no example covers (``probs``, this teacher's regions)
+        and the scene's windows, each part in proportion to the pixels it stands for."""
+        near = np.concatenate([pr[r.label == UNKNOWN] for pr, r in zip(probs, self.regions)])
+        far = [r for r, _ in self.samples]
+        rest = np.concatenate(
+            [pr[count] for pr, (_, count) in zip(self.predict(net, far), self.samples)]
+            or [np.zeros(0, np.float32)]
+        )
+        parts = [(near, near.size), (rest, self.outside if rest.size else 0)]
+        total = sum(n for _, n in parts)
+        if total == 0:
+            return near
+        # As many as the scarcer part allows at its share, at most about 200 000.
+        size = min([200_000] + [u.size * total / n for u, n in parts if n])
+        out = []
+        for u, n in parts:
+            k = int(round(size * n / total))
+            if k:
+                out.append(u[np.linspace(0, u.size - 1, k).astype(np.int64)])
+        return np.concatenate(out)
 
-def _unlabelled(probs: list[np.ndarray], labels: list[np.ndarray]) -> np.ndarray:
-    """A sample (at most about 200 000) of the probabilities of the pixels around the examples
-    that no example covers (the teaching windows' margins)."""
-    u = np.concatenate([pr[lab == UNKNOWN] for pr, lab in zip(probs, labels)])
-    return u[:: max(1, u.size // 200_000)]
+
+def _scene_windows(covered: np.ndarray, seed: int) -> list[tuple[int, int, int, int]]:
+    """Up to :data:`SCENE_WINDOWS` boxes (y0, x0, y1, x1) of :data:`SCENE_WINDOW` px (less on a
+    smaller scene), at random for ``seed``, apart from each other, each mostly on pixels that
+    ``covered`` (the teaching windows) leaves out; none where it leaves out nothing."""
+    h, w = covered.shape
+    eh, ew = min(SCENE_WINDOW, h), min(SCENE_WINDOW, w)
+    if covered.all():
+        return []
+    rng = np.random.default_rng([int(seed), 977])
+    boxes: list[tuple[int, int, int, int]] = []
+    used = np.zeros_like(covered)
+    for _ in range(SCENE_WINDOWS * 32):
+        if len(boxes) == SCENE_WINDOWS:
+            break
+        y0, x0 = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
+        box = (slice(y0, y0 + eh), slice(x0, x0 + ew))
+        if covered[box].mean() > 0.5 or used[box].any():
+            continue
+        boxes.append((y0, x0, y0 + eh, x0 + ew))
+        used[box] = True
+    return boxes
 
 
 def _fold_maps(teacher: _Teacher, examples: Examples, folds: int, seed: int):
@@ -689,8 +755,9 @@ def _cross_validate(teacher, fold_maps, folds, mixes, pu, steps, lr, seed, deadl
         logger.info("teach: fold %d of %d, %d steps", f + 1, folds, done)
         steps_done.append(done)
         for m, weight in enumerate(mixes):
-            probs_f = teacher.predict(mixed(net_f, weight))
-            unl[m].append(_unlabelled(probs_f, labels))
+            net_m = mixed(net_f, weight)
+            probs_f = teacher.predict(net_m)
+            unl[m].append(teacher.unlabelled(net_m, probs_f))
             for i, prob in enumerate(probs_f):
                 test = fold_maps[i] == f
                 oof[m][i][test] = prob[test]
@@ -710,8 +777,8 @@ def _cross_validate(teacher, fold_maps, folds, mixes, pu, steps, lr, seed, deadl
             for m in range(len(mixes))
         ]
     )  # (weights, folds, thresholds)
-    # Precision from the share of the pixels around the examples flagged, wherever there are
-    # enough of them: the examples hold the share of change of the places the user looked at
+    # Precision from the share of the scene outside the examples flagged, wherever there are
+    # enough such pixels: the examples hold the share of change of the places the user looked at
     # (a reviewed area is put where change is), not the scene's.
     scene = pu or min(u.size for u in unl[0]) >= SCENE_PIXELS
     per = []
@@ -742,7 +809,7 @@ def _cross_validate(teacher, fold_maps, folds, mixes, pu, steps, lr, seed, deadl
         "f1_folds": [round(float(v), 3) for v in arr[:, 0]],
         "scored_on": (
             "held-out examples (whole polygons or blocks, 8-px buffer); precision from the "
-            "share of the pixels around the examples flagged"
+            "share of the scene outside the examples flagged"
             if scene
             else "held-out examples (whole polygons or blocks, 8-px buffer)"
         ),
@@ -846,7 +913,7 @@ def teach_network(
         probs = teacher.predict(net)
         p = np.concatenate([pr[lab != UNKNOWN] for pr, lab in zip(probs, labels)])
         y = np.concatenate([lab[lab != UNKNOWN] == 1 for lab in labels])
-        threshold = best_threshold(p, y, _unlabelled(probs, labels) if pu else None)
+        threshold = best_threshold(p, y, teacher.unlabelled(net, probs) if pu else None)
         source = "training examples (no held-out estimate)" + (
             ", positive-unlabelled" if pu else ""
         )
