@@ -50,9 +50,10 @@ How it learns (:func:`teach_network`):
   flags (:func:`~geochange.model.heldout.scene_estimate`): where the user looked, reviewed or
   drew, holds more change than the scene. That share (as the positive-unlabelled criterion's)
   is measured on the pixels around the examples and on :data:`SCENE_WINDOWS` windows of the
-  rest of the scene, each in proportion to the pixels it stands for: a spectral term that
-  raises false alarms away from the examples shows there. The mean and spread over folds are the expected figures.
-  With fewer change units than folds it says so.
+  rest of the scene (fewer on a long series, :data:`SCENE_BYTES`), each in proportion to the
+  pixels it stands for: a spectral term that raises false alarms away from the examples shows
+  there. The mean and spread over folds are the expected figures. With fewer change units than
+  folds it says so.
 
 Deterministic for a seed: a fixed number of steps per fit (the budget only cuts a fit short on a
 slow machine, which the meta then records).
@@ -138,6 +139,9 @@ SPECTRAL_PIXELS = 8_000
 #: the examples in the estimate and in the positive-unlabelled threshold.
 SCENE_WINDOWS = 8
 SCENE_WINDOW = 128
+#: Most bytes the scene's windows keep (the frozen backbone's output on each): a long series
+#: gets fewer windows, at least one.
+SCENE_BYTES = 256 * 2**20
 #: Fewest pixels outside the examples (around them and in the scene's windows) for the estimate
 #: to take the scene's share of change from how many of them the taught model flags (fewer: a
 #: review of nearly the whole scene, scored on the held-out examples alone).
@@ -431,6 +435,9 @@ class _Teacher:
         self.outside = int((~covered).sum())
         self.samples: list[tuple[_Region, np.ndarray]] = []
         for y0, x0, y1, x1 in _scene_windows(covered, seed):
+            # As many as SCENE_BYTES holds, each the first window's size.
+            if self.samples and (len(self.samples) + 1) * _bytes(self.samples[0][0]) > SCENE_BYTES:
+                break
             wy0, wx0 = max(0, y0 - pad), max(0, x0 - pad)
             wy1, wx1 = min(label.shape[0], y1 + pad), min(label.shape[1], x1 + pad)
             raw = stack.window(wy0, wx0, wy1 - wy0, wx1 - wx0)
@@ -686,6 +693,15 @@ class _Teacher:
             if k:
                 out.append(u[np.linspace(0, u.size - 1, k).astype(np.int64)])
         return np.concatenate(out)
+
+
+def _bytes(r: _Region) -> int:
+    """Memory a cached region keeps."""
+    arrays = (r.x, r.valid, r.label, r.selfneg)
+    tensors = (r.z, r.final, r.possible, r.bands)
+    return sum(a.nbytes for a in arrays) + sum(
+        t.numel() * t.element_size() for t in tensors if t is not None
+    )
 
 
 def _scene_windows(covered: np.ndarray, seed: int) -> list[tuple[int, int, int, int]]:
