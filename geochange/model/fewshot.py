@@ -382,7 +382,8 @@ def _rehearsal_scene(seed: int, t: int):
 
 
 class _Teacher:
-    """Holds the cached regions and rehearsal scenes; fits heads from the starting weights."""
+    """Holds the cached regions, the scene's windows and the rehearsal scenes; fits heads from
+    the starting weights."""
 
     def __init__(self, base, stack, examples, device, seed, rehearsal, self_supervised):
         self.base = base
