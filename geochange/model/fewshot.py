@@ -414,9 +414,7 @@ class _Teacher:
         self.regions: list[_Region] = []
         label = examples.label
         for y0, x0, y1, x1 in _regions(label, pad):
-            raw = stack.window(y0, x0, y1 - y0, x1 - x0)
-            x, valid = apply(raw, self.stats)
-            z, final, possible, bands = _run_backbone(base, x, valid, self.wl, device)
+            x, valid, z, final, possible, bands = self._window(stack, y0, x0, y1, x1)
             lab = label[y0:y1, x0:x1].copy()
             lab[valid.sum(axis=0) < 2] = UNKNOWN
             selfneg = np.zeros(lab.shape, bool)
@@ -441,9 +439,7 @@ class _Teacher:
                 break
             wy0, wx0 = max(0, y0 - pad), max(0, x0 - pad)
             wy1, wx1 = min(label.shape[0], y1 + pad), min(label.shape[1], x1 + pad)
-            raw = stack.window(wy0, wx0, wy1 - wy0, wx1 - wx0)
-            x, valid = apply(raw, self.stats)
-            z, final, possible, bands = _run_backbone(base, x, valid, self.wl, device)
+            x, valid, z, final, possible, bands = self._window(stack, wy0, wx0, wy1, wx1)
             count = np.zeros(valid.shape[1:], bool)
             count[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0] = True
             count &= ~covered[wy0:wy1, wx0:wx1] & (valid.sum(axis=0) >= 2)
@@ -471,6 +467,12 @@ class _Teacher:
             len(self.regions),
             len(self.rehearsal),
         )
+
+    def _window(self, stack: Stack, y0: int, x0: int, y1: int, x1: int) -> tuple:
+        """A window of the scene normalised, and the frozen backbone's output on it:
+        ``(x, valid, z, final, possible, bands)``."""
+        x, valid = apply(stack.window(y0, x0, y1 - y0, x1 - x0), self.stats)
+        return (x, valid, *_run_backbone(self.base, x, valid, self.wl, self.device))
 
     # -- one fit -----------------------------------------------------------------------------
     def fit(self, keep: list[np.ndarray] | None, steps: int, lr: float, seed: int, deadline: float):
